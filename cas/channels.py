@@ -1,0 +1,93 @@
+"""Channel documents: small, signed, short-lived pointers to a release.
+
+Every change makes a new document with the next ``sequence``, signed by the
+server's channel key.  Documents are re-signed (new sequence, new expiry)
+before they expire by ``resign_expiring``.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from client.documents import canonical_bytes, format_time, parse_json, sign
+from client.errors import DocumentError
+from client.paths import check_name
+from deltagen.digests import blake3_bytes
+
+from .errors import Conflict, Invalid, NotFound
+from .metadata import STATUS_RANK, Channel, StaleWrite
+from .releases import get_release
+from .repo import Repo
+
+ATTEMPTS = 5
+
+
+def _document(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
+              rollout: dict[str, Any] | None = None) -> tuple[bytes, float]:
+    if repo.keys.channel is None:
+        raise Invalid("the server has no channel key (run `cas keys init`)", code="no_key")
+    expires = time.time() + repo.config.channel_ttl_seconds
+    signed = {"schema": 1, "product": product, "channel": channel, "sequence": sequence,
+              "expires": format_time(datetime.fromtimestamp(expires, timezone.utc)),
+              "release": release, "manifest": manifest, "rollout": rollout}
+    return canonical_bytes(sign(signed, [repo.keys.channel])), expires
+
+
+def _write(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
+           min_status: str, rollout: dict[str, Any] | None = None) -> Channel:
+    document, expires = _document(repo, product, channel, release, manifest, sequence, rollout)
+    ch = Channel(product, channel, release, sequence, min_status, document,
+                 f'"{blake3_bytes(document)}"', expires, time.time())
+    repo.meta.put_channel(ch)
+    return ch
+
+
+def set_channel(repo: Repo, product: str, channel: str, version: str,
+                min_status: str | None = None) -> Channel:
+    try:
+        check_name("channel", channel)
+    except DocumentError as exc:
+        raise Invalid(exc.message, code="invalid_path") from None
+    if min_status is not None and min_status not in ("testing", "released"):
+        raise Invalid("min_status must be testing or released", code="bad_status")
+    release = get_release(repo, product, version)
+    for _ in range(ATTEMPTS):
+        current = repo.meta.get_channel(product, channel)
+        wanted = min_status or (current.min_status if current else "released")
+        if release.status == "deprecated" or STATUS_RANK[release.status] < STATUS_RANK[wanted]:
+            raise Conflict(f"{product} {version} is {release.status}; channel {channel} takes {wanted} or later",
+                           detail={"status": release.status, "min_status": wanted},
+                           code="status_too_low")
+        sequence = (current.sequence if current else 0) + 1
+        try:
+            return _write(repo, product, channel, version, release.manifest_digest, sequence, wanted)
+        except StaleWrite:
+            continue
+    raise Conflict(f"channel {product}/{channel} is changing concurrently; try again", code="concurrent_change")
+
+
+def get_channel(repo: Repo, product: str, channel: str) -> Channel:
+    ch = repo.meta.get_channel(product, channel)
+    if ch is None:
+        code = "unknown_channel" if repo.meta.product_exists(product) else "unknown_product"
+        raise NotFound(f"no channel {channel!r} for {product!r}", code=code)
+    return ch
+
+
+def resign_expiring(repo: Repo, margin_seconds: float | None = None) -> list[Channel]:
+    """Re-sign every channel document that expires within the margin."""
+    if repo.keys.channel is None:
+        return []
+    margin = repo.config.channel_ttl_seconds / 2 if margin_seconds is None else margin_seconds
+    renewed: list[Channel] = []
+    for ch in repo.meta.list_channels():
+        if ch.expires - time.time() > margin:
+            continue
+        signed = parse_json(ch.document)["signed"]
+        try:
+            renewed.append(_write(repo, ch.product, ch.channel, ch.release, signed["manifest"],
+                                  ch.sequence + 1, ch.min_status, signed["rollout"]))
+        except StaleWrite:
+            continue  # someone else moved it: that document is fresh
+    return renewed

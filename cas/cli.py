@@ -1,0 +1,298 @@
+"""``cas``: the server, publisher and admin command line."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from client.errors import DocumentError
+
+from . import channels, checkout, keys, publisher, releases
+from .config import load_config
+from .errors import CasError
+from .remote import RemoteError, call
+from .repo import Repo, open_repo
+from .trees import TreeError, scan_tree
+
+
+def _repo(args: argparse.Namespace) -> Repo:
+    return open_repo(load_config(args.store, getattr(args, "config", None)))
+
+
+def _remote(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    server = getattr(args, "server", None) or os.environ.get("CAS_SERVER")
+    if not server:
+        return None
+    return server, getattr(args, "token", None) or os.environ.get("CAS_TOKEN")
+
+
+def _print(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else human)
+
+
+def _progress(total: int, label: str, enabled: bool):
+    """A rich progress bar (bytes, rate, ETA) on stderr, or a no-op."""
+    if not enabled or total == 0:
+        return None, (lambda n: None)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    from rich.console import Console
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, (lambda n: bar.advance(task, n))
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    config = load_config(args.store, args.config, host=args.host, port=args.port)
+    repo = open_repo(config)
+    if repo.root() is None and config.enforce_signatures:
+        print(f"cas: warning: no keys in {config.store}; run `cas keys init --store {config.store}` "
+              "(publishing is refused until then)", file=sys.stderr)
+    common: dict[str, Any] = dict(host=config.host, port=config.port, log_level=args.log_level,
+                                  access_log=args.access_log, http="httptools", loop="uvloop",
+                                  timeout_keep_alive=30)
+    if args.workers > 1:
+        os.environ["CAS_STORE"] = str(config.store)
+        if args.config:
+            os.environ["CAS_CONFIG"] = args.config
+        uvicorn.run("cas.http.serve:make_app", factory=True, workers=args.workers, **common)
+    else:
+        from .http.app import create_app
+        uvicorn.run(create_app(repo), **common)
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    envelope = keys.init_keys(Path(repo.config.store), repo.meta)
+    roles = envelope["signed"]["roles"]
+    _print(args, envelope, f"keys written to {repo.config.store}/keys; root document: "
+           f"{repo.config.store}/root.json\n" + "\n".join(
+               f"  {role:8} {spec['keyids'][0][:16]}" for role, spec in roles.items()))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    show = not args.json and sys.stderr.isatty()
+    key_file = args.key or os.environ.get("CAS_RELEASE_KEY")
+    remote = _remote(args)
+    if key_file is None:
+        if remote is not None:
+            raise CasError("publishing to a server needs --key FILE (the release key)", code="no_key")
+        key_file = str(keys.key_path(Path(load_config(args.store).store), "release"))
+    key = keys.load_private_key(Path(key_file))
+    tree = scan_tree(Path(args.dir))
+    envelope = publisher.signed_manifest(args.product, args.version, tree, key)
+    bar, advance = _progress(tree.logical_bytes, "storing", show)
+    try:
+        if bar:
+            bar.start()
+        if remote is None:
+            repo = _repo(args)
+            result = publisher.publish_local(repo, tree, envelope, advance)
+        else:
+            result = asyncio.run(publisher.publish_remote_async(remote[0], remote[1], tree, envelope,
+                                                                args.jobs, advance))
+    finally:
+        if bar:
+            bar.stop()
+    steps = {"testing": ["testing"], "released": ["testing", "released"]}.get(args.status or "", [])
+    for status in steps:
+        if result.status == status or (status == "testing" and result.status == "released"):
+            continue
+        _move(args, args.product, args.version, status, "cas publish --status")
+        result.status = status
+    if args.channel:
+        _set_channel(args, args.product, args.channel, args.version, None)
+    saved = result.logical_bytes - result.uploaded_bytes
+    _print(args, result.__dict__,
+           f"{'published' if result.created else 'already published'} {result.product} {result.version} "
+           f"({result.status}): {result.files} entries, {result.logical_bytes:,} bytes; "
+           f"stored {result.uploaded_objects} new objects ({result.uploaded_bytes:,} bytes, "
+           f"{saved:,} deduplicated); manifest {result.manifest[:16]}")
+    return 0
+
+
+def _move(args: argparse.Namespace, product: str, version: str, status: str, reason: str) -> dict[str, Any]:
+    remote = _remote(args)
+    if remote:
+        return call(*remote, "POST", f"/v1/products/{product}/releases/{version}/status",
+                    json={"status": status, "reason": reason})
+    release = releases.move_status(_repo(args), product, version, status, "local", reason)
+    return {"product": product, **release.summary()}
+
+
+def _set_channel(args: argparse.Namespace, product: str, channel: str, version: str,
+                 min_status: str | None) -> dict[str, Any]:
+    remote = _remote(args)
+    body: dict[str, Any] = {"release": version}
+    if min_status:
+        body["min_status"] = min_status
+    if remote:
+        return call(*remote, "PUT", f"/v1/products/{product}/channels/{channel}", json=body)
+    ch = channels.set_channel(_repo(args), product, channel, version, min_status)
+    return {"product": product, "channel": channel, "release": ch.release, "sequence": ch.sequence,
+            "min_status": ch.min_status}
+
+
+def cmd_release_status(args: argparse.Namespace) -> int:
+    data = _move(args, args.product, args.version, args.status, args.reason or "cas release status")
+    _print(args, data, f"{args.product} {args.version} is {data['status']}")
+    return 0
+
+
+def cmd_release_history(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote:
+        data = call(*remote, "GET", f"/v1/products/{args.product}/releases/{args.version}")
+    else:
+        repo = _repo(args)
+        release = releases.get_release(repo, args.product, args.version)
+        data = {"product": args.product, **release.summary(),
+                "history": repo.meta.release_history(args.product, args.version)}
+    lines = [f"{args.product} {args.version}: {data['status']}"] + [
+        f"  {h['at']}  {h['from'] or '-':10} -> {h['to']:10} {h['actor']}  {h['reason']}" for h in data["history"]]
+    _print(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_channel_set(args: argparse.Namespace) -> int:
+    data = _set_channel(args, args.product, args.channel, args.version, args.min_status)
+    _print(args, data, f"{args.product}/{args.channel} -> {data['release']} (sequence {data['sequence']})")
+    return 0
+
+
+def cmd_checkout(args: argparse.Namespace) -> int:
+    report = checkout.checkout(_repo(args), args.product, args.version, Path(args.dest))
+    _print(args, report.__dict__, f"checked out {args.product} {args.version} to {args.dest}: "
+           f"{report.linked} hardlinked, {report.copied} copied, {report.symlinks} symlinks")
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    report = repo.objects.fsck(quarantine=not args.no_quarantine)
+    missing = [d for d, _ in repo.meta.referenced_objects() if not repo.objects.exists(d)]
+    data = {**report.__dict__, "missing_referenced": missing}
+    human = (f"checked {report.checked} objects ({report.bytes:,} bytes): {len(report.corrupt)} corrupt"
+             + "".join(f"\n  corrupt {d} -> quarantined" if not args.no_quarantine else f"\n  corrupt {d}"
+                       for d in report.corrupt)
+             + (f"\n  {len(missing)} objects referenced by releases are missing" if missing else ""))
+    _print(args, data, human)
+    return 1 if report.corrupt or missing else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    count, stored = repo.objects.usage()
+    logical = repo.meta.logical_bytes()
+    referenced = sum(size for _, size in repo.meta.referenced_objects())
+    data = {"objects": count, "stored_bytes": stored, "logical_bytes": logical,
+            "unique_referenced_bytes": referenced,
+            "dedup_ratio": round(logical / referenced, 3) if referenced else None,
+            "releases": sum(p["releases"] for p in repo.meta.list_products())}
+    ratio = f"{data['dedup_ratio']:.2f}x" if data["dedup_ratio"] else "n/a"
+    _print(args, data, f"releases      {data['releases']}\nobjects       {count}\n"
+           f"logical bytes {logical:,}\nunique bytes  {referenced:,}\nstored bytes  {stored:,}\n"
+           f"dedup ratio   {ratio} (logical / unique release bytes)")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cas", description="deltacas server and publisher")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], parent: Any = sub, **kw: Any):
+        p = parent.add_parser(name, **kw)
+        p.set_defaults(func=func)
+        p.add_argument("--store", default=None, help="store directory (default $CAS_STORE or ./cas-data)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    def remote(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default=None, help="server URL (default $CAS_SERVER)")
+        p.add_argument("--token", default=None, help="bearer token (default $CAS_TOKEN)")
+
+    p = add("serve", cmd_serve, help="run the HTTP server")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--config", default=None)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--access-log", action="store_true")
+
+    k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    add("init", cmd_keys_init, k, help="make root, release and channel keys and root.json")
+
+    p = add("publish", cmd_publish, help="publish a release tree")
+    p.add_argument("dir")
+    p.add_argument("--product", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--key", default=None, help="release key (default STORE/keys/release.pem)")
+    p.add_argument("--status", choices=["testing", "released"], default=None)
+    p.add_argument("--channel", default=None)
+    p.add_argument("--jobs", type=int, default=4, help="parallel uploads")
+    remote(p)
+
+    r = sub.add_parser("release", help="release lifecycle").add_subparsers(dest="release_command", required=True)
+    p = add("status", cmd_release_status, r, help="move a release: draft|testing|released|deprecated")
+    p.add_argument("product")
+    p.add_argument("version")
+    p.add_argument("status", choices=["draft", "testing", "released", "deprecated"])
+    p.add_argument("--reason", default=None)
+    remote(p)
+    p = add("history", cmd_release_history, r, help="lifecycle moves of a release")
+    p.add_argument("product")
+    p.add_argument("version")
+    remote(p)
+
+    c = sub.add_parser("channel", help="channels").add_subparsers(dest="channel_command", required=True)
+    p = add("set", cmd_channel_set, c, help="point a channel at a release")
+    p.add_argument("product")
+    p.add_argument("channel")
+    p.add_argument("version")
+    p.add_argument("--min-status", choices=["testing", "released"], default=None)
+    remote(p)
+
+    p = add("checkout", cmd_checkout, help="hardlink tree of a release")
+    p.add_argument("product")
+    p.add_argument("version")
+    p.add_argument("dest")
+
+    p = add("fsck", cmd_fsck, help="re-hash every object, quarantine corrupt ones")
+    p.add_argument("--no-quarantine", action="store_true")
+    add("stats", cmd_stats, help="logical and stored bytes, dedup ratio")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CasError, RemoteError, DocumentError, TreeError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        detail = getattr(exc, "detail", None)
+        print(f"cas: error: {message}", file=sys.stderr)
+        if detail:
+            for line in (detail if isinstance(detail, list) else [detail])[:20]:
+                print(f"  {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"cas: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Server configuration: every limit is named here with its default.
+
+Read from ``STORE/config.toml`` (or ``--config FILE``); environment variables
+override the file: CAS_STORE, CAS_ADMIN_TOKEN, CAS_PUBLISH_TOKEN, CAS_READ_TOKEN.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+SCOPES = ("read", "publish", "admin")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Config:
+    store: Path = Path("./cas-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Auth: sha256(token) -> scope.  Tokens are only ever kept hashed.
+    token_hashes: Mapping[str, str] = field(default_factory=dict)
+    anonymous_read: bool = True
+    enforce_signatures: bool = True
+    casefold_paths: bool = False
+    # Limits.
+    max_object_bytes: int = 16 << 30
+    max_document_bytes: int = 64 << 20
+    max_request_json_bytes: int = 1 << 20
+    max_missing_query: int = 100_000
+    upload_ttl_seconds: int = 24 * 3600
+    channel_ttl_seconds: int = 7 * 24 * 3600
+    resign_interval_seconds: int = 300
+    small_object_cache_bytes: int = 64 << 20
+    small_object_max_bytes: int = 64 << 10
+    channel_max_age_seconds: int = 60
+
+    def with_tokens(self, **scoped: str | None) -> "Config":
+        hashes = dict(self.token_hashes)
+        for scope, token in scoped.items():
+            if token:
+                if scope not in SCOPES:
+                    raise ValueError(f"unknown scope {scope}")
+                hashes[hash_token(token)] = scope
+        return replace(self, token_hashes=hashes)
+
+
+_SIMPLE = {f.name for f in fields(Config)} - {"store", "token_hashes"}
+
+
+def load_config(store: str | os.PathLike[str] | None = None, config_file: str | None = None,
+                env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    env = os.environ if env is None else env
+    store_path = Path(store or env.get("CAS_STORE") or "./cas-data")
+    data: dict[str, Any] = {}
+    path = Path(config_file) if config_file else store_path / "config.toml"
+    if path.exists():
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    elif config_file:
+        raise FileNotFoundError(f"config file {config_file} not found")
+    kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in _SIMPLE}
+    unknown = set(data) - _SIMPLE - {"tokens"}
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    config = Config(store=store_path, **kwargs)
+    # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
+    hashes: dict[str, str] = {}
+    for entry in data.get("tokens", []):
+        scope = entry.get("scope")
+        if scope not in SCOPES:
+            raise ValueError(f"token scope must be one of {SCOPES}")
+        digest = entry.get("sha256") or hash_token(entry["token"])
+        hashes[digest] = scope
+    config = replace(config, token_hashes=hashes)
+    config = config.with_tokens(admin=env.get("CAS_ADMIN_TOKEN"), publish=env.get("CAS_PUBLISH_TOKEN"),
+                                read=env.get("CAS_READ_TOKEN"))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **overrides) if overrides else config

@@ -1,0 +1,74 @@
+"""The server's error hierarchy: one code and one HTTP status per error.
+
+Handlers raise these; ``cas.http.errors`` turns them into
+``{"error": {"code", "message", "detail"}}`` answers and the CLI into a one-line
+reason.  Document errors from ``client.errors`` map here via ``from_document``.
+"""
+from __future__ import annotations
+
+from client.errors import DocumentError, DocumentTooLarge, SignatureError
+
+
+class CasError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, detail: object = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(CasError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(CasError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(CasError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(CasError):
+    status, code = 404, "not_found"
+
+
+class Conflict(CasError):
+    status, code = 409, "conflict"
+
+
+class TooLarge(CasError):
+    status, code = 413, "too_large"
+
+
+class RangeNotSatisfiable(CasError):
+    status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, message: str, offset: int, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.offset = offset
+
+
+class Invalid(CasError):
+    status, code = 422, "invalid"
+
+
+class DigestMismatch(Invalid):
+    code = "digest_mismatch"
+
+
+class StoreCorrupt(CasError):
+    status, code = 500, "store_corrupt"
+
+
+def from_document(exc: DocumentError) -> CasError:
+    """A wire-format error as a server error with the same code."""
+    if isinstance(exc, DocumentTooLarge):
+        return TooLarge(exc.message, exc.detail, code=exc.code)
+    if isinstance(exc, SignatureError):
+        return Invalid(exc.message, exc.detail, code=exc.code)
+    return Invalid(exc.message, exc.detail, code=exc.code)

@@ -1,0 +1,104 @@
+"""The ASGI application: routes, error handlers, metrics and background jobs."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import channels
+from ..errors import CasError
+from ..repo import Repo
+from ..uploads import Uploads
+from . import objects, releases
+from .errors import handle_cas_error, handle_http_exception, handle_unexpected
+from .metrics import Metrics, MetricsMiddleware
+
+log = logging.getLogger("cas.http")
+
+
+async def healthz(request: Request) -> Response:
+    repo: Repo = request.app.state.repo
+    await run_in_threadpool(repo.meta.schema_version)
+    return JSONResponse({"status": "ok", "root": repo.meta.get_root() is not None})
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, headers={"Content-Type": content_type})
+
+
+async def _every(seconds: float, job, name: str) -> None:
+    while True:
+        try:
+            await run_in_threadpool(job)
+        except Exception:  # a failing sweep must not stop the server
+            log.exception("background job %s failed", name)
+        await asyncio.sleep(seconds)
+
+
+def create_app(repo: Repo) -> Starlette:
+    metrics_ = Metrics()
+    uploads = Uploads(repo)
+
+    def resign() -> None:
+        metrics_.channel_resigned.inc(len(channels.resign_expiring(repo)))
+
+    def sweep() -> None:
+        metrics_.uploads_expired.inc(uploads.expire())
+        repo.objects.sweep_temp()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_every(repo.config.resign_interval_seconds, resign, "resign")),
+                 asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep"))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    p = "/v1/products/{product}"
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/root.json", releases.get_root, methods=["GET"]),
+        Route("/v1/roots/{n}.json", releases.get_root, methods=["GET"]),
+        Route("/v1/products", releases.list_products, methods=["GET"]),
+        Route(p + "/releases", releases.list_releases, methods=["GET"]),
+        Route(p + "/releases/{version}", releases.put_release, methods=["PUT"]),
+        Route(p + "/releases/{version}", releases.get_release_info, methods=["GET"]),
+        Route(p + "/releases/{version}/manifest", releases.get_manifest, methods=["GET"]),
+        Route(p + "/releases/{version}/status", releases.post_status, methods=["POST"]),
+        Route(p + "/releases/{version}/history", releases.get_history, methods=["GET"]),
+        Route(p + "/channels/{channel}", releases.get_channel, methods=["GET"]),
+        Route(p + "/channels/{channel}", releases.put_channel, methods=["PUT"]),
+        Route("/v1/objects/missing", objects.missing_objects, methods=["POST"]),
+        Route("/v1/objects/{digest}", objects.get_object, methods=["GET", "HEAD"]),
+        Route("/v1/objects/{digest}", objects.put_object, methods=["PUT"]),
+        Route("/v1/uploads", objects.start_upload, methods=["POST"]),
+        Route("/v1/uploads/{upload_id}", objects.upload_offset, methods=["HEAD", "GET"]),
+        Route("/v1/uploads/{upload_id}", objects.append_upload, methods=["PATCH"]),
+        Route("/v1/uploads/{upload_id}", objects.complete_upload, methods=["PUT"]),
+        Route("/v1/uploads/{upload_id}", objects.cancel_upload, methods=["DELETE"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics_)],
+        exception_handlers={CasError: handle_cas_error, HTTPException: handle_http_exception,
+                            Exception: handle_unexpected},
+        lifespan=lifespan,
+    )
+    app.state.repo = repo
+    app.state.config = repo.config
+    app.state.metrics = metrics_
+    app.state.uploads = uploads
+    return app

@@ -1,0 +1,51 @@
+"""Bearer tokens with scopes read < publish < admin.
+
+Tokens are kept only as SHA-256 hashes and compared in constant time against
+every configured hash.
+"""
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from ..config import Config, hash_token
+from ..errors import Forbidden, Unauthorized
+
+RANK = {"read": 0, "publish": 1, "admin": 2}
+
+
+def token_scope(config: Config, token: str) -> str | None:
+    offered = hash_token(token)
+    found: str | None = None
+    for digest, scope in config.token_hashes.items():
+        if hmac.compare_digest(offered, digest) and (found is None or RANK[scope] > RANK[found]):
+            found = scope
+    return found
+
+
+def caller(request: Request) -> str | None:
+    """The scope of the request's bearer token; raises on a bad token."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use 'Authorization: Bearer <token>'", code="bad_token")
+    scope = token_scope(request.app.state.config, token.strip())
+    if scope is None:
+        raise Unauthorized("unknown token", code="bad_token")
+    return scope
+
+
+def require(request: Request, needed: str) -> str:
+    """Check the request may act with ``needed`` scope; returns an actor label."""
+    config: Config = request.app.state.config
+    scope = caller(request)
+    if scope is None:
+        if needed == "read" and config.anonymous_read:
+            return "anonymous"
+        raise Unauthorized(f"a {needed} token is required", code="token_required")
+    if RANK[scope] < RANK[needed]:
+        raise Forbidden(f"a {scope} token cannot do this; {needed} is required", code="insufficient_scope")
+    return f"token:{scope}"

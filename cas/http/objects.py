@@ -1,0 +1,160 @@
+"""Objects and uploads over HTTP: GET/HEAD with ranges, PUT, missing, OCI uploads."""
+from __future__ import annotations
+
+import os
+import re
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from client.documents import parse_json
+from client.errors import DocumentError
+from deltagen.digests import is_digest
+
+from ..errors import BadRequest, Invalid, NotFound, TooLarge
+from ..objects import FilesystemObjectStore
+from .auth import require
+from .conditional import declared_length, etag_matches, read_body
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _digest(request: Request) -> str:
+    digest = request.path_params["digest"]
+    if not is_digest(digest):
+        raise BadRequest("object names are 64 lowercase hex characters (BLAKE3-256)", code="bad_digest")
+    return digest
+
+
+async def get_object(request: Request) -> Response:
+    require(request, "read")
+    digest = _digest(request)
+    store: FilesystemObjectStore = request.app.state.repo.objects
+    path = store.path(digest)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"object {digest} not found", code="object_not_found") from None
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+
+
+async def put_object(request: Request) -> Response:
+    require(request, "publish")
+    digest = _digest(request)
+    repo = request.app.state.repo
+    store: FilesystemObjectStore = repo.objects
+    limit = repo.config.max_object_bytes
+    declared = declared_length(request, limit)
+    size_param = request.query_params.get("size")
+    expected_size = int(size_param) if size_param and size_param.isdigit() else declared
+    if expected_size is not None and expected_size > limit:
+        raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
+    if store.exists(digest):
+        # Already stored: drain nothing more than needed and answer at once.
+        return JSONResponse({"blake3": digest, "created": False}, status_code=200,
+                            headers={"Location": f"/v1/objects/{digest}"})
+    writer = store.writer()
+    try:
+        async for chunk in request.stream():
+            if expected_size is not None and writer.size + len(chunk) > expected_size:
+                raise TooLarge(f"body is longer than the declared {expected_size} bytes", code="body_too_long")
+            writer.write(chunk)
+    except ClientDisconnect:
+        writer.abort()
+        raise BadRequest("client disconnected before the body was complete", code="truncated_body") from None
+    except BaseException:
+        writer.abort()
+        raise
+    ingested = await run_in_threadpool(writer.commit, digest, expected_size)
+    request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
+    return JSONResponse({"blake3": digest, "size": ingested.size, "created": ingested.created},
+                        status_code=201 if ingested.created else 200,
+                        headers={"Location": f"/v1/objects/{digest}"})
+
+
+async def missing_objects(request: Request) -> Response:
+    require(request, "publish")
+    repo = request.app.state.repo
+    try:
+        body = parse_json(await read_body(request, repo.config.max_request_json_bytes * 16))
+    except DocumentError as exc:
+        raise BadRequest(exc.message, code="malformed_json") from None
+    objects = body.get("objects") if isinstance(body, dict) else None
+    if not isinstance(objects, list) or not all(is_digest(o) for o in objects):
+        raise Invalid('send {"objects": [<blake3 hex>, ...]}', code="bad_request")
+    if len(objects) > repo.config.max_missing_query:
+        raise TooLarge(f"at most {repo.config.max_missing_query} objects per query")
+    missing = await run_in_threadpool(repo.objects.missing, objects)
+    return JSONResponse({"missing": missing})
+
+
+# ----------------------------------------------------------------- uploads (OCI-style)
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _upload_headers(upload_id: str, offset: int) -> dict[str, str]:
+    headers = {"Location": f"/v1/uploads/{upload_id}", "Upload-Offset": str(offset),
+               "Docker-Upload-UUID": upload_id, "Cache-Control": "no-store"}
+    if offset > 0:
+        headers["Range"] = f"0-{offset - 1}"
+    return headers
+
+
+async def start_upload(request: Request) -> Response:
+    require(request, "publish")
+    upload_id = await run_in_threadpool(request.app.state.uploads.start)
+    return Response(status_code=202, headers=_upload_headers(upload_id, 0))
+
+
+async def upload_offset(request: Request) -> Response:
+    require(request, "publish")
+    upload_id = request.path_params["upload_id"]
+    offset = await run_in_threadpool(request.app.state.uploads.offset, upload_id)
+    return Response(status_code=204, headers=_upload_headers(upload_id, offset))
+
+
+async def append_upload(request: Request) -> Response:
+    require(request, "publish")
+    upload_id = request.path_params["upload_id"]
+    header = request.headers.get("content-range")
+    start = end = None
+    if header is not None:
+        match = _CONTENT_RANGE.match(header.strip())
+        if not match:
+            raise BadRequest("Content-Range must be 'start-end' or 'bytes start-end/total'",
+                             code="bad_content_range")
+        start, end = int(match[1]), int(match[2])
+        if end < start:
+            raise BadRequest("Content-Range end is before its start", code="bad_content_range")
+    try:
+        offset = await request.app.state.uploads.append(upload_id, start, end, request.stream())
+    except ClientDisconnect:
+        raise BadRequest("client disconnected; the upload keeps its previous offset",
+                         code="truncated_body") from None
+    return Response(status_code=202, headers=_upload_headers(upload_id, offset))
+
+
+async def complete_upload(request: Request) -> Response:
+    require(request, "publish")
+    upload_id = request.path_params["upload_id"]
+    uploads = request.app.state.uploads
+    digest = request.query_params.get("blake3", "")
+    offset = await run_in_threadpool(uploads.offset, upload_id)
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        offset = await uploads.append(upload_id, offset, None, request.stream())
+    ingested = await run_in_threadpool(uploads.complete, upload_id, digest)
+    request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
+    return JSONResponse({"blake3": ingested.digest, "size": ingested.size, "created": ingested.created},
+                        status_code=201, headers={"Location": f"/v1/objects/{ingested.digest}"})
+
+
+async def cancel_upload(request: Request) -> Response:
+    require(request, "publish")
+    await run_in_threadpool(request.app.state.uploads.cancel, request.path_params["upload_id"])
+    return Response(status_code=204)

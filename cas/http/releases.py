@@ -1,0 +1,136 @@
+"""Products, releases, manifests, lifecycle, channels and roots over HTTP."""
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from client.documents import parse_json
+from client.errors import DocumentError
+from deltagen.digests import blake3_bytes
+
+from .. import channels, releases
+from ..errors import BadRequest, Invalid, NotFound
+from .auth import require
+from .conditional import etag_matches, read_body
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+JSON = "application/json"
+
+
+def _document(request: Request, body: bytes, etag: str, cache: str) -> Response:
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=JSON, headers=headers)
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = parse_json(await read_body(request, request.app.state.config.max_request_json_bytes))
+    except DocumentError as exc:
+        raise BadRequest(exc.message, code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object", code="bad_request")
+    return body
+
+
+async def list_products(request: Request) -> Response:
+    require(request, "read")
+    return JSONResponse({"products": await run_in_threadpool(request.app.state.repo.meta.list_products)})
+
+
+async def list_releases(request: Request) -> Response:
+    require(request, "read")
+    repo = request.app.state.repo
+    product = request.path_params["product"]
+    if not await run_in_threadpool(repo.meta.product_exists, product):
+        raise NotFound(f"unknown product {product!r}", code="unknown_product")
+    rows = await run_in_threadpool(repo.meta.list_releases, product)
+    chans = await run_in_threadpool(repo.meta.list_channels, product)
+    return JSONResponse({"product": product, "releases": [r.summary() for r in rows],
+                         "channels": {c.channel: {"release": c.release, "sequence": c.sequence,
+                                                  "min_status": c.min_status} for c in chans}})
+
+
+async def get_manifest(request: Request) -> Response:
+    require(request, "read")
+    release = await run_in_threadpool(releases.get_release, request.app.state.repo,
+                                      request.path_params["product"], request.path_params["version"])
+    cache = IMMUTABLE if release.status in ("released", "deprecated") else "no-cache"
+    return _document(request, release.manifest, f'"{release.manifest_digest}"', cache)
+
+
+async def get_release_info(request: Request) -> Response:
+    require(request, "read")
+    repo = request.app.state.repo
+    p, v = request.path_params["product"], request.path_params["version"]
+    release = await run_in_threadpool(releases.get_release, repo, p, v)
+    history = await run_in_threadpool(repo.meta.release_history, p, v)
+    return JSONResponse({"product": p, **release.summary(), "history": history})
+
+
+async def put_release(request: Request) -> Response:
+    actor = require(request, "publish")
+    repo = request.app.state.repo
+    body = await read_body(request, repo.config.max_document_bytes)
+    result = await run_in_threadpool(releases.publish, repo, request.path_params["product"],
+                                     request.path_params["version"], body, actor)
+    return JSONResponse({"product": result.release.product, **result.release.summary(),
+                         "created": result.created}, status_code=201 if result.created else 200,
+                        headers={"ETag": f'"{result.release.manifest_digest}"'})
+
+
+async def post_status(request: Request) -> Response:
+    actor = require(request, "publish")
+    body = await _json_body(request)
+    status = body.get("status")
+    if not isinstance(status, str):
+        raise Invalid('send {"status": "testing|released|deprecated|draft", "reason": "..."}', code="bad_status")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise Invalid("reason must be a string of at most 1000 characters", code="bad_request")
+    release = await run_in_threadpool(releases.move_status, request.app.state.repo,
+                                      request.path_params["product"], request.path_params["version"],
+                                      status, actor, reason)
+    return JSONResponse({"product": release.product, **release.summary()})
+
+
+async def get_history(request: Request) -> Response:
+    return await get_release_info(request)
+
+
+async def get_channel(request: Request) -> Response:
+    require(request, "read")
+    state = request.app.state
+    ch = await run_in_threadpool(channels.get_channel, state.repo, request.path_params["product"],
+                                 request.path_params["channel"])
+    return _document(request, ch.document, ch.etag,
+                     f"public, max-age={state.config.channel_max_age_seconds}")
+
+
+async def put_channel(request: Request) -> Response:
+    require(request, "admin")
+    body = await _json_body(request)
+    version = body.get("release")
+    if not isinstance(version, str):
+        raise Invalid('send {"release": "<version>", "min_status": "released|testing"}', code="bad_request")
+    ch = await run_in_threadpool(channels.set_channel, request.app.state.repo, request.path_params["product"],
+                                 request.path_params["channel"], version, body.get("min_status"))
+    return JSONResponse({"product": ch.product, "channel": ch.channel, "release": ch.release,
+                         "sequence": ch.sequence, "min_status": ch.min_status},
+                        headers={"ETag": ch.etag})
+
+
+async def get_root(request: Request) -> Response:
+    require(request, "read")
+    meta = request.app.state.repo.meta
+    version_param = request.path_params.get("n")
+    if version_param is not None and not version_param.isdigit():
+        raise NotFound("root versions are positive integers", code="unknown_root")
+    row = await run_in_threadpool(meta.get_root, int(version_param) if version_param else None)
+    if row is None:
+        raise NotFound("no such root document", code="unknown_root")
+    version, document = row
+    cache = IMMUTABLE if version_param else "no-cache"
+    return _document(request, document, f'"{blake3_bytes(document)}"', cache)

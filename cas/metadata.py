@@ -1,0 +1,344 @@
+"""Metadata: releases, file entries, lifecycle, channels, uploads, roots.
+
+``Metadata`` is the small interface the rest of the server calls;
+``SqliteMetadata`` is the embedded backend (WAL, one connection per thread,
+versioned schema with migrations applied at open).  PostgreSQL can implement
+the same interface later.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+STATUSES = ("draft", "testing", "released", "deprecated")
+STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
+
+# Each migration moves the schema from version i to i+1.  Never edit one that
+# has shipped: append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE roots (
+        version INTEGER PRIMARY KEY,
+        document BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE products (
+        name TEXT PRIMARY KEY,
+        created REAL NOT NULL
+    );
+    CREATE TABLE releases (
+        product TEXT NOT NULL REFERENCES products(name),
+        version TEXT NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        manifest BLOB NOT NULL,
+        status TEXT NOT NULL,
+        file_count INTEGER NOT NULL,
+        logical_bytes INTEGER NOT NULL,
+        created REAL NOT NULL,
+        status_changed REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (product, version)
+    );
+    CREATE TABLE release_files (
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        type TEXT NOT NULL,
+        blake3 TEXT,
+        size INTEGER,
+        mode INTEGER,
+        target TEXT,
+        PRIMARY KEY (product, version, path),
+        FOREIGN KEY (product, version) REFERENCES releases(product, version) ON DELETE CASCADE
+    );
+    CREATE INDEX release_files_blake3 ON release_files(blake3);
+    CREATE TABLE release_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        from_status TEXT,
+        to_status TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX release_events_release ON release_events(product, version);
+    CREATE TABLE channels (
+        product TEXT NOT NULL REFERENCES products(name),
+        channel TEXT NOT NULL,
+        release TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        min_status TEXT NOT NULL,
+        document BLOB NOT NULL,
+        etag TEXT NOT NULL,
+        expires REAL NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (product, channel)
+    );
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Release:
+    product: str
+    version: str
+    manifest_digest: str
+    manifest: bytes
+    status: str
+    file_count: int
+    logical_bytes: int
+    created: float
+    status_changed: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "status": self.status, "manifest": self.manifest_digest,
+                "files": self.file_count, "bytes": self.logical_bytes,
+                "created": _iso(self.created), "status_changed": _iso(self.status_changed)}
+
+
+@dataclass(frozen=True)
+class Channel:
+    product: str
+    channel: str
+    release: str
+    sequence: int
+    min_status: str
+    document: bytes
+    etag: str
+    expires: float
+    updated: float
+
+
+class StaleWrite(Exception):
+    """A compare-and-set lost against a concurrent writer."""
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class SqliteMetadata:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self.migrate()
+
+    # -- connections
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._conn())
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > len(MIGRATIONS):
+                raise RuntimeError(f"metadata schema {current} is newer than this program ({len(MIGRATIONS)})")
+            for version in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (cheap cache check)."""
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
+    # -- roots
+    def put_root(self, version: int, document: bytes) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO roots(version, document, created) VALUES (?, ?, ?)",
+                      (version, document, time.time()))
+
+    def get_root(self, version: int | None = None) -> tuple[int, bytes] | None:
+        c = self._conn()
+        if version is None:
+            row = c.execute("SELECT version, document FROM roots ORDER BY version DESC LIMIT 1").fetchone()
+        else:
+            row = c.execute("SELECT version, document FROM roots WHERE version = ?", (version,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    # -- releases
+    def list_products(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT p.name, p.created, COUNT(r.version) AS n FROM products p "
+            "LEFT JOIN releases r ON r.product = p.name GROUP BY p.name ORDER BY p.name").fetchall()
+        return [{"name": r["name"], "releases": r["n"], "created": _iso(r["created"])} for r in rows]
+
+    def product_exists(self, product: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM products WHERE name = ?", (product,)).fetchone() is not None
+
+    def _release(self, row: sqlite3.Row | None) -> Release | None:
+        if row is None:
+            return None
+        return Release(row["product"], row["version"], row["manifest_digest"], bytes(row["manifest"]),
+                       row["status"], row["file_count"], row["logical_bytes"], row["created"],
+                       row["status_changed"])
+
+    def get_release(self, product: str, version: str) -> Release | None:
+        row = self._conn().execute("SELECT * FROM releases WHERE product = ? AND version = ?",
+                                   (product, version)).fetchone()
+        return self._release(row)
+
+    def list_releases(self, product: str) -> list[Release]:
+        rows = self._conn().execute("SELECT * FROM releases WHERE product = ? ORDER BY seq",
+                                    (product,)).fetchall()
+        return [r for r in map(self._release, rows) if r is not None]
+
+    def insert_release(self, product: str, version: str, manifest_digest: str, manifest: bytes,
+                       files: Iterable[dict[str, Any]], actor: str, status: str = "draft") -> Release | None:
+        """Record a release; returns the existing one instead when the version exists."""
+        files = list(files)
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM releases WHERE product = ? AND version = ?",
+                            (product, version)).fetchone()
+            if row is not None:
+                return self._release(row)
+            c.execute("INSERT OR IGNORE INTO products(name, created) VALUES (?, ?)", (product, now))
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE product = ?",
+                            (product,)).fetchone()[0]
+            regular = [f for f in files if f["type"] == "file"]
+            c.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (product, version, manifest_digest, manifest, status, len(files),
+                       sum(f["size"] for f in regular), now, now, seq))
+            c.executemany(
+                "INSERT INTO release_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(product, version, f["path"], f["type"], f.get("blake3"), f.get("size"), f.get("mode"),
+                  f.get("target")) for f in files])
+            c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
+                      " VALUES (?, ?, NULL, ?, ?, 'published', ?)", (product, version, status, actor, now))
+        return None
+
+    def set_status(self, product: str, version: str, expected: str, new: str, actor: str, reason: str) -> None:
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute("UPDATE releases SET status = ?, status_changed = ? "
+                            "WHERE product = ? AND version = ? AND status = ?",
+                            (new, now, product, version, expected))
+            if cur.rowcount != 1:
+                raise StaleWrite(f"{product} {version} is no longer {expected}")
+            c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?)", (product, version, expected, new, actor, reason, now))
+
+    def release_history(self, product: str, version: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT from_status, to_status, actor, reason, at FROM release_events "
+            "WHERE product = ? AND version = ? ORDER BY id", (product, version)).fetchall()
+        return [{"from": r["from_status"], "to": r["to_status"], "actor": r["actor"],
+                 "reason": r["reason"], "at": _iso(r["at"])} for r in rows]
+
+    def referenced_objects(self) -> list[tuple[str, int]]:
+        """Every distinct (blake3, size) any release references."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT blake3, size FROM release_files WHERE type = 'file'").fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def logical_bytes(self) -> int:
+        row = self._conn().execute("SELECT COALESCE(SUM(logical_bytes), 0) FROM releases").fetchone()
+        return int(row[0])
+
+    # -- channels
+    def get_channel(self, product: str, channel: str) -> Channel | None:
+        row = self._conn().execute("SELECT * FROM channels WHERE product = ? AND channel = ?",
+                                   (product, channel)).fetchone()
+        return None if row is None else Channel(
+            row["product"], row["channel"], row["release"], row["sequence"], row["min_status"],
+            bytes(row["document"]), row["etag"], row["expires"], row["updated"])
+
+    def list_channels(self, product: str | None = None) -> list[Channel]:
+        c = self._conn()
+        if product is None:
+            rows = c.execute("SELECT product, channel FROM channels ORDER BY product, channel").fetchall()
+        else:
+            rows = c.execute("SELECT product, channel FROM channels WHERE product = ? ORDER BY channel",
+                             (product,)).fetchall()
+        return [ch for ch in (self.get_channel(r[0], r[1]) for r in rows) if ch is not None]
+
+    def put_channel(self, ch: Channel) -> None:
+        """Write sequence ``ch.sequence`` only if the stored one is ``sequence - 1``."""
+        with self._tx() as c:
+            row = c.execute("SELECT sequence FROM channels WHERE product = ? AND channel = ?",
+                            (ch.product, ch.channel)).fetchone()
+            current = row[0] if row else 0
+            if current != ch.sequence - 1:
+                raise StaleWrite(f"channel {ch.product}/{ch.channel} moved to sequence {current}")
+            c.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (ch.product, ch.channel, ch.release, ch.sequence, ch.min_status, ch.document,
+                       ch.etag, ch.expires, ch.updated))
+
+    def channels_pointing_at(self, product: str, version: str) -> list[str]:
+        rows = self._conn().execute("SELECT channel FROM channels WHERE product = ? AND release = ?",
+                                    (product, version)).fetchall()
+        return [r[0] for r in rows]
+
+    # -- uploads
+    def create_upload(self, upload_id: str) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO uploads VALUES (?, ?, ?)", (upload_id, now, now))
+
+    def upload_exists(self, upload_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM uploads WHERE id = ?", (upload_id,)).fetchone() is not None
+
+    def touch_upload(self, upload_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE uploads SET updated = ? WHERE id = ?", (time.time(), upload_id))
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount == 1
+
+    def stale_uploads(self, older_than: float) -> list[str]:
+        rows = self._conn().execute("SELECT id FROM uploads WHERE updated < ?",
+                                    (time.time() - older_than,)).fetchall()
+        return [r[0] for r in rows]
+
+    def all_uploads(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT id FROM uploads").fetchall()]
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,180 @@
+"""``cas publish``: scan a tree, sign its manifest, store what is missing, record it.
+
+Against a local store the files are ingested directly; against a server only
+the objects it lacks are uploaded, several at once, large ones through
+resumable uploads whose state survives an interrupted publish (it resumes
+from the server's offset).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.documents import canonical_bytes, document_digest, sign
+
+from . import releases
+from .remote import RemoteError, make_client, request
+from .repo import Repo
+from .trees import ScannedTree, manifest_signed
+
+SMALL_OBJECT = 8 << 20
+CHUNK = 8 << 20
+MISSING_BATCH = 10_000
+
+
+@dataclass
+class PublishResult:
+    product: str
+    version: str
+    manifest: str
+    files: int
+    logical_bytes: int
+    uploaded_objects: int = 0
+    uploaded_bytes: int = 0
+    created: bool = True
+    status: str = "draft"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def signed_manifest(product: str, version: str, tree: ScannedTree, key: Ed25519PrivateKey) -> dict[str, Any]:
+    return sign(manifest_signed(product, version, tree), [key])
+
+
+def publish_local(repo: Repo, tree: ScannedTree, envelope: dict[str, Any],
+                  progress: Callable[[int], None] | None = None) -> PublishResult:
+    signed = envelope["signed"]
+    uploaded = uploaded_bytes = 0
+    for digest, path in tree.sources.items():
+        if repo.objects.exists(digest):
+            continue
+        ingested = repo.objects.ingest_file(path, expected=digest)
+        uploaded += int(ingested.created)
+        uploaded_bytes += ingested.size if ingested.created else 0
+        if progress:
+            progress(ingested.size)
+    result = releases.publish(repo, signed["product"], signed["version"], canonical_bytes(envelope), "local")
+    return PublishResult(signed["product"], signed["version"], document_digest(signed), len(tree.entries),
+                         tree.logical_bytes, uploaded, uploaded_bytes, result.created, result.release.status)
+
+
+# --------------------------------------------------------------------------- remote
+
+def _state_file(server: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deltacas" / "uploads"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / (hashlib.sha256(server.encode()).hexdigest()[:16] + ".json")
+
+
+class UploadState:
+    """digest -> upload location, kept on disk so a killed publish resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data: dict[str, str] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.data = {}
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+    def get(self, digest: str) -> str | None:
+        return self.data.get(digest)
+
+    def put(self, digest: str, location: str) -> None:
+        self.data[digest] = location
+        self._save()
+
+    def drop(self, digest: str) -> None:
+        if self.data.pop(digest, None) is not None:
+            self._save()
+
+
+async def _upload_small(client: httpx.AsyncClient, digest: str, path: Path, size: int) -> None:
+    await request(client, "PUT", f"/v1/objects/{digest}", params={"size": str(size)},
+                  content=path.read_bytes())
+
+
+async def _upload_large(client: httpx.AsyncClient, digest: str, path: Path, size: int,
+                        state: UploadState, progress: Callable[[int], None] | None) -> None:
+    location = state.get(digest)
+    offset = 0
+    if location is not None:
+        try:
+            response = await request(client, "HEAD", location)
+            offset = int(response.headers.get("upload-offset", "0"))
+        except RemoteError:
+            location = None
+    if location is None:
+        response = await request(client, "POST", "/v1/uploads")
+        location = response.headers["location"]
+        state.put(digest, location)
+    if progress and offset:
+        progress(offset)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while offset < size:
+            chunk = fh.read(CHUNK)
+            if not chunk:
+                raise RemoteError(0, "file_changed", f"{path} shrank while publishing")
+            end = offset + len(chunk) - 1
+            try:
+                response = await request(client, "PATCH", location, content=chunk,
+                                         headers={"Content-Range": f"{offset}-{end}"})
+            except RemoteError as exc:
+                if exc.status != 416 or not isinstance(exc.detail, dict):
+                    raise
+                offset = int(exc.detail["offset"])  # the server tells where it is
+                fh.seek(offset)
+                continue
+            offset = int(response.headers["upload-offset"])
+            if progress:
+                progress(len(chunk))
+    await request(client, "PUT", location, params={"blake3": digest})
+    state.drop(digest)
+
+
+async def publish_remote_async(server: str, token: str | None, tree: ScannedTree, envelope: dict[str, Any],
+                               concurrency: int = 4,
+                               progress: Callable[[int], None] | None = None) -> PublishResult:
+    signed = envelope["signed"]
+    product, version = signed["product"], signed["version"]
+    state = UploadState(_state_file(server))
+    async with make_client(server, token, timeout=300) as client:
+        digests = list(tree.sources)
+        missing: list[str] = []
+        for i in range(0, len(digests), MISSING_BATCH):
+            response = await request(client, "POST", "/v1/objects/missing",
+                                     json={"objects": digests[i:i + MISSING_BATCH]})
+            missing.extend(response.json()["missing"])
+        sizes = {e["blake3"]: e["size"] for e in signed["files"] if e["type"] == "file"}
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(digest: str) -> None:
+            async with gate:
+                path, size = tree.sources[digest], sizes[digest]
+                if size <= SMALL_OBJECT:
+                    await _upload_small(client, digest, path, size)
+                    if progress:
+                        progress(size)
+                else:
+                    await _upload_large(client, digest, path, size, state, progress)
+
+        await asyncio.gather(*(one(d) for d in missing))
+        body = canonical_bytes(envelope)
+        response = await request(client, "PUT", f"/v1/products/{product}/releases/{version}", content=body,
+                                 headers={"Content-Type": "application/json"})
+        answer = response.json()
+    return PublishResult(product, version, document_digest(signed), len(tree.entries), tree.logical_bytes,
+                         len(missing), sum(sizes[d] for d in missing), response.status_code == 201,
+                         answer.get("status", "draft"))

@@ -1,0 +1,123 @@
+"""Publishing releases and moving them through their lifecycle.
+
+``publish`` validates a signed manifest completely (structure, paths,
+signature by a trusted release key, every object present with the declared
+size) before anything is recorded; a failure records nothing.  Lifecycle:
+draft -> testing -> released -> deprecated, and testing -> draft.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client.documents import canonical_bytes, document_digest, parse_json, split_envelope, verify
+from client.errors import DocumentError, SignatureError
+from client.manifests import manifest_problems
+from client.paths import check_name
+
+from .errors import Conflict, Invalid, NotFound, from_document
+from .metadata import STATUSES, Release, StaleWrite
+from .repo import Repo
+
+TRANSITIONS = {("draft", "testing"), ("testing", "released"), ("testing", "draft"),
+               ("released", "deprecated")}
+
+
+@dataclass(frozen=True)
+class Published:
+    release: Release
+    created: bool
+
+
+def _names(product: str, version: str) -> None:
+    try:
+        check_name("product", product)
+        check_name("version", version)
+    except DocumentError as exc:
+        raise from_document(exc) from None
+
+
+def get_release(repo: Repo, product: str, version: str) -> Release:
+    _names(product, version)
+    release = repo.meta.get_release(product, version)
+    if release is None:
+        if not repo.meta.product_exists(product):
+            raise NotFound(f"unknown product {product!r}", code="unknown_product")
+        raise NotFound(f"unknown release {product} {version}", code="unknown_release")
+    return release
+
+
+def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> Published:
+    _names(product, version)
+    try:
+        envelope = parse_json(body, max_bytes=repo.config.max_document_bytes)
+        signed, _ = split_envelope(envelope)
+    except DocumentError as exc:
+        raise from_document(exc) from None
+    problems = manifest_problems(signed, casefold=repo.config.casefold_paths)
+    if signed.get("product") != product or signed.get("version") != version:
+        problems.append(f"manifest is for {signed.get('product')!r} {signed.get('version')!r}, "
+                        f"not {product!r} {version!r}")
+    if problems:
+        raise Invalid("invalid manifest", detail=problems, code="invalid_manifest")
+    if repo.config.enforce_signatures:
+        root = repo.root()
+        if root is None:
+            raise Invalid("signatures are enforced but the server has no root (run `cas keys init`)",
+                          code="no_root")
+        try:
+            verify(envelope, root.role("release"))
+        except SignatureError as exc:
+            raise Invalid(f"manifest signature refused: {exc.message}", code="bad_signature") from None
+    files = signed["files"]
+    wrong: list[str] = []
+    for entry in files:
+        if entry["type"] != "file":
+            continue
+        size = repo.objects.size(entry["blake3"])
+        if size is None:
+            wrong.append(f"missing object {entry['blake3']} for {entry['path']}")
+        elif size != entry["size"]:
+            wrong.append(f"{entry['path']}: object has {size} bytes, manifest says {entry['size']}")
+    if wrong:
+        code = "missing_objects" if all(w.startswith("missing") for w in wrong) else "size_mismatch"
+        raise Invalid("manifest refers to objects the store does not hold as declared",
+                      detail=wrong, code=code)
+    digest = document_digest(signed)
+    existing = repo.meta.insert_release(product, version, digest, canonical_bytes(envelope), files, actor)
+    if existing is not None:
+        if existing.manifest_digest != digest:
+            raise Conflict(f"{product} {version} exists with different content",
+                           detail={"existing": existing.manifest_digest, "offered": digest},
+                           code="release_exists")
+        return Published(existing, created=False)
+    release = repo.meta.get_release(product, version)
+    assert release is not None
+    return Published(release, created=True)
+
+
+def move_status(repo: Repo, product: str, version: str, new: str, actor: str, reason: str = "") -> Release:
+    release = get_release(repo, product, version)
+    if new not in STATUSES:
+        raise Invalid(f"unknown status {new!r}; one of {', '.join(STATUSES)}", code="bad_status")
+    if release.status == new:
+        return release
+    if (release.status, new) not in TRANSITIONS:
+        raise Conflict(f"cannot move {product} {version} from {release.status} to {new}",
+                       detail={"from": release.status, "to": new,
+                               "allowed": sorted(t for f, t in TRANSITIONS if f == release.status)},
+                       code="illegal_transition")
+    if new in ("deprecated", "draft"):
+        pointing = repo.meta.channels_pointing_at(product, version)
+        if pointing:
+            raise Conflict(f"channels {pointing} point at {product} {version}; move them first",
+                           detail={"channels": pointing}, code="release_in_use")
+    try:
+        repo.meta.set_status(product, version, release.status, new, actor, reason or f"-> {new}")
+    except StaleWrite as exc:
+        raise Conflict(str(exc), code="concurrent_change") from None
+    return get_release(repo, product, version)
+
+
+def manifest_of(release: Release) -> dict[str, Any]:
+    return parse_json(release.manifest)

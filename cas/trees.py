@@ -1,0 +1,81 @@
+"""Release trees on disk: scan a directory into manifest entries, build the manifest.
+
+``scan_tree`` walks a release directory (never following symlinks), hashes
+every regular file once (BLAKE3 and SHA-256 together, streaming) and refuses
+anything a manifest cannot hold (devices, sockets, escaping symlinks, bad names).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from client.documents import format_time, utc_now
+from client.errors import DocumentError
+from client.manifests import check_manifest
+from client.paths import check_path, resolve_symlink
+from deltagen.digests import file_digest
+
+
+class TreeError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ScannedTree:
+    entries: list[dict[str, Any]]
+    sources: dict[str, Path]  # blake3 -> one local file with that content
+
+    @property
+    def logical_bytes(self) -> int:
+        return sum(e["size"] for e in self.entries if e["type"] == "file")
+
+
+def scan_tree(root: Path, progress: Callable[[int], None] | None = None) -> ScannedTree:
+    root = Path(root)
+    if not root.is_dir():
+        raise TreeError(f"{root} is not a directory")
+    entries: list[dict[str, Any]] = []
+    sources: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        base = Path(dirpath)
+        names = sorted(filenames + [d for d in dirnames if (base / d).is_symlink()])
+        for name in names:
+            full = base / name
+            rel = full.relative_to(root).as_posix()
+            try:
+                check_path(rel)
+            except DocumentError as exc:
+                raise TreeError(f"cannot publish {full}: {exc.message}") from None
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                try:
+                    resolve_symlink(rel, target)
+                except DocumentError as exc:
+                    raise TreeError(f"cannot publish {full}: {exc.message}") from None
+                entries.append({"path": rel, "type": "symlink", "target": target})
+            elif stat.S_ISREG(st.st_mode):
+                digest = file_digest(full)
+                entries.append({"path": rel, "type": "file", "mode": stat.S_IMODE(st.st_mode) & 0o1777,
+                                "size": digest.size, "blake3": digest.blake3, "sha256": digest.sha256})
+                sources.setdefault(digest.blake3, full)
+                if progress:
+                    progress(digest.size)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise TreeError(f"cannot publish {full}: not a regular file, directory or symlink")
+        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    entries.sort(key=lambda e: e["path"])
+    return ScannedTree(entries, sources)
+
+
+def manifest_signed(product: str, version: str, tree: ScannedTree) -> dict[str, Any]:
+    signed = {"schema": 1, "product": product, "version": version,
+              "created": format_time(utc_now()), "files": tree.entries}
+    try:
+        return check_manifest(signed)
+    except DocumentError as exc:
+        raise TreeError(f"{exc.message}: {exc.detail}") from None

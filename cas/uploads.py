@@ -1,0 +1,143 @@
+"""Resumable uploads, as in the OCI distribution spec.
+
+An upload is a file ``STORE/uploads/{id}`` that grows by appends at its
+current offset; completing it verifies the BLAKE3 the client names and moves
+the file into the object store.  Abandoned uploads expire after
+``upload_ttl_seconds`` of inactivity.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from deltagen.digests import StreamHasher, hash_stream, is_digest
+
+from .errors import Conflict, DigestMismatch, Invalid, NotFound, RangeNotSatisfiable, TooLarge
+from .objects import Ingested
+from .repo import Repo
+
+
+class Uploads:
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self.dir = Path(repo.config.store) / "uploads"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Running hash per upload while this process sees every append.
+        self._hashers: dict[str, StreamHasher] = {}
+
+    def _path(self, upload_id: str) -> Path:
+        if not (len(upload_id) == 32 and all(c in "0123456789abcdef" for c in upload_id)):
+            raise NotFound("unknown upload", code="unknown_upload")
+        return self.dir / upload_id
+
+    def _existing(self, upload_id: str) -> Path:
+        path = self._path(upload_id)
+        if not path.exists() or not self.repo.meta.upload_exists(upload_id):
+            raise NotFound(f"unknown or expired upload {upload_id}", code="unknown_upload")
+        return path
+
+    def start(self) -> str:
+        upload_id = secrets.token_hex(16)
+        self.repo.meta.create_upload(upload_id)  # record first: expire() removes unrecorded files
+        self._path(upload_id).touch(mode=0o600, exist_ok=False)
+        self._hashers[upload_id] = StreamHasher()
+        return upload_id
+
+    def offset(self, upload_id: str) -> int:
+        return self._existing(upload_id).stat().st_size
+
+    async def append(self, upload_id: str, start: int | None, end: int | None,
+                     body: AsyncIterator[bytes]) -> int:
+        """Append a body at ``start`` (must equal the current offset); new offset."""
+        path = self._existing(upload_id)
+        with open(path, "r+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict("another append to this upload is in progress", code="upload_busy") from None
+            offset = os.fstat(fh.fileno()).st_size
+            if start is not None and start != offset:
+                raise RangeNotSatisfiable(f"append starts at {start}, upload is at {offset}", offset=offset)
+            hasher = self._hashers.get(upload_id)
+            if hasher is not None and hasher.size != offset:
+                hasher = None
+            fh.seek(offset)
+            written = 0
+            limit = self.repo.config.max_object_bytes
+            expected = None if end is None or start is None else end - start + 1
+            try:
+                async for chunk in body:
+                    if offset + written + len(chunk) > limit:
+                        raise TooLarge(f"upload exceeds the object limit of {limit} bytes")
+                    if expected is not None and written + len(chunk) > expected:
+                        raise Invalid(f"body is longer than Content-Range declares ({expected})",
+                                      code="size_mismatch")
+                    fh.write(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    written += len(chunk)
+                if expected is not None and written != expected:
+                    raise Invalid(f"body has {written} bytes, Content-Range declares {expected}",
+                                  code="size_mismatch")
+            except BaseException:
+                # Keep the upload at its previous, known-good offset.
+                fh.truncate(offset)
+                self._hashers.pop(upload_id, None)
+                raise
+            if hasher is not None:
+                self._hashers[upload_id] = hasher
+            else:
+                self._hashers.pop(upload_id, None)
+        self.repo.meta.touch_upload(upload_id)
+        return offset + written
+
+    def complete(self, upload_id: str, digest: str) -> Ingested:
+        if not is_digest(digest):
+            raise Invalid("complete an upload with ?blake3=<64 lowercase hex>", code="bad_digest")
+        path = self._existing(upload_id)
+        with open(path, "r+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict("an append to this upload is in progress", code="upload_busy") from None
+            size = os.fstat(fh.fileno()).st_size
+            hasher = self._hashers.get(upload_id)
+            actual = hasher.blake3 if hasher is not None and hasher.size == size else hash_stream(fh).blake3
+            if actual != digest:
+                self.cancel(upload_id)
+                raise DigestMismatch(f"upload hashes to {actual}, not {digest}; upload discarded",
+                                     detail={"expected": digest, "actual": actual})
+            os.fsync(fh.fileno())
+        created = self.repo.objects.install(path, digest)
+        self.repo.meta.delete_upload(upload_id)
+        self._hashers.pop(upload_id, None)
+        return Ingested(digest, size, created)
+
+    def cancel(self, upload_id: str) -> None:
+        path = self._path(upload_id)
+        existed = self.repo.meta.delete_upload(upload_id)
+        self._hashers.pop(upload_id, None)
+        if path.exists():
+            path.unlink()
+            existed = True
+        if not existed:
+            raise NotFound(f"unknown upload {upload_id}", code="unknown_upload")
+
+    def expire(self) -> int:
+        """Remove uploads idle longer than the TTL, and files with no record."""
+        removed = 0
+        for upload_id in self.repo.meta.stale_uploads(self.repo.config.upload_ttl_seconds):
+            try:
+                self.cancel(upload_id)
+                removed += 1
+            except NotFound:
+                pass
+        known = set(self.repo.meta.all_uploads())
+        for entry in self.dir.iterdir():
+            if entry.name not in known:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,125 @@
+"""Release manifests and channel documents: structure checks, pure functions.
+
+``manifest_problems`` lists everything wrong with a manifest's ``signed`` part
+so that a publisher sees all of it at once; ``check_manifest`` raises with that
+list.  Signatures are checked by ``documents.verify`` against a root role.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from deltagen.digests import is_digest
+
+from .documents import parse_time
+from .errors import DocumentError, InvalidPath
+from .paths import check_name, check_tree
+
+MANIFEST_FIELDS = {"schema", "product", "version", "created", "files"}
+FILE_FIELDS = {"path", "type", "mode", "size", "blake3", "sha256"}
+SYMLINK_FIELDS = {"path", "type", "target"}
+MAX_FILES = 1_000_000
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
+    if not isinstance(signed, dict):
+        return ["manifest 'signed' must be an object"]
+    problems: list[str] = []
+    unknown = set(signed) - MANIFEST_FIELDS
+    if unknown:
+        problems.append(f"unknown manifest fields: {sorted(unknown)}")
+    if signed.get("schema") != 1:
+        problems.append("schema must be 1")
+    for field in ("product", "version"):
+        try:
+            check_name(field, signed.get(field))
+        except InvalidPath as exc:
+            problems.append(exc.message)
+    try:
+        parse_time(signed.get("created"))
+    except DocumentError as exc:
+        problems.append(f"created: {exc.message}")
+    files = signed.get("files")
+    if not isinstance(files, list):
+        return problems + ["files must be a list"]
+    if len(files) > MAX_FILES:
+        return problems + [f"more than {MAX_FILES} files"]
+    tree: list[tuple[str, str, str | None]] = []
+    for index, entry in enumerate(files):
+        where = f"files[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} must be an object")
+            continue
+        kind = entry.get("type")
+        path = entry.get("path")
+        where = f"{where} ({path!r})" if isinstance(path, str) else where
+        if kind == "file":
+            extra = set(entry) - FILE_FIELDS
+            missing = FILE_FIELDS - set(entry)
+            if extra or missing:
+                problems.append(f"{where}: fields must be exactly {sorted(FILE_FIELDS)}")
+                continue
+            mode, size = entry["mode"], entry["size"]
+            if not _is_int(mode) or not 0 <= mode <= 0o7777:
+                problems.append(f"{where}: mode must be an integer 0..4095")
+            elif mode & 0o6000:
+                problems.append(f"{where}: setuid/setgid bits are not allowed")
+            if not _is_int(size) or size < 0:
+                problems.append(f"{where}: size must be a non-negative integer")
+            if not is_digest(entry["blake3"]) or not is_digest(entry["sha256"]):
+                problems.append(f"{where}: blake3 and sha256 must be 64 lowercase hex chars")
+            tree.append((path, "file", None))
+        elif kind == "symlink":
+            if set(entry) != SYMLINK_FIELDS:
+                problems.append(f"{where}: fields must be exactly {sorted(SYMLINK_FIELDS)}")
+                continue
+            tree.append((path, "symlink", entry["target"]))
+        else:
+            problems.append(f"{where}: unknown type {kind!r} (file or symlink)")
+    problems.extend(check_tree(tree, casefold=casefold))
+    return problems
+
+
+def check_manifest(signed: Any, casefold: bool = False) -> dict[str, Any]:
+    problems = manifest_problems(signed, casefold=casefold)
+    if problems:
+        raise DocumentError("invalid manifest", detail=problems)
+    return signed
+
+
+def file_entries(signed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in signed["files"] if e["type"] == "file"]
+
+
+CHANNEL_FIELDS = {"schema", "product", "channel", "sequence", "expires", "release", "manifest", "rollout"}
+
+
+def check_channel(signed: Any) -> dict[str, Any]:
+    """Structure of a channel document's ``signed`` part."""
+    if not isinstance(signed, dict) or set(signed) != CHANNEL_FIELDS:
+        raise DocumentError(f"channel document fields must be exactly {sorted(CHANNEL_FIELDS)}")
+    if signed["schema"] != 1:
+        raise DocumentError("channel schema must be 1")
+    check_name("product", signed["product"])
+    check_name("channel", signed["channel"])
+    check_name("version", signed["release"])
+    if not _is_int(signed["sequence"]) or signed["sequence"] < 1:
+        raise DocumentError("channel sequence must be a positive integer")
+    parse_time(signed["expires"])
+    if not is_digest(signed["manifest"]):
+        raise DocumentError("channel manifest must be a digest")
+    rollout = signed["rollout"]
+    if rollout is not None:
+        if not isinstance(rollout, dict) or set(rollout) != {"release", "manifest", "percent", "salt"}:
+            raise DocumentError("rollout must be null or {release, manifest, percent, salt}")
+        check_name("version", rollout["release"])
+        if not is_digest(rollout["manifest"]):
+            raise DocumentError("rollout manifest must be a digest")
+        if not _is_int(rollout["percent"]) or not 0 <= rollout["percent"] <= 100:
+            raise DocumentError("rollout percent must be an integer 0..100")
+        if not isinstance(rollout["salt"], str):
+            raise DocumentError("rollout salt must be a string")
+    return signed

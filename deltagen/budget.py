@@ -1,0 +1,96 @@
+"""Run one build (a patch or a compressed form) in a worker process under a deadline.
+
+The worker is a fresh ``python -m deltagen.budget`` in its own session: when the
+deadline passes it is killed with SIGKILL, so a slow suffix sort or a level-19 pass
+over a huge file never holds the caller past its budget.  The worker writes through
+``atomic_output``; a killed worker can leave only a temp file, so callers give it a
+private directory and remove that directory afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from . import errors
+from .limits import DeltaLimits
+from .output import StrPath
+from .patches import compress_file, make_patch
+
+Job = Literal["bsdiff4", "zstd", "compressed"]
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(frozen=True)
+class BuildStats:
+    elapsed_s: float
+    peak_rss_bytes: int
+
+
+def _error_from_worker(stderr: str, returncode: int) -> errors.DeltaError:
+    line = stderr.strip().splitlines()[-1] if stderr.strip() else f"worker exited {returncode}"
+    name, _, message = line.partition(": ")
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.DeltaError):
+        return cls(message)
+    return errors.DeltaError(f"build worker failed: {line}")
+
+
+def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path: StrPath,
+                 limits: DeltaLimits, timeout_s: float) -> BuildStats:
+    """Build ``out_path`` in a worker; BudgetExceeded if it is not done in ``timeout_s``."""
+    if timeout_s <= 0:
+        raise errors.BudgetExceeded("no time left in the budget")
+    spec = {"job": job, "old": os.fspath(old_path) if old_path is not None else None,
+            "new": os.fspath(new_path), "out": os.fspath(out_path), "limits": limits.to_dict()}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "deltagen.budget", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise errors.BudgetExceeded(f"{job} build killed after {timeout_s:.1f} s") from None
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise _error_from_worker(stderr, proc.returncode)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return BuildStats(elapsed, int(report["peak_rss_bytes"]))
+
+
+def _worker(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    limits = DeltaLimits.from_dict(spec["limits"])
+    try:
+        if spec["job"] == "compressed":
+            compress_file(spec["new"], spec["out"], limits.compress_level)
+        else:
+            make_patch(spec["job"], spec["old"], spec["new"], spec["out"], limits)
+    except errors.DeltaError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:
+        print(f"DeltaError: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"peak_rss_bytes": peak}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

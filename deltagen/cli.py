@@ -1,0 +1,89 @@
+"""``python -m deltagen``: diff, apply, best.  Exits non-zero with a one-line reason."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from .digests import is_digest
+from .errors import DeltaError
+from .limits import DEFAULT_LIMITS, DeltaLimits
+from .patches import ALGORITHMS, apply_patch, make_patch
+from .recipes import Attempt, best_recipes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deltagen",
+                                     description="Build, apply and choose binary deltas.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    diff = sub.add_parser("diff", help="make a patch from OLD to NEW")
+    diff.add_argument("--algorithm", choices=ALGORITHMS, required=True)
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("out")
+    diff.add_argument("--level", type=int, default=DEFAULT_LIMITS.zstd_level,
+                      help="zstd level (default %(default)s)")
+
+    apply = sub.add_parser("apply", help="apply PATCH to OLD, writing OUT")
+    apply.add_argument("--algorithm", choices=ALGORITHMS, required=True)
+    apply.add_argument("old")
+    apply.add_argument("patch")
+    apply.add_argument("out")
+    apply.add_argument("--size", type=int, help="expected output size (default: read from the patch)")
+    apply.add_argument("--blake3", help="expected output BLAKE3 (hex)")
+
+    best = sub.add_parser("best", help="build and verify the best recipes, print them as JSON")
+    best.add_argument("old")
+    best.add_argument("new")
+    best.add_argument("outdir")
+    best.add_argument("--time-budget", type=float, default=DEFAULT_LIMITS.time_budget_s)
+    best.add_argument("--bsdiff-max-bytes", type=int, default=DEFAULT_LIMITS.bsdiff_max_bytes)
+    best.add_argument("--verbose", action="store_true", help="also print why candidates were dropped")
+    return parser
+
+
+def _declared_size(algorithm: str, patch_path: str) -> int:
+    """The output size a patch declares (used only when --size is not given)."""
+    from . import bsdiff_format, zstd_frames  # noqa: PLC0415 - only needed here
+    with open(patch_path, "rb") as fh:
+        if algorithm == "bsdiff4":
+            return bsdiff_format.parse_header(fh.read(bsdiff_format.HEADER_SIZE),
+                                              os.fstat(fh.fileno()).st_size).new_size
+        return zstd_frames.declared_size(fh)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "diff":
+        make_patch(args.algorithm, args.old, args.new, args.out,
+                   DeltaLimits(zstd_level=args.level))
+        print(f"{args.out}: {os.path.getsize(args.out)} bytes")
+    elif args.command == "apply":
+        if args.blake3 is not None and not is_digest(args.blake3):
+            raise DeltaError("--blake3 must be 64 lowercase hex characters")
+        size = args.size if args.size is not None else _declared_size(args.algorithm, args.patch)
+        digest = apply_patch(args.algorithm, args.old, args.patch, args.out, size, args.blake3)
+        print(f"{args.out}: {size} bytes blake3 {digest}")
+    else:
+        limits = DeltaLimits(time_budget_s=args.time_budget, bsdiff_max_bytes=args.bsdiff_max_bytes)
+        attempts: list[Attempt] = []
+        recipes = best_recipes(args.old, args.new, args.outdir, limits, attempts)
+        doc: dict[str, object] = {"recipes": [dict(r.to_dict(), path=str(r.path)) for r in recipes]}
+        if args.verbose:
+            doc["attempts"] = [{"name": a.name, "outcome": a.outcome, "size": a.size} for a in attempts]
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except DeltaError as exc:
+        print(f"deltagen: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"deltagen: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1

@@ -1,0 +1,62 @@
+"""Limits are data: every cap deltagen enforces, with its default and what it implies."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+#: Below this level python-zstandard attaches a large raw-content dictionary instead of
+#: indexing it, and patch-from finds (almost) no matches: measured, see docs/deltagen.md.
+ZSTD_PATCH_MIN_LEVEL = 15
+
+#: zstd's largest window (``--long=31``): old + new must fit in it for patch-from.
+ZSTD_WINDOW_LOG_MAX = 31
+
+
+@dataclass(frozen=True)
+class DeltaLimits:
+    """Caps for building and applying deltas.
+
+    bsdiff_max_bytes: neither old nor new may be larger for a bsdiff4 attempt.  The
+        suffix sort needs ~17 bytes per old byte plus old + 3x new: 64 MiB -> ~1.3 GiB.
+    zstd_patch_max_bytes: old + new may not be larger for a zstd patch-from attempt
+        (window log <= 31, i.e. 2 GiB; the old file is held in memory, about
+        2 x (old + new) + ~300 MiB of match-finder tables at level 19).
+    time_budget_s: wall-clock budget for all builds of one file; each build runs in a
+        worker subprocess that is killed when the remaining budget runs out.
+    tiny_bytes: targets smaller than this get no patch (compressed or raw only).
+    zstd_level: level for zstd patch-from (15..22, see ZSTD_PATCH_MIN_LEVEL);
+        compress_level: level for the full compressed form.
+    max_output_bytes: largest output apply/decompress will ever produce.
+    """
+
+    bsdiff_max_bytes: int = 64 * MiB
+    zstd_patch_max_bytes: int = 1 * GiB
+    time_budget_s: float = 300.0
+    tiny_bytes: int = 4096
+    zstd_level: int = 19
+    compress_level: int = 19
+    max_output_bytes: int = 4 * GiB
+
+    def __post_init__(self) -> None:
+        if self.zstd_patch_max_bytes > (1 << ZSTD_WINDOW_LOG_MAX):
+            raise ValueError("zstd_patch_max_bytes cannot exceed 2 GiB (window log 31)")
+        if not ZSTD_PATCH_MIN_LEVEL <= self.zstd_level <= 22:
+            raise ValueError(f"zstd_level must be {ZSTD_PATCH_MIN_LEVEL}..22 for patch-from")
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 0:
+                raise ValueError(f"{field.name} must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeltaLimits:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+DEFAULT_LIMITS = DeltaLimits()

@@ -1,0 +1,75 @@
+"""Writing outputs so that nothing is visible before it is complete.
+
+``atomic_output`` writes to a temp name in the target's directory, fsyncs, then
+``os.replace``s; on any exception the temp file is removed and no output is left.
+``HashingSink`` counts and hashes what goes through it and refuses to pass a size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .digests import StreamHasher
+from .errors import SizeExceeded
+
+StrPath = str | os.PathLike[str]
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: StrPath) -> Iterator[BinaryIO]:
+    """Yield a file to write; it appears at ``path`` only if the block succeeds."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+class HashingSink:
+    """A write-only stream that hashes (BLAKE3), counts, and caps what it is given."""
+
+    def __init__(self, limit: int, fh: BinaryIO | None = None) -> None:
+        self._hasher = StreamHasher()
+        self._fh = fh
+        self.limit = limit
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    @property
+    def blake3(self) -> str:
+        return self._hasher.blake3
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._hasher.size + len(data) > self.limit:
+            raise SizeExceeded(f"output passes {self.limit} bytes")
+        self._hasher.update(data)
+        if self._fh is not None:
+            self._fh.write(data)
+        return len(data)

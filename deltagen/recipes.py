@@ -1,0 +1,171 @@
+"""Choose the cheapest verified ways to get a target file's bytes.
+
+Rule (cheapest first; each kept only if it beats the next cheaper-to-serve form):
+
+1. ``raw``: always; the object is the target itself.
+2. ``compressed`` (zstd full file): kept if verified and smaller than raw.
+3. ``patch``: tried only when the target is at least ``tiny_bytes``; zstd patch-from
+   when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and new are each
+   <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is smaller
+   than the compressed form (or raw when there is no compressed form).
+
+Builds run in worker processes under one per-file ``time_budget_s`` (compressed,
+then zstd patch, then bsdiff4, each with what is left); a build over a cap, over the
+budget, or failing verification is dropped and the next rule applies.  Every object
+kept has been decoded once and matched against the target's BLAKE3.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .budget import BuildStats, build_within
+from .digests import blake3_file, file_digest
+from .errors import DeltaError
+from .limits import DEFAULT_LIMITS, DeltaLimits
+from .output import StrPath
+from .patches import Algorithm, verify_compressed, verify_patch
+
+Kind = Literal["patch", "compressed", "raw"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to get the target's bytes; ``path`` is the object file to serve."""
+
+    kind: Kind
+    algorithm: Algorithm | None  # None for raw
+    object: str                  # BLAKE3 of the object file
+    size: int                    # size of the object file
+    path: Path
+    base: str | None = None      # BLAKE3 of the old file, for patches
+    build_s: float = 0.0
+    peak_rss_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest-delta form (DESIGN.md ``recipes``)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.base is not None:
+            out["base"] = self.base
+        if self.algorithm is not None:
+            out["algorithm"] = self.algorithm
+        out["object"] = self.object
+        out["size"] = self.size
+        return out
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What happened to one candidate (for logs and benchmarks)."""
+
+    name: str
+    outcome: str  # "kept", "dropped: <reason>", "skipped: <reason>"
+    size: int | None = None
+
+
+def _candidates(old_size: int, new_size: int, limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
+    """Patch algorithms to try, each with a reason it is skipped (None: try it)."""
+    out: list[tuple[Algorithm, str | None]] = []
+    tiny = f"target below tiny_bytes ({limits.tiny_bytes})" if new_size < limits.tiny_bytes else None
+    zstd_skip = tiny or (f"old + new above zstd_patch_max_bytes ({limits.zstd_patch_max_bytes})"
+                         if old_size + new_size > limits.zstd_patch_max_bytes else None)
+    bsdiff_skip = tiny or (f"old or new above bsdiff_max_bytes ({limits.bsdiff_max_bytes})"
+                           if max(old_size, new_size) > limits.bsdiff_max_bytes else None)
+    out.append(("zstd", zstd_skip))
+    out.append(("bsdiff4", bsdiff_skip))
+    return out
+
+
+def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
+                 limits: DeltaLimits = DEFAULT_LIMITS,
+                 attempts: list[Attempt] | None = None) -> list[Recipe]:
+    """Build, verify and keep the recipes for ``new_path`` from ``old_path``.
+
+    Objects are written into ``workdir`` named by their BLAKE3.  Returned cheapest
+    first; the last one is always raw (pointing at ``new_path``).  Pass a list as
+    ``attempts`` to learn why candidates were dropped.
+    """
+    log = attempts if attempts is not None else []
+    target = file_digest(new_path)
+    old_size = os.path.getsize(old_path)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + limits.time_budget_s
+    raw = Recipe("raw", None, target.blake3, target.size, Path(new_path))
+    kept: list[Recipe] = []
+    scratch = Path(tempfile.mkdtemp(prefix=".deltagen-", dir=workdir))
+    try:
+        compressed = _build_compressed(new_path, target.blake3, target.size, scratch,
+                                       workdir, limits, deadline, log)
+        bar = compressed.size if compressed is not None else raw.size
+        base: str | None = None
+        best: Recipe | None = None
+        for algorithm, skip in _candidates(old_size, target.size, limits):
+            if skip is not None:
+                log.append(Attempt(algorithm, f"skipped: {skip}"))
+                continue
+            if base is None:
+                base = blake3_file(old_path)
+            out = scratch / f"patch.{algorithm}"
+            try:
+                stats = build_within(algorithm, old_path, new_path, out, limits,
+                                     deadline - time.monotonic())
+                verify_patch(algorithm, old_path, out, target.size, target.blake3, limits)
+            except DeltaError as exc:
+                log.append(Attempt(algorithm, f"dropped: {type(exc).__name__}: {exc}"))
+                continue
+            size = out.stat().st_size
+            if size >= bar or (best is not None and size >= best.size):
+                log.append(Attempt(algorithm, "dropped: not smaller than the alternatives", size))
+                continue
+            log.append(Attempt(algorithm, "candidate", size))
+            best = Recipe("patch", algorithm, blake3_file(out), size, out, base,
+                          stats.elapsed_s, stats.peak_rss_bytes)
+        if best is not None:
+            kept.append(_publish(best, workdir))
+        if compressed is not None:
+            kept.append(_publish(compressed, workdir))
+        kept.append(raw)
+        return kept
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build_compressed(new_path: StrPath, target_blake3: str, target_size: int, scratch: Path,
+                      workdir: Path, limits: DeltaLimits, deadline: float,
+                      log: list[Attempt]) -> Recipe | None:
+    out = scratch / "compressed.zstd"
+    try:
+        stats: BuildStats = build_within("compressed", None, new_path, out, limits,
+                                         deadline - time.monotonic())
+        verify_compressed(out, target_size, target_blake3, limits)
+    except DeltaError as exc:
+        log.append(Attempt("compressed", f"dropped: {type(exc).__name__}: {exc}"))
+        return None
+    size = out.stat().st_size
+    if size >= target_size:
+        log.append(Attempt("compressed", "dropped: not smaller than raw", size))
+        return None
+    log.append(Attempt("compressed", "kept", size))
+    return Recipe("compressed", "zstd", blake3_file(out), size, out, None,
+                  stats.elapsed_s, stats.peak_rss_bytes)
+
+
+def _publish(recipe: Recipe, workdir: Path) -> Recipe:
+    """Move a verified object from scratch to ``workdir/<blake3>``."""
+    final = workdir / recipe.object
+    os.replace(recipe.path, final)
+    with contextlib.suppress(OSError):
+        fd = os.open(workdir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return Recipe(recipe.kind, recipe.algorithm, recipe.object, recipe.size, final,
+                  recipe.base, recipe.build_s, recipe.peak_rss_bytes)

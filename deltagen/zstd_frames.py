@@ -1,0 +1,166 @@
+"""zstd: patch-from (old file as a raw-content prefix) and full compression.
+
+A patch is one standard zstd frame that the stock CLI applies with
+``zstd -d --long=31 --patch-from=OLD PATCH -o NEW``: the old file is loaded as a
+raw-content dictionary (what ``ZSTD_CCtx_refPrefix`` does), the window covers
+old + new, long-distance matching is on, and the frame carries its content size and
+a checksum.  Decompression is always bounded by the size the caller expects.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import zstandard
+
+from .errors import CorruptPatch, DigestMismatch, SizeExceeded, SizeMismatch
+from .limits import ZSTD_WINDOW_LOG_MAX, DeltaLimits
+from .output import HashingSink, StrPath, atomic_output
+
+CHUNK = 1 << 20
+_WINDOW_LOG_MIN = 10
+_MAX_WINDOW = 1 << ZSTD_WINDOW_LOG_MAX
+_FRAME_HEADER_MAX = 18  # ZSTD_FRAMEHEADERSIZE_MAX
+
+
+def patch_window_log(old_size: int, new_size: int) -> int:
+    """Smallest window log whose window covers old + new (as the CLI picks it)."""
+    return max(_WINDOW_LOG_MIN, (old_size + new_size).bit_length())
+
+
+@contextmanager
+def _mapped(path: StrPath) -> Iterator[bytes | mmap.mmap]:
+    """The file's bytes, mapped read-only (an empty file gives b'')."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
+
+
+def _prefix_dict(old: bytes | mmap.mmap) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def make_zstd_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath,
+                    limits: DeltaLimits) -> None:
+    old_size = os.path.getsize(old_path)
+    new_size = os.path.getsize(new_path)
+    if old_size + new_size > limits.zstd_patch_max_bytes:
+        raise SizeExceeded(
+            f"old + new = {old_size + new_size} bytes is above zstd_patch_max_bytes "
+            f"({limits.zstd_patch_max_bytes})")
+    params = zstandard.ZstdCompressionParameters.from_level(
+        limits.zstd_level, source_size=new_size,
+        window_log=patch_window_log(old_size, new_size), enable_ldm=True,
+        write_content_size=True, write_checksum=True, write_dict_id=False)
+    with _mapped(old_path) as old:
+        cctx = zstandard.ZstdCompressor(
+            dict_data=_prefix_dict(old) if old_size else None, compression_params=params)
+        with open(new_path, "rb") as src, atomic_output(out_path) as dst:
+            cctx.copy_stream(src, dst, size=new_size, read_size=CHUNK, write_size=CHUNK)
+
+
+def compress_file(src_path: StrPath, out_path: StrPath, level: int = 19) -> None:
+    """zstd-compress a whole file (a plain frame, content size and checksum written)."""
+    size = os.path.getsize(src_path)
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+    with open(src_path, "rb") as src, atomic_output(out_path) as dst:
+        cctx.copy_stream(src, dst, size=size, read_size=CHUNK, write_size=CHUNK)
+
+
+def _check_frame(fh: BinaryIO, expected_size: int) -> None:
+    """Refuse anything but exactly one complete frame declaring ``expected_size`` bytes.
+
+    The block headers are walked (without decompressing) so that a truncated frame or
+    trailing bytes are caught up front: zstd's stream reader would just stop early.
+    """
+    file_size = os.fstat(fh.fileno()).st_size
+    header = fh.read(_FRAME_HEADER_MAX)
+    try:
+        params = zstandard.get_frame_parameters(header)
+        position = zstandard.frame_header_size(header)
+    except zstandard.ZstdError as exc:
+        raise CorruptPatch(f"not a zstd frame: {exc}") from None
+    declared = params.content_size
+    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise CorruptPatch("zstd frame does not declare its content size")
+    if declared > expected_size:
+        raise SizeExceeded(f"frame declares {declared} bytes, expected {expected_size}")
+    if declared != expected_size:
+        raise SizeMismatch(f"frame declares {declared} bytes, expected {expected_size}")
+    if params.window_size > _MAX_WINDOW:
+        raise CorruptPatch(f"frame window {params.window_size} is above 2 GiB")
+    while True:
+        fh.seek(position)
+        block = fh.read(3)
+        if len(block) != 3:
+            raise CorruptPatch("zstd frame is truncated")
+        value = int.from_bytes(block, "little")
+        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+        if block_type == 3:
+            raise CorruptPatch("zstd frame has a reserved block type")
+        position += 3 + (1 if block_type == 1 else block_size)
+        if position > file_size:
+            raise CorruptPatch("zstd frame is truncated")
+        if last:
+            break
+    position += 4 if params.has_checksum else 0
+    if position > file_size:
+        raise CorruptPatch("zstd frame is truncated")
+    if position != file_size:
+        raise CorruptPatch(f"{file_size - position} bytes after the zstd frame")
+    fh.seek(0)
+
+
+def _decompress_bounded(dctx: zstandard.ZstdDecompressor, src: BinaryIO,
+                        sink: HashingSink, expected_size: int) -> None:
+    """Decompress the one frame of ``src`` into ``sink``, never past ``expected_size``."""
+    _check_frame(src, expected_size)
+    try:
+        with dctx.stream_reader(src, read_size=CHUNK, read_across_frames=False,
+                                closefd=False) as reader:
+            while True:
+                # read one byte more than allowed so that a bomb is seen, not truncated
+                want = min(CHUNK, expected_size - sink.size + 1)
+                chunk = reader.read(want)
+                if not chunk:
+                    break
+                sink.write(chunk)
+    except zstandard.ZstdError as exc:
+        message = str(exc)
+        if "checksum" in message.lower():
+            raise DigestMismatch(f"zstd content checksum failed (wrong base?): {message}") from None
+        raise CorruptPatch(f"zstd: {message}") from None
+    if sink.size != expected_size:
+        raise SizeMismatch(f"produced {sink.size} bytes, expected {expected_size}")
+
+
+def apply_zstd_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink,
+                     expected_size: int) -> None:
+    with _mapped(old_path) as old, open(patch_path, "rb") as src:
+        dctx = zstandard.ZstdDecompressor(
+            dict_data=_prefix_dict(old) if len(old) else None, max_window_size=_MAX_WINDOW)
+        _decompress_bounded(dctx, src, sink, expected_size)
+
+
+def decompress_to(src_path: StrPath, sink: HashingSink, expected_size: int) -> None:
+    with open(src_path, "rb") as src:
+        dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+        _decompress_bounded(dctx, src, sink, expected_size)
+
+
+def declared_size(fh: BinaryIO) -> int:
+    """The content size a zstd frame declares in its header."""
+    try:
+        params = zstandard.get_frame_parameters(fh.read(_FRAME_HEADER_MAX))
+    except zstandard.ZstdError as exc:
+        raise CorruptPatch(f"not a zstd frame: {exc}") from None
+    if params.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise CorruptPatch("zstd frame does not declare its content size")
+    return int(params.content_size)

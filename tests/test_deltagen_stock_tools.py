@@ -1,0 +1,70 @@
+"""Patches made by deltagen apply with the stock CLI tools, and the other way round."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import deltagen
+from deltagen.digests import blake3_file
+
+pytestmark = pytest.mark.skipif(not (shutil.which("bspatch") and shutil.which("zstd")),
+                                reason="stock bspatch/zstd not installed")
+
+
+def _pair(tmp_path: Path, size: int = 600_000) -> tuple[Path, Path]:
+    rng = random.Random(7)
+    old = bytearray(rng.randbytes(size // 3) + bytes(size // 3) + rng.randbytes(size // 3))
+    new = bytearray(old)
+    for _ in range(40):
+        at = rng.randrange(len(new) - 64)
+        new[at:at + rng.randrange(1, 64)] = rng.randbytes(rng.randrange(0, 80))
+    new += rng.randbytes(5000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    return tmp_path / "old", tmp_path / "new"
+
+
+def test_bsdiff4_patch_applies_with_stock_bspatch(tmp_path: Path) -> None:
+    old, new = _pair(tmp_path)
+    deltagen.make_patch("bsdiff4", old, new, tmp_path / "p")
+    subprocess.run(["bspatch", str(old), str(tmp_path / "out"), str(tmp_path / "p")], check=True)
+    assert blake3_file(tmp_path / "out") == blake3_file(new)
+
+
+def test_zstd_patch_applies_with_stock_zstd_cli(tmp_path: Path) -> None:
+    old, new = _pair(tmp_path)
+    deltagen.make_patch("zstd", old, new, tmp_path / "p")
+    subprocess.run(["zstd", "-q", "-d", "--long=31", f"--patch-from={old}", str(tmp_path / "p"),
+                    "-o", str(tmp_path / "out")], check=True)
+    assert blake3_file(tmp_path / "out") == blake3_file(new)
+
+
+def test_zstd_patch_declares_content_size(tmp_path: Path) -> None:
+    import zstandard
+    old, new = _pair(tmp_path)
+    deltagen.make_patch("zstd", old, new, tmp_path / "p")
+    params = zstandard.get_frame_parameters((tmp_path / "p").read_bytes()[:18])
+    assert params.content_size == os.path.getsize(new)
+    assert params.has_checksum
+
+
+def test_compressed_form_decompresses_with_stock_zstd(tmp_path: Path) -> None:
+    _, new = _pair(tmp_path)
+    deltagen.compress_file(new, tmp_path / "c")
+    subprocess.run(["zstd", "-q", "-d", str(tmp_path / "c"), "-o", str(tmp_path / "out")], check=True)
+    assert blake3_file(tmp_path / "out") == blake3_file(new)
+
+
+def test_stock_tool_patches_apply_with_deltagen(tmp_path: Path) -> None:
+    old, new = _pair(tmp_path)
+    size, digest = os.path.getsize(new), blake3_file(new)
+    subprocess.run(["bsdiff", str(old), str(new), str(tmp_path / "pb")], check=True)
+    subprocess.run(["zstd", "-q", "-19", "--long=31", f"--patch-from={old}", str(new),
+                    "-o", str(tmp_path / "pz")], check=True)
+    assert deltagen.apply_patch("bsdiff4", old, tmp_path / "pb", tmp_path / "ob", size, digest) == digest
+    assert deltagen.apply_patch("zstd", old, tmp_path / "pz", tmp_path / "oz", size, digest) == digest
