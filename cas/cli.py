@@ -53,6 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     config = load_config(args.store, args.config, host=args.host, port=args.port)
     repo = open_repo(config)
+    if args.init_keys and repo.root() is None:
+        keys.init_keys(Path(config.store), repo.meta)
+        repo.reload_keys()
+        print(f"cas: made new keys; clients trust {config.store}/root.json", file=sys.stderr)
     if repo.root() is None and config.enforce_signatures:
         print(f"cas: warning: no keys in {config.store}; run `cas keys init --store {config.store}` "
               "(publishing is refused until then)", file=sys.stderr)
@@ -228,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--config", default=None)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--init-keys", action="store_true", help="make keys first when the store has none")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--access-log", action="store_true")
 
