@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from client.errors import DocumentError
 
-from . import channels, checkout, keys, publisher, releases
+from . import channels, checkout, deltas, keys, publisher, releases
 from .config import load_config
 from .errors import CasError
 from .remote import RemoteError, call
@@ -63,10 +63,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(host=config.host, port=config.port, log_level=args.log_level,
                                   access_log=args.access_log, http="httptools", loop="uvloop",
                                   timeout_keep_alive=30)
+    os.environ["CAS_STORE"] = str(config.store)
+    if args.config:
+        os.environ["CAS_CONFIG"] = str(Path(args.config).resolve())
     if args.workers > 1:
-        os.environ["CAS_STORE"] = str(config.store)
-        if args.config:
-            os.environ["CAS_CONFIG"] = args.config
         uvicorn.run("cas.http.serve:make_app", factory=True, workers=args.workers, **common)
     else:
         from .http.app import create_app
@@ -210,6 +210,60 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deltas_build(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if args.product:
+        if not args.version:
+            raise CasError("name the release: cas deltas build P V [--from BASE ...]", code="bad_request")
+        body: dict[str, Any] = {"product": args.product, "version": args.version}
+        if args.base:
+            body["from"] = args.base
+        if remote:
+            data = call(*remote, "POST", "/v1/admin/deltas/build", json=body)
+        else:
+            repo = _repo(args)
+            target = releases.get_release(repo, args.product, args.version)
+            if args.base:
+                queued = sum(deltas.queue_pair(repo, releases.get_release(repo, args.product, b), target)
+                             for b in args.base)
+            else:
+                queued = deltas.queue_release(repo, target)
+            data = {"queued": queued}
+    else:
+        data = {"queued": None}
+    if not remote and not args.queue_only:
+        data["built"] = deltas.drain(_repo(args))
+    _print(args, data, f"queued {data['queued'] if data['queued'] is not None else 'nothing new'}"
+           + (f", built {data['built']} jobs" if "built" in data else " (the server's worker builds them)"))
+    return 0
+
+
+def cmd_deltas_status(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    data = call(*remote, "GET", "/v1/admin/deltas") if remote else _repo(args).meta.jobs_summary()
+    counts = data["counts"]
+    lines = [" ".join(f"{k} {v}" for k, v in counts.items())]
+    lines += [f"  running {j['base'][:12] or '(compress)'} -> {j['target'][:12]}" for j in data["running"]]
+    lines += [f"  failed  {j['base'][:12] or '(compress)'} -> {j['target'][:12]}: {j['error']}"
+              for j in data["failed"]]
+    _print(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_deltas_worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    logging.basicConfig(level=logging.WARNING, format="cas deltas worker: %(message)s")
+    builder = deltas.DeltaBuilder(_repo(args))
+
+    def stop(signum: int, frame: Any) -> None:
+        builder.repo.meta.release_jobs(builder.owner)  # unfinished jobs go back to the queue
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    builder.run_forever()
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("product")
     p.add_argument("version")
     p.add_argument("dest")
+
+    d = sub.add_parser("deltas", help="ahead-of-time deltas").add_subparsers(dest="deltas_command",
+                                                                             required=True)
+    p = add("build", cmd_deltas_build, d, help="queue builds for a release (and build them locally)")
+    p.add_argument("product", nargs="?")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--from", dest="base", action="append", help="base version (repeatable)")
+    p.add_argument("--queue-only", action="store_true", help="only queue; leave building to the server")
+    remote(p)
+    p = add("status", cmd_deltas_status, d, help="queued, running, done and failed builds")
+    remote(p)
+    add("worker", cmd_deltas_worker, d, help="build queued deltas until stopped (run by cas serve)")
 
     p = add("fsck", cmd_fsck, help="re-hash every object, quarantine corrupt ones")
     p.add_argument("--no-quarantine", action="store_true")

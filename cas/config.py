@@ -40,6 +40,17 @@ class Config:
     small_object_cache_bytes: int = 64 << 20
     small_object_max_bytes: int = 64 << 10
     channel_max_age_seconds: int = 60
+    # Ahead-of-time deltas.
+    delta_builder: bool = True          # run `cas deltas worker` beside `cas serve`
+    delta_build_on: tuple[str, ...] = ("testing", "released")
+    delta_bases: int = 3                 # last K released versions (plus the factory release)
+    delta_workers: int = 0               # 0: max(1, cpus // 2), capped by delta_memory_bytes
+    delta_memory_bytes: int = 4 << 30    # budget for concurrent builds (bsdiff: ~20x the file)
+    delta_time_budget_s: float = 300.0   # per file pair
+    delta_bsdiff_max_bytes: int = 64 << 20
+    delta_tiny_bytes: int = 4096
+    delta_max_attempts: int = 3
+    delta_poll_seconds: float = 1.0
 
     def with_tokens(self, **scoped: str | None) -> "Config":
         hashes = dict(self.token_hashes)
@@ -59,6 +70,7 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     env = os.environ if env is None else env
     store_path = Path(store or env.get("CAS_STORE") or "./cas-data")
     data: dict[str, Any] = {}
+    config_file = config_file or env.get("CAS_CONFIG") or None
     path = Path(config_file) if config_file else store_path / "config.toml"
     if path.exists():
         with open(path, "rb") as fh:
@@ -69,6 +81,8 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     unknown = set(data) - _SIMPLE - {"tokens"}
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    if "delta_build_on" in kwargs:
+        kwargs["delta_build_on"] = tuple(kwargs["delta_build_on"])
     config = Config(store=store_path, **kwargs)
     # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
     hashes: dict[str, str] = {}

@@ -85,6 +85,44 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL
     );
     """,
+    # 2: ahead-of-time deltas.  A job builds the recipes of one (base, target)
+    # object pair; base '' is the compress-only job of a target.  Recipes are
+    # keyed by the pair so identical pairs across releases are built once.
+    """
+    CREATE TABLE delta_jobs (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        owner TEXT,
+        lease_until REAL,
+        queued REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (base, target)
+    );
+    CREATE INDEX delta_jobs_state ON delta_jobs(state, queued);
+    CREATE TABLE recipes (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        object TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        build_seconds REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (base, target, kind, algorithm)
+    );
+    CREATE INDEX recipes_target ON recipes(target);
+    CREATE TABLE delta_plans (
+        product TEXT NOT NULL,
+        base_version TEXT NOT NULL,
+        target_version TEXT NOT NULL,
+        planned REAL NOT NULL,
+        PRIMARY KEY (product, base_version, target_version)
+    );
+    """,
 ]
 
 
@@ -330,6 +368,94 @@ class SqliteMetadata:
 
     def all_uploads(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT id FROM uploads").fetchall()]
+
+
+    # -- deltas
+    def enqueue_jobs(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Queue (base, target) builds that were never queued; returns how many are new."""
+        now = time.time()
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany("INSERT OR IGNORE INTO delta_jobs(base, target, state, queued) "
+                          "VALUES (?, ?, 'queued', ?)", [(b, t, now) for b, t in pairs])
+            return c.total_changes - before
+
+    def claim_job(self, owner: str, lease_seconds: float, max_attempts: int) -> tuple[str, str] | None:
+        """Take the oldest queued job (or one whose lease expired) for ``owner``."""
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT base, target FROM delta_jobs WHERE (state = 'queued' OR "
+                "(state = 'running' AND lease_until < ?)) AND attempts < ? ORDER BY queued LIMIT 1",
+                (now, max_attempts)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE delta_jobs SET state = 'running', owner = ?, lease_until = ?, started = ?, "
+                      "attempts = attempts + 1 WHERE base = ? AND target = ?",
+                      (owner, now + lease_seconds, now, row[0], row[1]))
+            return row[0], row[1]
+
+    def finish_job(self, base: str, target: str, owner: str, recipes: list[dict[str, Any]],
+                   error: str | None = None) -> None:
+        """Record a job's recipes and mark it done (or failed) in one transaction."""
+        now = time.time()
+        with self._tx() as c:
+            for r in recipes:
+                c.execute("INSERT OR REPLACE INTO recipes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (r["base"], target, r["kind"], r["algorithm"], r["object"], r["size"],
+                           r.get("build_seconds", 0.0), now))
+            c.execute("UPDATE delta_jobs SET state = ?, error = ?, finished = ?, lease_until = NULL "
+                      "WHERE base = ? AND target = ? AND owner = ?",
+                      ("failed" if error else "done", error, now, base, target, owner))
+
+    def release_jobs(self, owner: str) -> None:
+        """Put an owner's running jobs back in the queue (clean shutdown)."""
+        with self._tx() as c:
+            c.execute("UPDATE delta_jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
+                      "attempts = MAX(attempts - 1, 0) WHERE state = 'running' AND owner = ?", (owner,))
+
+    def job_states(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        c = self._conn()
+        out: dict[tuple[str, str], str] = {}
+        for b, t in pairs:
+            row = c.execute("SELECT state FROM delta_jobs WHERE base = ? AND target = ?", (b, t)).fetchone()
+            if row:
+                out[(b, t)] = row[0]
+        return out
+
+    def jobs_summary(self, limit: int = 50) -> dict[str, Any]:
+        c = self._conn()
+        counts = {r[0]: r[1] for r in c.execute("SELECT state, COUNT(*) FROM delta_jobs GROUP BY state")}
+        def rows(state: str, order: str) -> list[dict[str, Any]]:
+            return [dict(r) for r in c.execute(
+                "SELECT base, target, state, attempts, error, owner, queued, started, finished "
+                f"FROM delta_jobs WHERE state = ? ORDER BY {order} LIMIT ?", (state, limit))]
+        return {"counts": {s: counts.get(s, 0) for s in ("queued", "running", "done", "failed")},
+                "running": rows("running", "started"), "failed": rows("failed", "finished DESC"),
+                "queued": rows("queued", "queued")}
+
+    def recipes_for(self, targets: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        c = self._conn()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for t in targets:
+            out[t] = [dict(r) for r in c.execute(
+                "SELECT base, target, kind, algorithm, object, size FROM recipes WHERE target = ?", (t,))]
+        return out
+
+    def record_plan(self, product: str, base_version: str, target_version: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO delta_plans VALUES (?, ?, ?, ?)",
+                      (product, base_version, target_version, time.time()))
+
+    def planned(self, product: str, base_version: str, target_version: str) -> bool:
+        return self._conn().execute(
+            "SELECT 1 FROM delta_plans WHERE product = ? AND base_version = ? AND target_version = ?",
+            (product, base_version, target_version)).fetchone() is not None
+
+    def release_files(self, product: str, version: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn().execute(
+            "SELECT path, type, blake3, size, mode, target FROM release_files WHERE product = ? AND version = ?",
+            (product, version))]
 
 
 class _Transaction:

@@ -15,6 +15,7 @@ from client.errors import DocumentError, SignatureError
 from client.manifests import manifest_problems
 from client.paths import check_name
 
+from . import deltas
 from .errors import Conflict, Invalid, NotFound, from_document
 from .metadata import STATUSES, Release, StaleWrite
 from .repo import Repo
@@ -116,7 +117,9 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
         repo.meta.set_status(product, version, release.status, new, actor, reason or f"-> {new}")
     except StaleWrite as exc:
         raise Conflict(str(exc), code="concurrent_change") from None
-    return get_release(repo, product, version)
+    moved = get_release(repo, product, version)
+    deltas.on_status_change(repo, moved)
+    return moved
 
 
 def manifest_of(release: Release) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Uploads:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise Conflict("another append to this upload is in progress", code="upload_busy") from None
+            self._still_recorded(upload_id)
             offset = os.fstat(fh.fileno()).st_size
             if start is not None and start != offset:
                 raise RangeNotSatisfiable(f"append starts at {start}, upload is at {offset}", offset=offset)
@@ -91,8 +92,14 @@ class Uploads:
                 self._hashers[upload_id] = hasher
             else:
                 self._hashers.pop(upload_id, None)
-        self.repo.meta.touch_upload(upload_id)
+            # Touch while still holding the lock, so a sweep cannot find it stale in between.
+            self.repo.meta.touch_upload(upload_id)
         return offset + written
+
+    def _still_recorded(self, upload_id: str) -> None:
+        """After taking the lock: the upload may have been expired or cancelled meanwhile."""
+        if not self.repo.meta.upload_exists(upload_id):
+            raise NotFound(f"unknown or expired upload {upload_id}", code="unknown_upload")
 
     def complete(self, upload_id: str, digest: str) -> Ingested:
         if not is_digest(digest):
@@ -103,6 +110,7 @@ class Uploads:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise Conflict("an append to this upload is in progress", code="upload_busy") from None
+            self._still_recorded(upload_id)
             size = os.fstat(fh.fileno()).st_size
             hasher = self._hashers.get(upload_id)
             actual = hasher.blake3 if hasher is not None and hasher.size == size else hash_stream(fh).blake3
@@ -129,14 +137,33 @@ class Uploads:
     def expire(self) -> int:
         """Remove uploads idle longer than the TTL, and files with no record."""
         removed = 0
-        for upload_id in self.repo.meta.stale_uploads(self.repo.config.upload_ttl_seconds):
+        ttl = self.repo.config.upload_ttl_seconds
+        for upload_id in self.repo.meta.stale_uploads(ttl):
             try:
+                fh = open(self._path(upload_id), "rb")
+            except (FileNotFoundError, NotFound):
+                fh = None
+            try:
+                if fh is not None:
+                    try:
+                        # An append holds this lock while it streams: the upload is not abandoned.
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    if upload_id not in self.repo.meta.stale_uploads(ttl):
+                        continue  # an append finished and touched it since we looked
                 self.cancel(upload_id)
                 removed += 1
             except NotFound:
                 pass
+            finally:
+                if fh is not None:
+                    fh.close()
+        # List the files before reading the records: start() records an upload before it
+        # creates the file, so every file listed here that is live has a record by now.
+        entries = list(self.dir.iterdir())
         known = set(self.repo.meta.all_uploads())
-        for entry in self.dir.iterdir():
+        for entry in entries:
             if entry.name not in known:
                 entry.unlink(missing_ok=True)
                 removed += 1

@@ -53,8 +53,11 @@ def _check_value(value: Any, depth: int = 0) -> None:
 def canonical_bytes(value: Any) -> bytes:
     """The canonical encoding of a JSON value."""
     _check_value(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 encoding
+        raise DocumentError("document holds a string that is not valid Unicode (lone surrogate)") from exc
 
 
 def document_digest(value: Any) -> str:
@@ -109,12 +112,21 @@ def parse_json(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES, max_depth: int 
         raise DocumentError(f"document nested deeper than {max_depth}")
     try:
         text = data.decode("utf-8")
-        return json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicate_keys)
+        value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant,
+                           object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError as exc:
         raise DocumentError("document is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise DocumentError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except ValueError as exc:  # e.g. an integer beyond Python's int conversion digit limit
+        raise DocumentError(f"malformed JSON: {exc}"[:200]) from exc
+    if "\\u" in text:
+        # \uXXXX escapes can decode to lone surrogates, which have no canonical (UTF-8) bytes.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DocumentError("document holds an unpaired surrogate (\\uD800-\\uDFFF)") from exc
+    return value
 
 
 # --------------------------------------------------------------------------- time

@@ -79,6 +79,9 @@ def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
             tree.append((path, "symlink", entry["target"]))
         else:
             problems.append(f"{where}: unknown type {kind!r} (file or symlink)")
+    paths = [p for p, _, _ in tree if isinstance(p, str)]
+    if paths != sorted(paths):
+        problems.append("files must be sorted by path (code point order) so deltas rebuild them exactly")
     problems.extend(check_tree(tree, casefold=casefold))
     return problems
 

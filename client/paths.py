@@ -59,6 +59,10 @@ def resolve_symlink(link_path: str, target: object) -> str:
         raise InvalidPath(f"symlink {link_path!r} target has NUL or backslash")
     if target.startswith("/"):
         raise InvalidPath(f"symlink {link_path!r} points to an absolute path {target!r}")
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath(f"symlink {link_path!r} target {target!r} is not valid UTF-8") from None
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
     if joined == ".." or joined.startswith("../") or joined.startswith("/"):
         raise InvalidPath(f"symlink {link_path!r} -> {target!r} points outside the tree")

@@ -18,6 +18,7 @@ from .. import channels
 from ..errors import CasError
 from ..repo import Repo
 from ..uploads import Uploads
+from .deltaworker import DeltaWorkerProcess
 from . import objects, releases
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
 from .metrics import Metrics, MetricsMiddleware
@@ -58,13 +59,19 @@ def create_app(repo: Repo) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        builder = DeltaWorkerProcess(repo) if repo.config.delta_builder else None
+        if builder is not None:
+            builder.start()
         tasks = [asyncio.create_task(_every(repo.config.resign_interval_seconds, resign, "resign")),
+                 *([asyncio.create_task(_every(5.0, builder.supervise, "delta-worker"))] if builder else []),
                  asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep"))]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            if builder is not None:
+                builder.stop()
 
     p = "/v1/products/{product}"
     routes = [
@@ -79,6 +86,9 @@ def create_app(repo: Repo) -> Starlette:
         Route(p + "/releases/{version}/manifest", releases.get_manifest, methods=["GET"]),
         Route(p + "/releases/{version}/status", releases.post_status, methods=["POST"]),
         Route(p + "/releases/{version}/history", releases.get_history, methods=["GET"]),
+        Route(p + "/releases/{version}/delta", releases.get_delta, methods=["GET"]),
+        Route("/v1/admin/deltas", releases.deltas_status, methods=["GET"]),
+        Route("/v1/admin/deltas/build", releases.deltas_build, methods=["POST"]),
         Route(p + "/channels/{channel}", releases.get_channel, methods=["GET"]),
         Route(p + "/channels/{channel}", releases.put_channel, methods=["PUT"]),
         Route("/v1/objects/missing", objects.missing_objects, methods=["POST"]),

@@ -6,7 +6,7 @@ import re
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
 from client.documents import parse_json
 from client.errors import DocumentError
@@ -16,6 +16,7 @@ from ..errors import BadRequest, Invalid, NotFound, TooLarge
 from ..objects import FilesystemObjectStore
 from .auth import require
 from .conditional import declared_length, etag_matches, read_body
+from .errors import error_body
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -40,7 +41,28 @@ async def get_object(request: Request) -> Response:
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    range_error = _range_error(request, etag, st.st_size)
+    if range_error is not None:
+        return range_error
     return FileResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+
+
+def _range_error(request: Request, etag: str, size: int) -> Response | None:
+    """Starlette's FileResponse answers bad ranges in plain text; answer them as JSON errors."""
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if header is None or (if_range is not None and if_range != etag):
+        return None  # no range, or If-Range says send the whole object
+    try:
+        FileResponse._parse_range_header(header, size)
+    except RangeNotSatisfiable:
+        return JSONResponse(error_body("range_not_satisfiable", f"range {header!r} is outside the object",
+                                       {"size": size}),
+                            status_code=416, headers={"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"})
+    except MalformedRangeHeader as exc:
+        return JSONResponse(error_body("bad_range", exc.content or "malformed Range header", None),
+                            status_code=400, headers={"Cache-Control": "no-store"})
+    return None
 
 
 async def put_object(request: Request) -> Response:
@@ -51,7 +73,10 @@ async def put_object(request: Request) -> Response:
     limit = repo.config.max_object_bytes
     declared = declared_length(request, limit)
     size_param = request.query_params.get("size")
-    expected_size = int(size_param) if size_param and size_param.isdigit() else declared
+    if size_param is not None and not (size_param.isascii() and size_param.isdigit()):
+        # str.isdigit() alone accepts "²", which int() then refuses (a 500).
+        raise BadRequest("?size must be a decimal byte count", code="bad_size")
+    expected_size = int(size_param) if size_param is not None else declared
     if expected_size is not None and expected_size > limit:
         raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
     if store.exists(digest):

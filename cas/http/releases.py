@@ -5,11 +5,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from client.documents import parse_json
+from client.documents import canonical_bytes, parse_json
 from client.errors import DocumentError
 from deltagen.digests import blake3_bytes
 
-from .. import channels, releases
+from .. import channels, deltas, releases
 from ..errors import BadRequest, Invalid, NotFound
 from .auth import require
 from .conditional import etag_matches, read_body
@@ -134,3 +134,48 @@ async def get_root(request: Request) -> Response:
     version, document = row
     cache = IMMUTABLE if version_param else "no-cache"
     return _document(request, document, f'"{blake3_bytes(document)}"', cache)
+
+
+async def get_delta(request: Request) -> Response:
+    require(request, "read")
+    repo = request.app.state.repo
+    p, v = request.path_params["product"], request.path_params["version"]
+    base_version = request.query_params.get("from")
+    if not base_version:
+        raise BadRequest("name the base release: ?from=<version>", code="missing_base")
+    target = await run_in_threadpool(releases.get_release, repo, p, v)
+    try:
+        base = await run_in_threadpool(releases.get_release, repo, p, base_version)
+    except NotFound:
+        raise NotFound(f"no release {base_version!r} of {p!r} to make a delta from; use the full manifest",
+                       code="unknown_base") from None
+    document = await run_in_threadpool(deltas.delta_document, repo, target, base)
+    body = canonical_bytes(document)
+    final = document["complete"] and target.status in ("released", "deprecated")
+    return _document(request, body, f'"{blake3_bytes(body)}"', IMMUTABLE if final else "no-cache")
+
+
+async def deltas_status(request: Request) -> Response:
+    require(request, "admin")
+    return JSONResponse(await run_in_threadpool(request.app.state.repo.meta.jobs_summary))
+
+
+async def deltas_build(request: Request) -> Response:
+    require(request, "admin")
+    body = await _json_body(request)
+    repo = request.app.state.repo
+    product, version = body.get("product"), body.get("version")
+    if not isinstance(product, str) or not isinstance(version, str):
+        raise Invalid('send {"product": P, "version": V, "from": [versions] (optional)}', code="bad_request")
+    target = await run_in_threadpool(releases.get_release, repo, product, version)
+    bases = body.get("from")
+    if bases is None:
+        queued = await run_in_threadpool(deltas.queue_release, repo, target)
+    else:
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise Invalid('"from" must be a list of versions', code="bad_request")
+        queued = 0
+        for b in bases:
+            base = await run_in_threadpool(releases.get_release, repo, product, b)
+            queued += await run_in_threadpool(deltas.queue_pair, repo, base, target)
+    return JSONResponse({"queued": queued}, status_code=202)

@@ -1,0 +1,226 @@
+"""Ahead-of-time delta builds and the manifest delta service.
+
+When a release reaches a status in ``delta_build_on`` its file pairs against
+the last ``delta_bases`` released versions and the factory (first) release are
+queued in the metadata store.  ``DeltaBuilder`` claims jobs with a lease and
+runs them on a bounded pool; each build runs ``deltagen`` (whose patch builds
+run in killable worker processes under a time budget), stores the verified
+objects, then records the recipes and marks the job done in one transaction.
+A builder killed mid-job leaves no recipe; its job is re-queued when the
+builder restarts (dead owner) or its lease runs out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from client.documents import parse_json
+from deltagen import DeltaError, DeltaLimits, best_recipes, compress_file, verify_compressed
+
+from .deltaplan import manifest_delta, plan_pairs
+from .errors import NotFound
+from .metadata import Release
+from .repo import Repo
+
+log = logging.getLogger("cas.deltas")
+
+
+def limits_for(repo: Repo) -> DeltaLimits:
+    c = repo.config
+    return DeltaLimits(bsdiff_max_bytes=c.delta_bsdiff_max_bytes, time_budget_s=c.delta_time_budget_s,
+                       tiny_bytes=c.delta_tiny_bytes)
+
+
+def worker_count(repo: Repo) -> int:
+    c = repo.config
+    if c.delta_workers:
+        return c.delta_workers
+    by_cpu = max(1, (os.cpu_count() or 2) // 2)
+    per_build = 20 * c.delta_bsdiff_max_bytes  # bsdiff's suffix sort dominates
+    return max(1, min(by_cpu, c.delta_memory_bytes // max(per_build, 1)))
+
+
+def _signed(release: Release) -> dict[str, Any]:
+    return parse_json(release.manifest)["signed"]
+
+
+def bases_for(repo: Repo, target: Release) -> list[Release]:
+    """The last K released versions before ``target`` and the factory release."""
+    history = repo.meta.list_releases(target.product)
+    earlier = [r for r in history if r.version != target.version and r.created <= target.created]
+    shipped = [r for r in earlier if r.status in ("released", "deprecated")]
+    chosen = list(reversed(shipped))[:repo.config.delta_bases]
+    if earlier and earlier[0] not in chosen:
+        chosen.append(earlier[0])  # the factory release
+    return chosen
+
+
+def queue_pair(repo: Repo, base: Release, target: Release) -> int:
+    pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
+    added = repo.meta.enqueue_jobs(pairs)
+    repo.meta.record_plan(target.product, base.version, target.version)
+    return added
+
+
+def queue_release(repo: Repo, target: Release) -> int:
+    """Queue the builds for a release reaching testing/released."""
+    added = 0
+    for base in bases_for(repo, target):
+        added += queue_pair(repo, base, target)
+    return added
+
+
+def on_status_change(repo: Repo, release: Release) -> None:
+    if release.status in repo.config.delta_build_on:
+        queue_release(repo, release)
+
+
+def delta_document(repo: Repo, target: Release, base: Release) -> dict[str, Any]:
+    """The manifest delta from ``base`` to ``target``; queues the pair if never planned."""
+    base_signed = _signed(base)
+    target_envelope = parse_json(target.manifest)
+    pairs = plan_pairs(base_signed["files"], target_envelope["signed"]["files"], repo.config.delta_tiny_bytes)
+    if not repo.meta.planned(target.product, base.version, target.version):
+        queue_pair(repo, base, target)
+    states = repo.meta.job_states(pairs)
+    complete = all(states.get(p) in ("done", "failed") for p in pairs)
+    targets = {t for _, t in pairs}
+    recipes = repo.meta.recipes_for(targets)
+    return manifest_delta(target.product, base.version, base_signed, target_envelope,
+                          target.manifest_digest, recipes, complete, base.manifest_digest)
+
+
+# --------------------------------------------------------------------------- building
+
+def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[dict[str, Any]]:
+    """Build, verify and store the recipes of one pair; returns rows to record."""
+    store = repo.objects
+    if not store.exists(target) or (base and not store.exists(base)):
+        raise NotFound(f"object {'base ' + base if base and not store.exists(base) else target} is missing")
+    workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))
+    rows: list[dict[str, Any]] = []
+    try:
+        if base:
+            made = best_recipes(store.path(base), store.path(target), workdir, limits)
+            for recipe in made:
+                if recipe.kind == "raw":
+                    continue
+                store.ingest_file(recipe.path, expected=recipe.object)
+                rows.append({"base": base if recipe.kind == "patch" else "", "kind": recipe.kind,
+                             "algorithm": recipe.algorithm, "object": recipe.object, "size": recipe.size,
+                             "build_seconds": recipe.build_s})
+        else:
+            size = store.size(target) or 0
+            out = workdir / "compressed.zst"
+            started = time.monotonic()
+            compress_file(store.path(target), out, limits.compress_level)
+            verify_compressed(out, size, target, limits)
+            if out.stat().st_size < size:
+                ingested = store.ingest_file(out)
+                rows.append({"base": "", "kind": "compressed", "algorithm": "zstd", "object": ingested.digest,
+                             "size": ingested.size, "build_seconds": time.monotonic() - started})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requeue_dead(repo: Repo) -> int:
+    """Jobs left running by a killed builder on this host go back to the queue."""
+    host = socket.gethostname()
+    requeued = 0
+    for job in repo.meta.jobs_summary(limit=10_000)["running"]:
+        owner_host, _, pid = (job["owner"] or "").rpartition(":")
+        if owner_host != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still alive: its lease protects the job
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        repo.meta.release_jobs(job["owner"])
+        requeued += 1
+    return requeued
+
+
+def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
+    """Claim and build one job; False when the queue is empty."""
+    lease = repo.config.delta_time_budget_s * 3 + 60
+    job = repo.meta.claim_job(owner, lease, repo.config.delta_max_attempts)
+    if job is None:
+        return False
+    base, target = job
+    try:
+        rows = build_job(repo, base, target, limits)
+    except (DeltaError, NotFound, OSError) as exc:
+        log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
+        repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
+        return True
+    repo.meta.finish_job(base, target, owner, rows)
+    return True
+
+
+def drain(repo: Repo) -> int:
+    """Build every queued job in this process (``cas deltas build``)."""
+    requeue_dead(repo)
+    owner = owner_id()
+    limits = limits_for(repo)
+    done = 0
+    while run_one(repo, owner, limits):
+        done += 1
+    return done
+
+
+class DeltaBuilder:
+    """A bounded pool of builds fed from the queue (``cas deltas worker``).
+
+    The server runs this in a child process of its own so that building never
+    competes with request handling inside the server's event loop.
+    """
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self.owner = owner_id()
+        self.workers = worker_count(repo)
+        self.limits = limits_for(repo)
+        self._stop = threading.Event()
+
+    def _run_safe(self) -> bool:
+        try:
+            return run_one(self.repo, self.owner, self.limits)
+        except Exception:
+            log.exception("delta build crashed")
+            return False
+
+    def run_forever(self) -> None:
+        requeue_dead(self.repo)
+        poll = self.repo.config.delta_poll_seconds
+        running: set[Future[bool]] = set()
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delta") as pool:
+            try:
+                while not self._stop.is_set():
+                    while len(running) < self.workers:
+                        running.add(pool.submit(self._run_safe))
+                    done, running = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+                    if any(f.result() is False for f in done):
+                        self._stop.wait(poll)  # the queue is empty: idle a while
+            finally:
+                self._stop.set()
+                wait(running)
+                self.repo.meta.release_jobs(self.owner)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,44 @@
+"""The server's delta builder: a supervised `cas deltas worker` child process.
+
+Builds are CPU-heavy; running them in a child process keeps the server's event
+loop free.  The server restarts the child if it dies (a killed build is
+re-queued by the new child, see ``cas.deltas.requeue_dead``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from ..repo import Repo
+
+log = logging.getLogger("cas.deltas")
+
+
+class DeltaWorkerProcess:
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "CAS_STORE": str(self.repo.config.store)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cas.cli", "deltas", "worker",
+                                      "--store", str(self.repo.config.store)], env=env)
+
+    def supervise(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("delta worker exited with %s; restarting", self.proc.returncode)
+            self.restarts += 1
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
