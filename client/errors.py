@@ -39,3 +39,54 @@ class RollbackAttack(DocumentError):
     """A document older than one already trusted (sequence or version)."""
 
     code = "rollback"
+
+
+class ClientError(Exception):
+    """An update cannot proceed; ``exit_code`` is what the CLI returns."""
+
+    code = "client_error"
+    exit_code = 1
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class DownloadError(ClientError):
+    """A transfer failed: status, length, digest or the network."""
+
+    code = "download_failed"
+
+    def __init__(self, message: str, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class NotAvailable(DownloadError):
+    """The server has no such document (404): fall back, do not retry."""
+
+    code = "not_available"
+
+
+class UpdateInProgress(ClientError):
+    code = "update_in_progress"
+    exit_code = 3
+
+
+class InsufficientSpace(ClientError):
+    code = "insufficient_space"
+    exit_code = 4
+
+
+class HealthCheckFailed(ClientError):
+    code = "health_failed"
+    exit_code = 5
+
+
+class NeedsIntervention(ClientError):
+    code = "manual_intervention"
+    exit_code = 6

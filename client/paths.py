@@ -69,6 +69,43 @@ def resolve_symlink(link_path: str, target: object) -> str:
     return joined
 
 
+MAX_SYMLINK_HOPS = 40
+
+
+def _chain_problem(link_path: str, links: dict[str, str]) -> str | None:
+    """Follow ``link_path`` through the tree's other symlinks as the filesystem would.
+
+    ``resolve_symlink`` is lexical: ``t -> d/s/..`` looks like ``d`` but when ``d/s``
+    is itself a symlink to ``..`` it really is the tree's parent.  Entries never lie
+    below a symlink (checked separately), so only components named by a target can be
+    symlinks; each is expanded in place, as the kernel does.
+    """
+    stack = link_path.split("/")[:-1]
+    pending = links[link_path].split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return f"symlink {link_path!r} -> {links[link_path]!r} leaves the tree through other symlinks"
+            stack.pop()
+            continue
+        stack.append(part)
+        current = "/".join(stack)
+        if current in links:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return None  # a loop: the kernel answers ELOOP, nothing outside is reached
+            target = links[current]
+            if target.startswith("/"):
+                return f"symlink {link_path!r} resolves through {current!r} to an absolute path"
+            stack.pop()
+            pending = target.split("/") + pending
+    return None
+
+
 def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = False) -> list[str]:
     """Problems with a whole tree of (path, type, symlink target) entries.
 
@@ -80,6 +117,7 @@ def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = Fals
     seen: dict[str, str] = {}
     folded: dict[str, str] = {}
     kinds: dict[str, str] = {}
+    links: dict[str, str] = {}
     for path, kind, target in entries:
         try:
             check_path(path)
@@ -99,17 +137,24 @@ def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = Fals
         if kind == "symlink":
             try:
                 resolve_symlink(path, target)
+                links[path] = target  # type: ignore[assignment]
             except InvalidPath as exc:
                 problems.append(exc.message)
+    if casefold:  # on a case-insensitive filesystem 'A' and 'a/b' clash too
+        kinds = {**{p.casefold(): k for p, k in kinds.items()}, **kinds}
     for path in seen:
         parts = path.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            parent_kind = kinds.get(parent)
+            parent_kind = kinds.get(parent.casefold() if casefold else parent)
             if parent_kind == "file":
                 problems.append(f"{parent!r} is a file but {path!r} is below it")
                 break
             if parent_kind == "symlink":
                 problems.append(f"{path!r} lies below the symlink {parent!r}")
                 break
+    for path in links:
+        problem = _chain_problem(path, links)
+        if problem:
+            problems.append(problem)
     return problems

@@ -1,0 +1,163 @@
+"""``cas-client``: the thin update client's command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ClientError, DocumentError
+from .updater import UpdateResult, Updater
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else human)
+
+
+def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
+    log = (lambda m: None) if args.json else (lambda m: print(f"cas-client: {m}", file=sys.stderr))
+    if not with_progress or args.json or not sys.stderr.isatty():
+        return Updater(args.root, log=log)
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task("downloading", total=None)
+    bar.start()
+    args._bar = bar
+    return Updater(args.root, log=log, progress=lambda n: bar.advance(task, n),
+                   progress_total=lambda n: bar.update(task, total=n))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    root_doc = Path(args.root_file).read_bytes()
+    updater = Updater.init(args.root, args.server, args.product, args.channel, root_doc,
+                           client_id=args.client_id, health_cmd=args.health_cmd)
+    config = updater.config
+    _emit(args, config.to_dict(), f"initialised {args.root} for {config.product}/{config.channel} "
+          f"(client id {config.client_id})")
+    return 0
+
+
+def _summary(result: UpdateResult) -> str:
+    if result.outcome == "up_to_date":
+        return f"up to date at {result.current}"
+    saved = result.bytes_full - result.bytes_downloaded
+    pct = 100 * saved / result.bytes_full if result.bytes_full else 0
+    head = {"updated": f"updated {result.from_version or '(nothing)'} -> {result.to_version}",
+            "rolled_back": f"update to {result.to_version} failed its health check; rolled back to {result.current}",
+            }.get(result.outcome, result.outcome)
+    return (f"{head}\n  {result.files} files ({result.files_local} already present), "
+            f"downloaded {_human_bytes(result.bytes_downloaded)} of {_human_bytes(result.bytes_full)} "
+            f"({pct:.1f}% saved{', via delta' if result.used_delta else ''}) in {result.seconds:.2f}s")
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    updater = _updater(args, with_progress=True)
+    try:
+        result = updater.update(to=args.to, health_cmd=args.health_cmd)
+    finally:
+        if getattr(args, "_bar", None):
+            args._bar.stop()
+    _emit(args, result.__dict__, _summary(result))
+    return 0 if result.outcome in ("updated", "up_to_date") else 2
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    data = _updater(args).rollback(args.to, args.health_cmd)
+    _emit(args, data, f"rolled back {data['from']} -> {data['to']} ({data['health']})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _updater(args).status(online=not args.offline)
+    lines = [f"{data['product']}/{data['channel']} at {data['root']}"]
+    for name in ("current", "previous", "factory"):
+        lines.append(f"  {name:9} {data[name] or '-'}")
+    if "channel_release" in data:
+        lines.append(f"  channel   {data['channel_release']} (sequence {data['channel_sequence']})"
+                     + ("  update pending" if data["update_pending"] else "  up to date"))
+    elif "channel_error" in data:
+        lines.append(f"  channel   unavailable: {data['channel_error']}")
+    if data["journal"]:
+        lines.append(f"  unfinished update to {data['journal'].get('target')} ({data['journal'].get('phase')})")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    data = _updater(args).verify(args.version)
+    _emit(args, data, f"{data['version']}: " + ("intact" if data["ok"] else
+                                                "DAMAGED\n  " + "\n  ".join(data["problems"][:50])))
+    return 0 if data["ok"] else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    data = _updater(args).gc()
+    _emit(args, data, f"removed {', '.join(data['removed']) or 'nothing'}; kept {', '.join(data['kept'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cas-client", description="deltacas update client")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Any, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kw)
+        p.set_defaults(func=func)
+        p.add_argument("root", help="install root")
+        p.add_argument("--json", action="store_true")
+        return p
+
+    p = add("init", cmd_init, help="pin a root document and the servers")
+    p.add_argument("--server", action="append", required=True, help="server or mirror URL (repeatable)")
+    p.add_argument("--product", required=True)
+    p.add_argument("--channel", required=True)
+    p.add_argument("--root", dest="root_file", required=True, help="trusted root.json, given out of band")
+    p.add_argument("--client-id", default=None)
+    p.add_argument("--health-cmd", default=None)
+    p = add("update", cmd_update, help="update to the channel's release")
+    p.add_argument("--to", default=None)
+    p.add_argument("--health-cmd", default=None)
+    p = add("rollback", cmd_rollback, help="go back to previous, factory or a version")
+    p.add_argument("--to", default="previous")
+    p.add_argument("--health-cmd", default=None)
+    p = add("status", cmd_status, help="installed versions and the channel")
+    p.add_argument("--offline", action="store_true")
+    p = add("verify", cmd_verify, help="re-hash an installed tree")
+    p.add_argument("--version", default=None)
+    add("gc", cmd_gc, help="remove versions other than current, previous and factory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ClientError as exc:
+        print(f"cas-client: error: {exc.message}", file=sys.stderr)
+        for line in (exc.detail if isinstance(exc.detail, list) else [])[:10]:
+            print(f"  {line}", file=sys.stderr)
+        return exc.exit_code
+    except DocumentError as exc:
+        print(f"cas-client: error: refused: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cas-client: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

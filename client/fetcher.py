@@ -1,0 +1,216 @@
+"""Network access for the client: bounded, resumable, retried, failing over.
+
+Every download has an upper bound known before it starts (the object size
+from signed metadata, or a configured cap for documents); a response that
+runs past it is cut and refused.  Objects are written to
+``ROOT/.cas/downloads/<blake3>.part`` and resumed with ``Range``/``If-Range``
+(also across a process restart), checked against their BLAKE3, then renamed.
+Connection errors, 5xx and 429/503 are retried with exponential backoff and
+jitter (``Retry-After`` honoured); other 4xx are not retried; each server in
+the configured list is tried in turn.  Every foreign exception is wrapped in
+``DownloadError`` here.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from deltagen.digests import hash_stream
+
+from .config import ClientConfig
+from .errors import DownloadError, NotAvailable
+
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+CHUNK = 256 << 10
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class RateLimiter:
+    """A token bucket shared by all downloads (bytes per second; 0 = off)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._allowance = float(rate)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self._allowance = min(float(self.rate), self._allowance + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._allowance -= n
+            if self._allowance < 0:
+                await asyncio.sleep(-self._allowance / self.rate)
+
+
+class Fetcher:
+    def __init__(self, config: ClientConfig, downloads: Path,
+                 progress: Callable[[int], None] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.downloads = downloads
+        self.progress = progress or (lambda n: None)
+        self.limiter = RateLimiter(config.bandwidth_bytes_per_s)
+        self.bytes_downloaded = 0
+        timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport,
+                                       limits=httpx.Limits(max_connections=max(4, config.concurrency * 2)),
+                                       headers={"User-Agent": "cas-client/0.1"})
+        self._gate = asyncio.Semaphore(config.concurrency)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "Fetcher":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ retry core
+    async def _with_retries(self, what: str, attempt_once: Callable[[str], "asyncio.Future[object]"]) -> object:
+        """Run ``attempt_once(server)`` over every server with retries; first success wins."""
+        errors: list[str] = []
+        not_found = 0
+        for server in self.config.servers:
+            delay = self.config.backoff_s
+            for attempt in range(self.config.attempts):
+                try:
+                    return await attempt_once(server.rstrip("/"))
+                except NotAvailable as exc:
+                    not_found += 1
+                    errors.append(f"{server}: {exc.message}")
+                    break
+                except DownloadError as exc:
+                    errors.append(f"{server}: {exc.message}")
+                    if not exc.retryable or attempt == self.config.attempts - 1:
+                        break
+                    wait = exc.retry_after if exc.retry_after is not None else delay * (0.5 + random.random())
+                    await asyncio.sleep(min(wait, self.config.max_backoff_s))
+                    delay = min(delay * 2, self.config.max_backoff_s)
+        if not_found == len(self.config.servers):
+            raise NotAvailable(f"{what}: not available on any server")
+        raise DownloadError(f"{what} failed on every server: " + "; ".join(errors[-4:]))
+
+    # ------------------------------------------------------------------ documents
+    async def document(self, path: str, max_bytes: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """GET a JSON document, at most ``max_bytes``; returns (status, body, headers)."""
+
+        async def once(server: str) -> tuple[int, bytes, dict[str, str]]:
+            try:
+                async with self._http.stream("GET", server + path, headers=headers or {}) as response:
+                    self._check_status(response, path)
+                    if response.status_code == 304:
+                        return 304, b"", dict(response.headers)
+                    declared = response.headers.get("content-length")
+                    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                        raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
+                    body = bytearray()
+                    async for chunk in response.aiter_raw():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
+                    return response.status_code, bytes(body), dict(response.headers)
+            except httpx.HTTPError as exc:
+                raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None
+
+        return await self._with_retries(path, once)  # type: ignore[return-value]
+
+    def _check_status(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if status in (200, 206, 304):
+            return
+        if status == 404:
+            raise NotAvailable(f"{what}: 404", status=404)
+        retryable = status in RETRY_STATUSES
+        raise DownloadError(f"{what}: HTTP {status}", retryable=retryable, status=status,
+                            retry_after=_retry_after(response) if retryable else None)
+
+    # ------------------------------------------------------------------ objects
+    def partial_path(self, digest: str) -> Path:
+        return self.downloads / f"{digest}.part"
+
+    def final_path(self, digest: str) -> Path:
+        return self.downloads / digest
+
+    async def object(self, digest: str, size: int) -> Path:
+        """Download (or resume) one object, verified against its BLAKE3 and size."""
+        final = self.final_path(digest)
+        if final.exists():
+            return final
+        async with self._gate:
+            return await self._with_retries(f"object {digest[:16]}", lambda s: self._fetch_object(s, digest, size))  # type: ignore[return-value]
+
+    async def _fetch_object(self, server: str, digest: str, size: int) -> Path:
+        part = self.partial_path(digest)
+        final = self.final_path(digest)
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        headers = {}
+        if 0 < have < size:
+            headers = {"Range": f"bytes={have}-", "If-Range": f'"{digest}"'}
+        if have == size and size > 0:
+            return self._finish(part, final, digest, size)
+        url = f"{server}/v1/objects/{digest}"
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                self._check_status(response, f"object {digest[:16]}")
+                mode = "ab"
+                if response.status_code == 206:
+                    content_range = response.headers.get("content-range", "")
+                    if not content_range.startswith(f"bytes {have}-"):
+                        raise DownloadError(f"object {digest[:16]}: unexpected Content-Range {content_range!r}")
+                else:
+                    mode, have = "wb", 0
+                with open(part, mode) as fh:
+                    async for chunk in response.aiter_raw(CHUNK):
+                        if have + len(chunk) > size:
+                            fh.truncate(0)
+                            raise DownloadError(f"object {digest[:16]}: response runs past its {size} bytes")
+                        await self.limiter.take(len(chunk))
+                        fh.write(chunk)
+                        have += len(chunk)
+                        self.bytes_downloaded += len(chunk)
+                        self.progress(len(chunk))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"object {digest[:16]}: {type(exc).__name__}: {exc}", retryable=True) from None
+        if have != size:
+            raise DownloadError(f"object {digest[:16]}: got {have} of {size} bytes", retryable=True)
+        return self._finish(part, final, digest, size)
+
+    def _finish(self, part: Path, final: Path, digest: str, size: int) -> Path:
+        with open(part, "rb") as fh:
+            actual = hash_stream(fh).blake3
+        if actual != digest:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"object {digest[:16]}: content hashes to {actual[:16]}; discarded")
+        os.replace(part, final)
+        return final
+
+

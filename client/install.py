@@ -1,0 +1,86 @@
+"""Staging a version tree and checking installed trees: local file work only.
+
+Files are staged under ``.cas/staging/{version}``, read-only with their
+manifest mode, fsynced, then renamed to ``versions/{version}``.  A file whose
+content is already installed is hardlinked when its mode matches (else copied).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from deltagen.digests import blake3_file
+
+from .installroot import fsync_dir
+
+
+def installed_mode(entry: Mapping[str, Any]) -> int:
+    """Installed files are read-only: the manifest mode without write bits."""
+    return entry["mode"] & 0o7555
+
+
+def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:
+    """Put ``source``'s bytes at ``dest`` with ``mode``: hardlink when allowed, else copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if link and stat.S_IMODE(os.stat(source).st_mode) == mode:
+        try:
+            os.link(source, dest)
+            return
+        except OSError:
+            pass
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, dest)
+
+
+def finish_file(path: Path, mode: int) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(path, mode)
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _, _ in os.walk(root):
+        fsync_dir(Path(dirpath))
+
+
+def tree_problems(root: Path, files: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Differences between an installed tree and its manifest (content, mode, links)."""
+    problems: list[str] = []
+    expected: set[str] = set()
+    for entry in files:
+        path = root / entry["path"]
+        expected.add(entry["path"])
+        if entry["type"] == "symlink":
+            if not path.is_symlink() or os.readlink(path) != entry["target"]:
+                problems.append(f"{entry['path']}: symlink missing or changed")
+            continue
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+            continue
+        st = os.stat(path)
+        if st.st_size != entry["size"] or blake3_file(path) != entry["blake3"]:
+            problems.append(f"{entry['path']}: content differs from the manifest")
+        elif stat.S_IMODE(st.st_mode) != installed_mode(entry):
+            problems.append(f"{entry['path']}: mode {stat.S_IMODE(st.st_mode):o}, expected "
+                            f"{installed_mode(entry):o}")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in expected:
+                problems.append(f"{rel}: not in the manifest")
+    return problems
+
+
+def remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for dirpath, _, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path)

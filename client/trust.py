@@ -1,0 +1,61 @@
+"""What the client trusts, and the checks every document passes before use.
+
+Pure functions over documents and the client's trusted state: a channel
+document must be signed by the root's channel role, unexpired, for this
+product and channel, and not older than the highest sequence accepted (a
+replay of the same sequence must be the same document).  A manifest must hash
+to the digest the channel names and be signed by the release role.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+from deltagen.digests import blake3_bytes
+
+from .documents import check_not_expired, document_digest, split_envelope, verify
+from .errors import DocumentError, RollbackAttack
+from .manifests import check_channel, check_manifest
+from .roots import Root
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    sequence: int = 0
+    manifest: str | None = None
+
+
+def accept_channel(root: Root, envelope: Any, product: str, channel: str, seen: ChannelState,
+                   now: datetime | None = None) -> dict[str, Any]:
+    signed = verify(envelope, root.role("channel"))
+    check_channel(signed)
+    if signed["product"] != product or signed["channel"] != channel:
+        raise DocumentError(f"channel document is for {signed['product']}/{signed['channel']}, "
+                            f"not {product}/{channel}")
+    check_not_expired(signed, now)
+    if signed["sequence"] < seen.sequence:
+        raise RollbackAttack(f"channel sequence {signed['sequence']} is older than {seen.sequence} already seen")
+    return signed
+
+
+def accept_manifest(root: Root, envelope: Any, expected_digest: str) -> dict[str, Any]:
+    signed, _ = split_envelope(envelope)
+    digest = document_digest(signed)
+    if digest != expected_digest:
+        raise DocumentError(f"manifest digest {digest[:16]} does not match the signed {expected_digest[:16]}")
+    verify(envelope, root.role("release"))
+    return check_manifest(signed)
+
+
+def in_cohort(salt: str, client_id: str, percent: int) -> bool:
+    """The contract's rollout rule, computed by the client."""
+    return int(blake3_bytes((salt + client_id).encode("utf-8"))[:8], 16) % 10000 < percent * 100
+
+
+def choose_release(signed: Mapping[str, Any], client_id: str) -> tuple[str, str]:
+    """(version, manifest digest) this client should run according to the channel."""
+    rollout = signed.get("rollout")
+    if rollout and in_cohort(rollout["salt"], client_id, rollout["percent"]):
+        return rollout["release"], rollout["manifest"]
+    return signed["release"], signed["manifest"]

@@ -1,0 +1,551 @@
+"""The client's public API: init, check, update, rollback, status, verify, gc.
+
+Update: channel document -> manifest delta (or full manifest) -> plan ->
+preflight (lock, free space, bases verified) -> fetch (parallel, resumable,
+bounded) -> verify -> apply -> stage the new tree -> fsync -> swap ``current``
+-> health check -> on failure roll back to ``previous``, then ``factory`` ->
+report.  A journal in ``.cas/journal.json`` lets a killed update resume or be
+abandoned cleanly; nothing outside ``.cas/`` and the new version directory is
+written before the swap.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from deltagen import DeltaError, apply_patch, decompress_file
+from deltagen.digests import blake3_file
+
+from . import trust
+from .config import ClientConfig
+from .deltas import rebuild_target
+from .documents import canonical_bytes, document_digest, parse_json, split_envelope
+from .errors import (ClientError, DocumentError, DownloadError, HealthCheckFailed, InsufficientSpace,
+                     NeedsIntervention, NotAvailable)
+from .fetcher import Fetcher
+from .install import (finish_file, fsync_tree, installed_mode, place_file, remove_tree,
+                      tree_problems)
+from .installroot import InstallRoot, write_atomic
+from .paths import check_name
+from .roots import Root, verify_first_root, verify_next_root
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class UpdateResult:
+    outcome: str                       # up_to_date | updated | rolled_back | failed
+    from_version: str | None
+    to_version: str | None
+    current: str | None
+    files: int = 0
+    files_local: int = 0
+    bytes_downloaded: int = 0
+    bytes_full: int = 0
+    seconds: float = 0.0
+    used_delta: bool = False
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _FilePlan:
+    entry: dict[str, Any]
+    local: Path | None                     # a verified local file with this content
+    recipes: list[dict[str, Any]]          # remaining options, cheapest first
+
+
+class Updater:
+    def __init__(self, root: str | Path, log: Log | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 progress_total: Callable[[int], None] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.layout = InstallRoot(Path(root))
+        self.log = log or (lambda message: None)
+        self.progress = progress
+        self.progress_total = progress_total or (lambda n: None)
+        self.transport = transport
+        self._verified: dict[Path, str] = {}
+
+    # ------------------------------------------------------------------ init
+    @classmethod
+    def init(cls, root: str | Path, servers: list[str], product: str, channel: str, root_document: bytes,
+             client_id: str | None = None, health_cmd: str | None = None, **limits: Any) -> "Updater":
+        check_name("product", product)
+        check_name("channel", channel)
+        if not servers:
+            raise ClientError("at least one --server is needed")
+        trusted = verify_first_root(parse_json(root_document, max_bytes=1 << 20))
+        updater = cls(root)
+        layout = updater.layout
+        if layout.initialised:
+            raise ClientError(f"{layout.root} is already initialised")
+        layout.create()
+        config = ClientConfig(servers=tuple(servers), product=product, channel=channel,
+                              client_id=client_id or uuid.uuid4().hex, health_cmd=health_cmd, **limits)
+        layout.write_json("config.json", config.to_dict())
+        layout.write_json("root.json", parse_json(root_document))
+        layout.write_json("state.json", {"root_version": trusted.version, "channel_sequence": 0,
+                                         "channel_manifest": None, "installed": {}})
+        return updater
+
+    @property
+    def config(self) -> ClientConfig:
+        data = self.layout.read_json("config.json")
+        if data is None:
+            raise ClientError(f"{self.layout.root} is not initialised (run cas-client init)")
+        return ClientConfig.from_dict(data)
+
+    def _state(self) -> dict[str, Any]:
+        return self.layout.read_json("state.json", {})
+
+    def _save_state(self, **changes: Any) -> None:
+        state = self._state()
+        state.update(changes)
+        self.layout.write_json("state.json", state)
+
+    def _root(self) -> Root:
+        root = verify_first_root(self.layout.read_json("root.json"))
+        return root
+
+    # ------------------------------------------------------------------ trust
+    async def _refresh_root(self, fetcher: Fetcher) -> Root:
+        root = self._root()
+        for _ in range(self.config.max_root_rotations):
+            try:
+                _, body, _ = await fetcher.document(f"/v1/roots/{root.version + 1}.json", self.config.max_root_bytes)
+            except NotAvailable:
+                break
+            envelope = parse_json(body, max_bytes=self.config.max_root_bytes)
+            root = verify_next_root(root, envelope)
+            self.layout.write_json("root.json", envelope)
+            self._save_state(root_version=root.version)
+            self.log(f"trusted root rotated to version {root.version}")
+        return root
+
+    async def _channel(self, fetcher: Fetcher, root: Root) -> dict[str, Any]:
+        config = self.config
+        _, body, _ = await fetcher.document(f"/v1/products/{config.product}/channels/{config.channel}",
+                                            config.max_channel_bytes)
+        envelope = parse_json(body, max_bytes=config.max_channel_bytes)
+        state = self._state()
+        seen = trust.ChannelState(state.get("channel_sequence", 0), state.get("channel_manifest"))
+        signed = trust.accept_channel(root, envelope, config.product, config.channel, seen)
+        self._save_state(channel_sequence=signed["sequence"], channel_manifest=signed["manifest"])
+        return signed
+
+    def _cached_manifest(self, version: str) -> dict[str, Any] | None:
+        path = self.layout.manifest_path(version)
+        if not path.exists():
+            return None
+        return parse_json(path.read_bytes())
+
+    async def _target_manifest(self, fetcher: Fetcher, root: Root, version: str, digest: str | None,
+                               base: str | None) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """(envelope, recipes, used_delta) for the target, verified before any use."""
+        config = self.config
+        base_envelope = self._cached_manifest(base) if base else None
+        if base_envelope is not None and base != version:
+            try:
+                _, body, _ = await fetcher.document(
+                    f"/v1/products/{config.product}/releases/{version}/delta?from={base}", config.max_delta_bytes)
+                delta = parse_json(body, max_bytes=config.max_delta_bytes)
+                signed = rebuild_target(base_envelope["signed"], delta)
+                envelope = {"signed": signed, "signatures": delta["to"]["signatures"]}
+                expected = digest or delta["to"]["manifest"]
+                trust.accept_manifest(root, envelope, expected)
+                return envelope, delta.get("recipes", {}), True
+            except NotAvailable:
+                self.log(f"no delta from {base}; using the full manifest")
+            except (DocumentError, KeyError, TypeError, ValueError) as exc:
+                self.log(f"delta from {base} refused ({exc}); using the full manifest")
+        _, body, _ = await fetcher.document(f"/v1/products/{config.product}/releases/{version}/manifest",
+                                            config.max_manifest_bytes)
+        envelope = parse_json(body, max_bytes=config.max_manifest_bytes)
+        signed, _ = split_envelope(envelope)
+        trust.accept_manifest(root, envelope, digest or document_digest(signed))
+        if signed.get("version") != version or signed.get("product") != config.product:
+            raise DocumentError(f"manifest is for {signed.get('product')} {signed.get('version')}")
+        return envelope, {}, False
+
+    # ------------------------------------------------------------------ planning
+    def _verified_copy(self, path: Path, digest: str) -> bool:
+        """True when a local file really has ``digest`` (hashed once per run)."""
+        if path not in self._verified:
+            try:
+                self._verified[path] = blake3_file(path) if path.is_file() and not path.is_symlink() else ""
+            except OSError:
+                self._verified[path] = ""
+        return self._verified[path] == digest
+
+    def _local_index(self) -> dict[str, list[Path]]:
+        index: dict[str, list[Path]] = {}
+        for version in self.layout.installed():
+            manifest = self._cached_manifest(version)
+            if manifest is None:
+                continue
+            base = self.layout.version_dir(version)
+            for entry in manifest["signed"]["files"]:
+                if entry["type"] == "file":
+                    index.setdefault(entry["blake3"], []).append(base / entry["path"])
+        for path in self.layout.downloads.iterdir():
+            if len(path.name) == 64:
+                index.setdefault(path.name, []).append(path)
+        return index
+
+    def _local_source(self, index: dict[str, list[Path]], digest: str) -> Path | None:
+        for path in index.get(digest, []):
+            if self._verified_copy(path, digest):
+                return path
+        return None
+
+    def _plan(self, files: list[dict[str, Any]], recipes: dict[str, Any]) -> list[_FilePlan]:
+        index = self._local_index()
+        plans: list[_FilePlan] = []
+        for entry in files:
+            if entry["type"] != "file":
+                continue
+            local = self._local_source(index, entry["blake3"])
+            options: list[dict[str, Any]] = []
+            if local is None:
+                for recipe in recipes.get(entry["blake3"], []):
+                    if recipe.get("kind") == "patch":
+                        base = self._local_source(index, recipe.get("base", ""))
+                        if base is None:
+                            continue  # we do not have (an intact copy of) that base
+                        options.append({**recipe, "base_path": str(base)})
+                    elif recipe.get("kind") in ("compressed", "raw"):
+                        options.append(dict(recipe))
+                raw = {"kind": "raw", "object": entry["blake3"], "size": entry["size"]}
+                if not any(o["kind"] == "raw" for o in options):
+                    options.append(raw)
+                options.sort(key=lambda o: o["size"])
+            plans.append(_FilePlan(entry, local, options))
+        return plans
+
+    # ------------------------------------------------------------------ fetch + apply
+    async def _materialise(self, fetcher: Fetcher, plan: _FilePlan, dest: Path) -> None:
+        entry = plan.entry
+        mode = installed_mode(entry)
+        if plan.local is not None:
+            place_file(plan.local, dest, mode, link=True)
+            return
+        errors: list[str] = []
+        for recipe in plan.recipes:
+            try:
+                obj = await fetcher.object(recipe["object"], int(recipe["size"]))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if recipe["kind"] == "patch":
+                    apply_patch(recipe["algorithm"], Path(recipe["base_path"]), obj, dest, entry["size"],
+                                entry["blake3"])
+                elif recipe["kind"] == "compressed":
+                    decompress_file(obj, dest, entry["size"], entry["blake3"])
+                else:
+                    place_file(obj, dest, mode, link=False)
+                    if not self._verified_copy(dest, entry["blake3"]):
+                        raise DeltaError("raw object does not match the manifest")
+                finish_file(dest, mode)
+                return
+            except (DownloadError, DeltaError, OSError, KeyError, ValueError) as exc:
+                errors.append(f"{recipe['kind']}: {getattr(exc, 'message', None) or exc}")
+                self.log(f"{entry['path']}: {recipe['kind']} recipe failed ({errors[-1]}); trying the next")
+                if isinstance(exc, DeltaError):
+                    fetcher.final_path(recipe["object"]).unlink(missing_ok=True)
+                dest.unlink(missing_ok=True)
+        raise ClientError(f"{entry['path']}: every recipe failed", detail=errors)
+
+    async def _stage(self, fetcher: Fetcher, envelope: dict[str, Any], plans: list[_FilePlan]) -> Path:
+        signed = envelope["signed"]
+        staging = self.layout.staging / signed["version"]
+        remove_tree(staging)
+        staging.mkdir(parents=True)
+        # Download the first choice of every file in parallel; fallbacks happen per file.
+        wanted = {p.recipes[0]["object"]: int(p.recipes[0]["size"]) for p in plans if p.local is None}
+        results = await asyncio.gather(*(fetcher.object(d, s) for d, s in wanted.items()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, (DownloadError, OSError)):
+                raise result
+        for plan in plans:
+            await self._materialise(fetcher, plan, staging / plan.entry["path"])
+        for entry in signed["files"]:
+            if entry["type"] == "symlink":
+                path = staging / entry["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(entry["target"], path)
+        problems = tree_problems(staging, signed["files"])
+        if problems:
+            raise ClientError("staged tree does not match the signed manifest", detail=problems[:20])
+        fsync_tree(staging)
+        return staging
+
+    # ------------------------------------------------------------------ health and rollback
+    def _health(self, version: str, command: str | None) -> tuple[bool, str]:
+        if not command:
+            return True, "no health check configured"
+        try:
+            proc = subprocess.run(command, shell=True, cwd=self.layout.root / "current", capture_output=True,
+                                  text=True, timeout=self.config.health_timeout_s,
+                                  env={**os.environ, "CAS_VERSION": version,
+                                       "CAS_ROOT": str(self.layout.root)})
+        except subprocess.TimeoutExpired:
+            return False, f"health check timed out after {self.config.health_timeout_s}s"
+        output = (proc.stdout + proc.stderr).strip()[-500:]
+        return proc.returncode == 0, f"exit {proc.returncode}: {output}"
+
+    def _intact(self, version: str) -> bool:
+        manifest = self._cached_manifest(version)
+        if manifest is None or not self.layout.version_dir(version).is_dir():
+            return False
+        problems = tree_problems(self.layout.version_dir(version), manifest["signed"]["files"])
+        if problems:
+            self.log(f"version {version} is damaged: {problems[0]} ({len(problems)} problems)")
+        return not problems
+
+    def _rollback_chain(self, failed: str, last_good: str | None, command: str | None,
+                        steps: list[str]) -> str:
+        """Roll back after ``failed`` failed its health check; returns the version now current."""
+        candidates: list[str] = []
+        for version in (last_good, self.layout.link("factory")):
+            if version and version != failed and version not in candidates:
+                candidates.append(version)
+        for version in candidates:
+            if not self._intact(version):
+                steps.append(f"skipped {version}: damaged")
+                continue
+            self.layout.set_link("current", version)
+            ok, detail = self._health(version, command)
+            steps.append(f"rolled back to {version}: health {'ok' if ok else 'failed'} ({detail})")
+            self.log(steps[-1])
+            if ok:
+                return version
+        if last_good and self.layout.version_dir(last_good).is_dir():
+            self.layout.set_link("current", last_good)
+        raise NeedsIntervention(
+            f"{failed} failed its health check and no rollback target passed; current is "
+            f"{self.layout.link('current')}: manual intervention needed", detail=steps)
+
+    async def _report(self, fetcher: Fetcher, outcome: str, from_v: str | None, to_v: str | None,
+                      detail: str) -> None:
+        config = self.config
+        body = {"client_id": config.client_id, "from": from_v, "to": to_v, "outcome": outcome,
+                "detail": detail[:1000]}
+        for server in config.servers:
+            try:
+                async with httpx.AsyncClient(timeout=10, transport=self.transport) as http:
+                    response = await http.post(f"{server.rstrip('/')}/v1/products/{config.product}/reports",
+                                               json=body)
+                if response.status_code < 500:
+                    return
+            except httpx.HTTPError:
+                continue
+
+    # ------------------------------------------------------------------ update
+    def update(self, to: str | None = None, health_cmd: str | None = None) -> UpdateResult:
+        self.layout.lock()
+        try:
+            return asyncio.run(self._update(to, health_cmd))
+        finally:
+            self.layout.unlock()
+
+    async def _update(self, to: str | None, health_cmd: str | None) -> UpdateResult:
+        started = time.monotonic()
+        config = self.config
+        command = health_cmd if health_cmd is not None else config.health_cmd
+        async with Fetcher(config, self.layout.downloads, self.progress, self.transport) as fetcher:
+            resumed = await self._resume_journal(fetcher, command)
+            if resumed is not None:
+                resumed.seconds = time.monotonic() - started
+                return resumed
+            root = await self._refresh_root(fetcher)
+            current = self.layout.link("current")
+            if to is None:
+                channel = await self._channel(fetcher, root)
+                version, digest = trust.choose_release(channel, config.client_id)
+            else:
+                version, digest = check_name("version", to), None
+            if version == current and self._cached_manifest(version) is not None:
+                return UpdateResult("up_to_date", current, version, current,
+                                    seconds=time.monotonic() - started)
+            envelope, recipes, used_delta = await self._target_manifest(fetcher, root, version, digest, current)
+            signed = envelope["signed"]
+            digest = document_digest(signed)
+            plans = self._plan(signed["files"], recipes)
+            self._preflight(plans)
+            self.layout.write_json("journal.json", {"phase": "fetching", "target": version, "from": current,
+                                                    "manifest": digest, "started": time.time()})
+            self.progress_total(sum(int(p.recipes[0]["size"]) for p in plans if p.local is None))
+            staging = await self._stage(fetcher, envelope, plans)
+            # Publish the new version directory and its manifest, then swap.
+            final = self.layout.version_dir(version)
+            if final.exists():
+                remove_tree(final)  # an earlier, unfinished or damaged copy
+            write_atomic(self.layout.manifest_path(version), canonical_bytes(envelope))
+            os.rename(staging, final)
+            self.layout.write_json("journal.json", {"phase": "staged", "target": version, "from": current,
+                                                    "manifest": digest, "started": time.time()})
+            result = UpdateResult("updated", current, version, version, files=len(plans),
+                                  files_local=sum(1 for p in plans if p.local is not None),
+                                  bytes_downloaded=fetcher.bytes_downloaded,
+                                  bytes_full=sum(int(p.entry["size"]) for p in plans), used_delta=used_delta)
+            await self._swap_and_check(fetcher, version, current, command, result)
+            result.seconds = time.monotonic() - started
+            return result
+
+    def _preflight(self, plans: list[_FilePlan]) -> None:
+        download = sum(int(p.recipes[0]["size"]) for p in plans if p.local is None)
+        new_bytes = sum(int(p.entry["size"]) for p in plans if p.local is None)
+        needed = int(self.config.free_space_factor * download) + new_bytes
+        free = shutil.disk_usage(self.layout.root).free
+        if free < needed:
+            raise InsufficientSpace(f"{free:,} bytes free, {needed:,} needed "
+                                    f"(2x the {download:,} to download plus {new_bytes:,} of new files)")
+
+    async def _swap_and_check(self, fetcher: Fetcher, version: str, previous: str | None,
+                              command: str | None, result: UpdateResult) -> None:
+        if previous and previous != version:
+            self.layout.set_link("previous", previous)
+        self.layout.set_link("current", version)
+        if self.layout.link("factory") is None:
+            self.layout.set_link("factory", version)
+        self.layout.write_json("journal.json", {"phase": "swapped", "target": version, "from": previous,
+                                                "started": time.time()})
+        result.steps.append(f"swapped current to {version}")
+        await self._after_swap(fetcher, version, previous, command, result)
+
+    async def _after_swap(self, fetcher: Fetcher, version: str, previous: str | None, command: str | None,
+                          result: UpdateResult) -> None:
+        ok, detail = self._health(version, command)
+        result.steps.append(f"health of {version}: {'ok' if ok else 'failed'} ({detail})")
+        self.log(result.steps[-1])
+        if ok:
+            installed = self._state().get("installed", {})
+            self._save_state(installed={**installed, version: time.time()})
+            self.layout.remove_json("journal.json")
+            self._clean_downloads()
+            await self._report(fetcher, "success", previous, version, detail)
+            return
+        try:
+            now = self._rollback_chain(version, previous, command, result.steps)
+        except NeedsIntervention as exc:
+            self.layout.remove_json("journal.json")
+            await self._report(fetcher, "failed", previous, version, "; ".join(result.steps))
+            exc.detail = result.steps
+            raise
+        self.layout.remove_json("journal.json")
+        result.outcome, result.current = "rolled_back", now
+        await self._report(fetcher, "rolled_back", previous, version, "; ".join(result.steps))
+
+    async def _resume_journal(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
+        journal = self.layout.read_json("journal.json")
+        if journal is None:
+            return None
+        target, previous = journal.get("target"), journal.get("from")
+        current = self.layout.link("current")
+        swapped = journal.get("phase") == "swapped" or (
+            journal.get("phase") == "staged" and current == target)
+        if not swapped:
+            # Killed before the swap: current still points at the old tree.  Start over;
+            # downloads under .cas/downloads are reused.
+            remove_tree(self.layout.staging / str(target))
+            self.layout.remove_json("journal.json")
+            self.log(f"abandoned an unfinished update to {target}; starting again")
+            return None
+        if journal.get("phase") == "staged":
+            result = UpdateResult("updated", previous, target, target, steps=["resumed before swap"])
+            await self._swap_and_check(fetcher, target, previous, command, result)
+            return result
+        self.log(f"resuming the update to {target} after its swap: checking health")
+        result = UpdateResult("updated", previous, target, target, steps=["resumed after swap"])
+        await self._after_swap(fetcher, target, previous, command, result)
+        return result
+
+    def _clean_downloads(self) -> None:
+        for path in self.layout.downloads.iterdir():
+            path.unlink(missing_ok=True)
+        remove_tree(self.layout.staging)
+        self.layout.staging.mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------------ other commands
+    def check(self) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            async with Fetcher(self.config, self.layout.downloads, transport=self.transport) as fetcher:
+                root = await self._refresh_root(fetcher)
+                channel = await self._channel(fetcher, root)
+                version, digest = trust.choose_release(channel, self.config.client_id)
+                return {"channel": channel["channel"], "sequence": channel["sequence"], "release": version,
+                        "manifest": digest, "expires": channel["expires"],
+                        "current": self.layout.link("current"),
+                        "update_pending": version != self.layout.link("current")}
+        return asyncio.run(run())
+
+    def status(self, online: bool = True) -> dict[str, Any]:
+        config = self.config
+        data: dict[str, Any] = {"root": str(self.layout.root), "product": config.product,
+                                "channel": config.channel, "client_id": config.client_id,
+                                "current": self.layout.link("current"), "previous": self.layout.link("previous"),
+                                "factory": self.layout.link("factory"), "installed": self.layout.installed(),
+                                "journal": self.layout.read_json("journal.json")}
+        if online:
+            try:
+                check = self.check()
+                data.update(channel_release=check["release"], update_pending=check["update_pending"],
+                            channel_sequence=check["sequence"])
+            except (ClientError, DocumentError) as exc:
+                data["channel_error"] = getattr(exc, "message", str(exc))
+        return data
+
+    def verify(self, version: str | None = None) -> dict[str, Any]:
+        version = version or self.layout.link("current")
+        if version is None:
+            raise ClientError("nothing is installed")
+        manifest = self._cached_manifest(version)
+        if manifest is None:
+            raise ClientError(f"no manifest cached for {version}")
+        problems = tree_problems(self.layout.version_dir(version), manifest["signed"]["files"])
+        return {"version": version, "ok": not problems, "problems": problems}
+
+    def rollback(self, to: str = "previous", health_cmd: str | None = None) -> dict[str, Any]:
+        self.layout.lock()
+        try:
+            current = self.layout.link("current")
+            target = self.layout.link(to) if to in ("previous", "factory") else check_name("version", to)
+            if target is None:
+                raise ClientError(f"there is no {to} version to roll back to")
+            if not self._intact(target):
+                raise ClientError(f"{target} is damaged or not installed; refusing to roll back to it")
+            self.layout.set_link("current", target)
+            command = health_cmd if health_cmd is not None else self.config.health_cmd
+            ok, detail = self._health(target, command)
+            if not ok:
+                if current:
+                    self.layout.set_link("current", current)
+                raise HealthCheckFailed(f"{target} failed its health check ({detail}); current stays {current}")
+            return {"from": current, "to": target, "health": detail}
+        finally:
+            self.layout.unlock()
+
+    def gc(self) -> dict[str, Any]:
+        self.layout.lock()
+        try:
+            keep = {self.layout.link(n) for n in ("current", "previous", "factory")} - {None}
+            journal = self.layout.read_json("journal.json")
+            if journal:
+                keep.add(journal.get("target"))
+            removed = []
+            for version in self.layout.installed():
+                if version not in keep:
+                    self.layout.remove_version(version)
+                    removed.append(version)
+            if not journal:
+                self._clean_downloads()
+            return {"removed": removed, "kept": sorted(k for k in keep if k)}
+        finally:
+            self.layout.unlock()
