@@ -264,6 +264,11 @@ def cmd_deltas_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(keep=args.keep, workdir=args.dir)
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_deltas_status, d, help="queued, running, done and failed builds")
     remote(p)
     add("worker", cmd_deltas_worker, d, help="build queued deltas until stopped (run by cas serve)")
+
+    p = sub.add_parser("demo", help="start a server, publish, update a client, roll back; then clean up")
+    p.set_defaults(func=cmd_demo)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--dir", default=None, help="work here instead of a new temporary directory")
 
     p = add("fsck", cmd_fsck, help="re-hash every object, quarantine corrupt ones")
     p.add_argument("--no-quarantine", action="store_true")

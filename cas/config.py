@@ -40,6 +40,9 @@ class Config:
     small_object_cache_bytes: int = 64 << 20
     small_object_max_bytes: int = 64 << 10
     channel_max_age_seconds: int = 60
+    # Client reports.
+    max_report_bytes: int = 4096
+    reports_per_client_per_minute: int = 30
     # Ahead-of-time deltas.
     delta_builder: bool = True          # run `cas deltas worker` beside `cas serve`
     delta_build_on: tuple[str, ...] = ("testing", "released")

@@ -123,6 +123,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (product, base_version, target_version)
     );
     """,
+    # 3: client reports (outcomes of updates).
+    """
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        from_version TEXT,
+        to_version TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX reports_release ON reports(product, to_version, at);
+    """,
 ]
 
 
@@ -456,6 +470,24 @@ class SqliteMetadata:
         return [dict(r) for r in self._conn().execute(
             "SELECT path, type, blake3, size, mode, target FROM release_files WHERE product = ? AND version = ?",
             (product, version))]
+
+
+    # -- reports
+    def add_report(self, product: str, client_id: str, from_version: str | None, to_version: str,
+                   outcome: str, detail: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO reports(product, client_id, from_version, to_version, outcome, detail, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (product, client_id, from_version, to_version, outcome, detail, time.time()))
+
+    def reports(self, product: str, to_version: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT client_id, from_version, to_version, outcome, detail, at FROM reports WHERE product = ?"
+        params: list[Any] = [product]
+        if to_version is not None:
+            sql += " AND to_version = ?"
+            params.append(to_version)
+        rows = self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [{**dict(r), "at": _iso(r["at"])} for r in rows]
 
 
 class _Transaction:

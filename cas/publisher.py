@@ -48,9 +48,20 @@ def signed_manifest(product: str, version: str, tree: ScannedTree, key: Ed25519P
     return sign(manifest_signed(product, version, tree), [key])
 
 
+def _same_release(existing: dict[str, Any], signed: dict[str, Any]) -> bool:
+    """The same release apart from its ``created`` time (a re-run of the same publish)."""
+    ours = {k: v for k, v in signed.items() if k != "created"}
+    return {k: v for k, v in existing.items() if k != "created"} == ours
+
+
 def publish_local(repo: Repo, tree: ScannedTree, envelope: dict[str, Any],
                   progress: Callable[[int], None] | None = None) -> PublishResult:
     signed = envelope["signed"]
+    existing = repo.meta.get_release(signed["product"], signed["version"])
+    if existing is not None and _same_release(releases.manifest_of(existing)["signed"], signed):
+        # Identical tree published again (only the timestamp differs): nothing to do.
+        return PublishResult(signed["product"], signed["version"], existing.manifest_digest, len(tree.entries),
+                             tree.logical_bytes, 0, 0, False, existing.status)
     uploaded = uploaded_bytes = 0
     for digest, path in tree.sources.items():
         if repo.objects.exists(digest):
@@ -151,6 +162,16 @@ async def publish_remote_async(server: str, token: str | None, tree: ScannedTree
     product, version = signed["product"], signed["version"]
     state = UploadState(_state_file(server))
     async with make_client(server, token, timeout=300) as client:
+        known = await client.get(f"/v1/products/{product}/releases/{version}/manifest")
+        if known.status_code == 200:
+            try:
+                existing = known.json()["signed"]
+            except (ValueError, KeyError, TypeError):
+                existing = None
+            if isinstance(existing, dict) and _same_release(existing, signed):
+                info = await request(client, "GET", f"/v1/products/{product}/releases/{version}")
+                return PublishResult(product, version, document_digest(existing), len(tree.entries),
+                                     tree.logical_bytes, 0, 0, False, info.json().get("status", "draft"))
         digests = list(tree.sources)
         missing: list[str] = []
         for i in range(0, len(digests), MISSING_BATCH):

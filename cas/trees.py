@@ -23,6 +23,12 @@ class TreeError(Exception):
     pass
 
 
+def _shown(path: Path) -> str:
+    """A path for a one-line message: quoted when it holds control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 @dataclass(frozen=True)
 class ScannedTree:
     entries: list[dict[str, Any]]
@@ -49,14 +55,14 @@ def scan_tree(root: Path, progress: Callable[[int], None] | None = None) -> Scan
             try:
                 check_path(rel)
             except DocumentError as exc:
-                raise TreeError(f"cannot publish {full}: {exc.message}") from None
+                raise TreeError(f"cannot publish {_shown(full)}: {exc.message}") from None
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(full)
                 try:
                     resolve_symlink(rel, target)
                 except DocumentError as exc:
-                    raise TreeError(f"cannot publish {full}: {exc.message}") from None
+                    raise TreeError(f"cannot publish {_shown(full)}: {exc.message}") from None
                 entries.append({"path": rel, "type": "symlink", "target": target})
             elif stat.S_ISREG(st.st_mode):
                 digest = file_digest(full)
@@ -66,7 +72,7 @@ def scan_tree(root: Path, progress: Callable[[int], None] | None = None) -> Scan
                 if progress:
                     progress(digest.size)
             elif not stat.S_ISDIR(st.st_mode):
-                raise TreeError(f"cannot publish {full}: not a regular file, directory or symlink")
+                raise TreeError(f"cannot publish {_shown(full)}: not a regular file, directory or symlink")
         dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
     entries.sort(key=lambda e: e["path"])
     return ScannedTree(entries, sources)

@@ -19,7 +19,7 @@ from ..errors import CasError
 from ..repo import Repo
 from ..uploads import Uploads
 from .deltaworker import DeltaWorkerProcess
-from . import objects, releases
+from . import objects, releases, reports
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
 from .metrics import Metrics, MetricsMiddleware
 
@@ -87,6 +87,8 @@ def create_app(repo: Repo) -> Starlette:
         Route(p + "/releases/{version}/status", releases.post_status, methods=["POST"]),
         Route(p + "/releases/{version}/history", releases.get_history, methods=["GET"]),
         Route(p + "/releases/{version}/delta", releases.get_delta, methods=["GET"]),
+        Route(p + "/reports", reports.post_report, methods=["POST"]),
+        Route(p + "/reports", reports.list_reports, methods=["GET"]),
         Route("/v1/admin/deltas", releases.deltas_status, methods=["GET"]),
         Route("/v1/admin/deltas/build", releases.deltas_build, methods=["POST"]),
         Route(p + "/channels/{channel}", releases.get_channel, methods=["GET"]),
@@ -111,4 +113,5 @@ def create_app(repo: Repo) -> Starlette:
     app.state.config = repo.config
     app.state.metrics = metrics_
     app.state.uploads = uploads
+    app.state.report_limiter = reports.ReportLimiter(repo.config.reports_per_client_per_minute)
     return app

@@ -1,0 +1,83 @@
+"""Client reports: the outcome of each update, validated and rate-limited."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from client.documents import parse_json
+from client.errors import DocumentError
+
+from .. import releases
+from ..errors import BadRequest, CasError, Invalid
+from .auth import require
+from .conditional import read_body
+
+OUTCOMES = ("success", "failed", "rolled_back")
+
+
+class TooManyReports(CasError):
+    status, code = 429, "rate_limited"
+
+
+class ReportLimiter:
+    """At most N reports per client id per minute (per server process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._seen: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, client_id: str) -> bool:
+        now = time.monotonic()
+        window = self._seen[client_id]
+        while window and now - window[0] > 60:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return False
+        window.append(now)
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        return True
+
+
+async def post_report(request: Request) -> Response:
+    require(request, "read")
+    repo = request.app.state.repo
+    product = request.path_params["product"]
+    try:
+        body = parse_json(await read_body(request, repo.config.max_report_bytes), max_depth=4)
+    except DocumentError as exc:
+        raise BadRequest(exc.message, code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise Invalid("a report is a JSON object", code="bad_report")
+    client_id, outcome = body.get("client_id"), body.get("outcome")
+    from_v, to_v, detail = body.get("from"), body.get("to"), body.get("detail", "")
+    problems = []
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
+        problems.append("client_id must be a string of 1..128 characters")
+    if outcome not in OUTCOMES:
+        problems.append(f"outcome must be one of {OUTCOMES}")
+    if not isinstance(to_v, str) or (from_v is not None and not isinstance(from_v, str)):
+        problems.append("to must be a version, from a version or null")
+    if not isinstance(detail, str) or len(detail) > 1000:
+        problems.append("detail must be a string of at most 1000 characters")
+    if problems:
+        raise Invalid("invalid report", detail=problems, code="bad_report")
+    await run_in_threadpool(releases.get_release, repo, product, to_v)
+    if from_v is not None:
+        await run_in_threadpool(releases.get_release, repo, product, from_v)
+    if not request.app.state.report_limiter.allow(client_id):
+        raise TooManyReports("too many reports from this client; try later")
+    await run_in_threadpool(repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail)
+    return JSONResponse({"accepted": True}, status_code=202)
+
+
+async def list_reports(request: Request) -> Response:
+    require(request, "admin")
+    repo = request.app.state.repo
+    product = request.path_params["product"]
+    rows = await run_in_threadpool(repo.meta.reports, product, request.query_params.get("to"))
+    return JSONResponse({"product": product, "reports": rows})
