@@ -21,6 +21,7 @@ from ..uploads import Uploads
 from .deltaworker import DeltaWorkerProcess
 from . import objects, releases, reports
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
+from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
 
 log = logging.getLogger("cas.http")
@@ -104,7 +105,8 @@ def create_app(repo: Repo) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics_)],
+        middleware=[Middleware(FastPath, repo=repo, metrics=metrics_),
+                    Middleware(MetricsMiddleware, metrics=metrics_)],
         exception_handlers={CasError: handle_cas_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         lifespan=lifespan,
