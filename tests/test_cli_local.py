@@ -1,0 +1,139 @@
+"""`cas publish` refuses trees a manifest cannot hold, with a one-line reason and exit 1."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cas, store_snapshot
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("cli") / "store"
+    run_cas("keys", "init", "--store", str(store))
+    return store
+
+
+@pytest.fixture
+def tree(tmp_path: Path, release_trees: list[Path]) -> Path:
+    dest = tmp_path / "tree"
+    shutil.copytree(release_trees[0], dest, symlinks=True)
+    return dest
+
+
+def _mkfifo(tree: Path) -> None:
+    os.mkfifo(tree / "share" / "pipe")
+
+
+def _device(tree: Path) -> None:
+    try:
+        os.mknod(tree / "share" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating device nodes needs privileges")
+
+
+def _socket(tree: Path) -> None:
+    path = tree / "s"
+    if len(str(path)) > 100:
+        pytest.skip("path too long for a unix socket")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+
+
+def _link(target: str, where: str = "lib/escape") -> object:
+    return lambda tree: os.symlink(target, tree / where)
+
+
+def _chain(tree: Path) -> None:
+    os.symlink("..", tree / "share" / "up")  # inside on its own (the tree root)
+    os.symlink("share/up/../outside", tree / "esc")  # lexically 'outside', really ../outside
+
+
+def _backslash(tree: Path) -> None:
+    (tree / "share" / "a\\b").write_bytes(b"x")
+
+
+def _newline(tree: Path) -> None:
+    (tree / "share" / "a\nb").write_bytes(b"x")
+
+
+def _non_utf8(tree: Path) -> None:
+    with open(os.fsencode(tree / "share") + b"/caf\xe9", "wb") as fh:
+        fh.write(b"latin-1 name")
+
+
+BAD_TREES = {
+    "fifo": (_mkfifo, "not a regular file"),
+    "device": (_device, "not a regular file"),
+    "socket": (_socket, "not a regular file"),
+    "symlink-dotdot": (_link("../../etc"), "outside the tree"),
+    "symlink-absolute": (_link("/etc/passwd"), "absolute"),
+    "symlink-deep-dotdot": (_link("../lib/../../../x", "lib/deep"), "outside the tree"),
+    "symlink-dir-escape": (_link("../..", "share/up"), "outside the tree"),
+    "symlink-chain-escape": (_chain, "through other symlinks"),
+    "backslash-name": (_backslash, "backslash"),
+    "newline-name": (_newline, "control"),
+    "non-utf8-name": (_non_utf8, "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TREES))
+def test_publish_refuses_unpublishable_trees(store: Path, tree: Path, name: str) -> None:
+    make, reason = BAD_TREES[name]
+    make(tree)
+    before = store_snapshot(store)
+    result = run_cas("publish", str(tree), "--product", "app", "--version", "1.0.0", "--store", str(store),
+                     check=False, timeout=60)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cas: error: ") and reason in lines[0], lines
+    assert "Traceback" not in result.stderr
+    assert store_snapshot(store) == before
+
+
+def test_publish_refuses_a_missing_or_file_dir(store: Path, tmp_path: Path) -> None:
+    for target in (tmp_path / "nope", Path(__file__)):
+        result = run_cas("publish", str(target), "--product", "app", "--version", "1.0.0", "--store",
+                         str(store), check=False)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("version", ["-x", "..", "a b", "1/2"])
+def test_publish_refuses_bad_version_names(store: Path, tree: Path, version: str) -> None:
+    result = run_cas("publish", str(tree), "--product", "app", f"--version={version}", "--store", str(store),
+                     check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("cas: error: ") and "Traceback" not in result.stderr, result.stderr
+
+
+def test_publish_inside_symlinks_and_checkout(store: Path, tree: Path, tmp_path: Path) -> None:
+    os.symlink("../share/doc", tree / "bin" / "docs")  # a symlink to a directory inside the tree
+    published = json.loads(run_cas("publish", str(tree), "--product", "app", "--version", "2.0.0",
+                                   "--store", str(store), "--json").stdout)
+    assert published["created"]
+    out = tmp_path / "out"
+    run_cas("checkout", "app", "2.0.0", str(out), "--store", str(store))
+    assert os.readlink(out / "bin" / "docs") == "../share/doc"
+    assert (out / "bin" / "docs" / "README.txt").read_bytes() == (tree / "share/doc/README.txt").read_bytes()
+
+
+def test_republish_same_tree_later_is_idempotent(store: Path, tree: Path) -> None:
+    """`created` differs between runs; the same tree under the same version is still 'already published'."""
+    args = ("publish", str(tree), "--product", "app", "--version", "3.0.0", "--store", str(store), "--json")
+    first = json.loads(run_cas(*args).stdout)
+    time.sleep(1.1)  # the manifest timestamp has one-second resolution
+    again = json.loads(run_cas(*args).stdout)
+    assert first["created"] is True and again["created"] is False
+    assert again["manifest"] == first["manifest"] and again["uploaded_objects"] == 0
+    (tree / "etc" / "app.conf").write_bytes(b"changed\n")
+    clash = run_cas(*args, check=False)
+    assert clash.returncode == 1 and "different content" in clash.stderr
