@@ -16,6 +16,7 @@ from client.paths import check_name
 from deltagen.digests import blake3_bytes
 
 from .errors import Conflict, Invalid, NotFound
+from .keys import channel_signing_keys
 from .metadata import STATUS_RANK, Channel, StaleWrite
 from .releases import get_release
 from .repo import Repo
@@ -25,13 +26,15 @@ ATTEMPTS = 5
 
 def _document(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
               rollout: dict[str, Any] | None = None) -> tuple[bytes, float]:
-    if repo.keys.channel is None:
+    # Keys are read at each signing so that a rotation by `cas keys rotate` applies at once.
+    signing_keys = channel_signing_keys(repo.config.store)
+    if not signing_keys:
         raise Invalid("the server has no channel key (run `cas keys init`)", code="no_key")
     expires = time.time() + repo.config.channel_ttl_seconds
     signed = {"schema": 1, "product": product, "channel": channel, "sequence": sequence,
               "expires": format_time(datetime.fromtimestamp(expires, timezone.utc)),
               "release": release, "manifest": manifest, "rollout": rollout}
-    return canonical_bytes(sign(signed, [repo.keys.channel])), expires
+    return canonical_bytes(sign(signed, signing_keys)), expires
 
 
 def _write(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
@@ -77,7 +80,7 @@ def get_channel(repo: Repo, product: str, channel: str) -> Channel:
 
 def resign_expiring(repo: Repo, margin_seconds: float | None = None) -> list[Channel]:
     """Re-sign every channel document that expires within the margin."""
-    if repo.keys.channel is None:
+    if not channel_signing_keys(repo.config.store):
         return []
     margin = repo.config.channel_ttl_seconds / 2 if margin_seconds is None else margin_seconds
     renewed: list[Channel] = []

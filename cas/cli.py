@@ -84,17 +84,35 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    envelope = keys.rotate_keys(Path(repo.config.store), repo.meta, args.role, args.count, args.threshold,
+                                args.keep_old)
+    renewed = []
+    if args.role == "channel":
+        renewed = channels.resign_expiring(repo, margin_seconds=float("inf"))
+    signed = envelope["signed"]
+    _print(args, envelope, f"root v{signed['version']}: {args.role} keys "
+           f"{', '.join(k[:16] for k in signed['roles'][args.role]['keyids'])} "
+           f"(threshold {signed['roles'][args.role]['threshold']}); {repo.config.store}/root.json updated"
+           + (f"; re-signed {len(renewed)} channel documents" if renewed else ""))
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     show = not args.json and sys.stderr.isatty()
-    key_file = args.key or os.environ.get("CAS_RELEASE_KEY")
+    key_files = args.key or ([os.environ["CAS_RELEASE_KEY"]] if os.environ.get("CAS_RELEASE_KEY") else [])
     remote = _remote(args)
-    if key_file is None:
-        if remote is not None:
-            raise CasError("publishing to a server needs --key FILE (the release key)", code="no_key")
-        key_file = str(keys.key_path(Path(load_config(args.store).store), "release"))
-    key = keys.load_private_key(Path(key_file))
+    if key_files:
+        signing = [keys.load_private_key(Path(f)) for f in key_files]
+    elif remote is not None:
+        raise CasError("publishing to a server needs --key FILE (the release key)", code="no_key")
+    else:
+        signing = keys.load_role_keys(Path(load_config(args.store).store), "release")
+        if not signing:
+            raise CasError("no release key in the store (run `cas keys init`) and no --key", code="no_key")
     tree = scan_tree(Path(args.dir))
-    envelope = publisher.signed_manifest(args.product, args.version, tree, key)
+    envelope = publisher.signed_manifest(args.product, args.version, tree, signing)
     bar, advance = _progress(tree.logical_bytes, "storing", show)
     try:
         if bar:
@@ -297,12 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     add("init", cmd_keys_init, k, help="make root, release and channel keys and root.json")
+    p = add("rotate", cmd_keys_rotate, k, help="new keys for a role and the next root version")
+    p.add_argument("--role", required=True, choices=["root", "release", "channel"])
+    p.add_argument("--count", type=int, default=1, help="how many new keys the role gets")
+    p.add_argument("--threshold", type=int, default=1, help="signatures the role needs")
+    p.add_argument("--keep-old", action="store_true", help="keep trusting the old keys (a transition)")
 
     p = add("publish", cmd_publish, help="publish a release tree")
     p.add_argument("dir")
     p.add_argument("--product", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--key", default=None, help="release key (default STORE/keys/release.pem)")
+    p.add_argument("--key", action="append", default=None,
+                   help="release key; repeat for a role with a threshold (default: the store's release keys)")
     p.add_argument("--status", choices=["testing", "released"], default=None)
     p.add_argument("--channel", default=None)
     p.add_argument("--jobs", type=int, default=4, help="parallel uploads")

@@ -109,3 +109,73 @@ def load_server_keys(store: Path) -> ServerKeys:
         path = key_path(store, role)
         return load_private_key(path) if path.exists() else None
     return ServerKeys(channel=optional("channel"), release=optional("release"))
+
+
+def channel_signing_keys(store: Path) -> list[Ed25519PrivateKey]:
+    """Every channel key on disk (enough for a channel role with a threshold)."""
+    return load_role_keys(store, "channel")
+
+
+def role_key_files(store: Path, role: str) -> list[Path]:
+    keys_dir = Path(store) / "keys"
+    return sorted([p for p in keys_dir.glob(f"{role}.pem")] + [p for p in keys_dir.glob(f"{role}-*.pem")])
+
+
+def load_role_keys(store: Path, role: str) -> list[Ed25519PrivateKey]:
+    return [load_private_key(p) for p in role_key_files(store, role)]
+
+
+def rotate_keys(store: Path, meta: SqliteMetadata, role: str, count: int = 1, threshold: int = 1,
+                keep_old: bool = False) -> dict[str, Any]:
+    """Make new keys for ``role`` and the next root, signed by the old and new root keys.
+
+    The old private keys move to ``keys/retired/``.  With ``keep_old`` the role trusts
+    the old and the new keys (a transition); without it the old keys are revoked:
+    clients refuse anything signed only by them.
+    """
+    if role not in KEY_ROLES:
+        raise Conflict(f"role must be one of {KEY_ROLES}", code="bad_role")
+    if count < 1 or not 1 <= threshold <= count + (0 if not keep_old else 1000):
+        raise Conflict("need count >= 1 and 1 <= threshold <= number of keys", code="bad_threshold")
+    current = trusted_root(meta)
+    if current is None:
+        raise NotFound("no root yet (run `cas keys init`)", code="no_root")
+    old_root_keys = load_role_keys(store, "root")
+    old_files = role_key_files(store, role)
+    new_keys = [generate_key() for _ in range(count)]
+    signed = json_copy(current.signed)
+    version = current.version + 1
+    old_ids = list(signed["roles"][role]["keyids"])
+    new_ids = [key_id(k.public_key()) for k in new_keys]
+    ids = sorted(set(old_ids + new_ids)) if keep_old else sorted(new_ids)
+    if threshold > len(ids):
+        raise Conflict(f"threshold {threshold} exceeds the {len(ids)} keys of {role}", code="bad_threshold")
+    signed["roles"][role] = {"keyids": ids, "threshold": threshold}
+    for k in new_keys:
+        signed["keys"][key_id(k.public_key())] = public_entry(k)
+    used = {kid for spec in signed["roles"].values() for kid in spec["keyids"]}
+    signed["keys"] = {kid: entry for kid, entry in signed["keys"].items() if kid in used}
+    signed["version"] = version
+    signed["expires"] = format_time(utc_now() + ROOT_TTL)
+    signers = old_root_keys + (new_keys if role == "root" else [])
+    envelope = sign(signed, signers)
+    verify_next_root(current, envelope)  # never publish a root clients would refuse
+    # Retire the old private keys, then write the new ones.
+    retired = Path(store) / "keys" / "retired"
+    retired.mkdir(parents=True, exist_ok=True)
+    if not keep_old:
+        for path in old_files:
+            os.replace(path, retired / f"{path.stem}.v{current.version}.pem")
+    else:
+        for i, path in enumerate(old_files):
+            os.replace(path, Path(store) / "keys" / f"{role}-old{current.version}-{i}.pem")
+    for i, key in enumerate(new_keys):
+        write_private_key(key_path(store, role) if i == 0 else Path(store) / "keys" / f"{role}-{i}.pem", key)
+    document = canonical_bytes(envelope)
+    meta.put_root(version, document)
+    publish_root_file(store, document)
+    return envelope
+
+
+def json_copy(value: Any) -> Any:
+    return parse_json(canonical_bytes(value))

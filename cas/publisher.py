@@ -44,8 +44,9 @@ class PublishResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def signed_manifest(product: str, version: str, tree: ScannedTree, key: Ed25519PrivateKey) -> dict[str, Any]:
-    return sign(manifest_signed(product, version, tree), [key])
+def signed_manifest(product: str, version: str, tree: ScannedTree,
+                    keys: Ed25519PrivateKey | list[Ed25519PrivateKey]) -> dict[str, Any]:
+    return sign(manifest_signed(product, version, tree), keys if isinstance(keys, list) else [keys])
 
 
 def _same_release(existing: dict[str, Any], signed: dict[str, Any]) -> bool:

@@ -88,6 +88,8 @@ class FastPath:
         etag = f'"{digest}"'
         inm = headers.get(b"if-none-match")
         if inm is not None and etag_matches(inm.decode("latin-1"), etag):
+            if self.objects.get(digest) is None and not self.repo.objects.path(digest).is_file():
+                return False  # not here (any more): the application answers 404
             await self._send(send, 304, [(b"etag", etag.encode()), (b"cache-control", IMMUTABLE)], b"")
             self._count_304.inc()
             return True

@@ -21,6 +21,13 @@ from .errors import error_body
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+class ObjectResponse(FileResponse):
+    """Starlette's FileResponse (Range, If-Range, multipart, 416) with 1 MiB reads:
+    16x fewer thread-pool hops than its 64 KiB default on large objects."""
+
+    chunk_size = 1 << 20
+
+
 def _digest(request: Request) -> str:
     digest = request.path_params["digest"]
     if not is_digest(digest):
@@ -44,7 +51,7 @@ async def get_object(request: Request) -> Response:
     range_error = _range_error(request, etag, st.st_size)
     if range_error is not None:
         return range_error
-    return FileResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+    return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
 
 
 def _range_error(request: Request, etag: str, size: int) -> Response | None:
