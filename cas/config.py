@@ -27,6 +27,7 @@ class Config:
     # Auth: sha256(token) -> scope.  Tokens are only ever kept hashed.
     token_hashes: Mapping[str, str] = field(default_factory=dict)
     anonymous_read: bool = True
+    auth_failures_per_minute: int = 30   # per client address; then 429 until the window passes
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Limits.

@@ -53,6 +53,10 @@ class RangeNotSatisfiable(CasError):
         self.offset = offset
 
 
+class TooManyRequests(CasError):
+    status, code = 429, "rate_limited"
+
+
 class Invalid(CasError):
     status, code = 422, "invalid"
 

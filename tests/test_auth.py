@@ -134,3 +134,21 @@ def test_scheme_is_case_insensitive(strict: Server) -> None:
     with httpx.Client(base_url=strict.url, timeout=10) as http:
         response = http.get(f"/v1/objects/{DIGEST}", headers={"Authorization": f"bearer {READ}"})
     assert response.status_code == 200
+
+
+def test_repeated_bad_tokens_are_rate_limited(tmp_path) -> None:
+    from conftest import ADMIN, start_server
+    srv = start_server(tmp_path / "store", config="auth_failures_per_minute = 5\n")
+    try:
+        with srv.client("wrong-token") as bad:
+            codes = [bad.get("/v1/products").status_code for _ in range(7)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+        # Even the right token waits out the window from that address: no oracle for guessing.
+        with srv.client(ADMIN) as good:
+            response = good.get("/v1/products")
+            assert response.status_code == 429 and response.json()["error"]["code"] == "rate_limited"
+        # Anonymous reads without a token are not affected.
+        with srv.client(None) as anon:
+            assert anon.get("/v1/products").status_code == 200
+    finally:
+        srv.stop()

@@ -23,6 +23,7 @@ from . import objects, releases, reports
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
 from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
+from .ratelimit import SlidingWindow
 
 log = logging.getLogger("cas.http")
 
@@ -115,5 +116,6 @@ def create_app(repo: Repo) -> Starlette:
     app.state.config = repo.config
     app.state.metrics = metrics_
     app.state.uploads = uploads
-    app.state.report_limiter = reports.ReportLimiter(repo.config.reports_per_client_per_minute)
+    app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
+    app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
     return app

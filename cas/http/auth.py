@@ -10,7 +10,7 @@ import hmac
 from starlette.requests import Request
 
 from ..config import Config, hash_token
-from ..errors import Forbidden, Unauthorized
+from ..errors import Forbidden, TooManyRequests, Unauthorized
 
 RANK = {"read": 0, "publish": 1, "admin": 2}
 
@@ -29,11 +29,16 @@ def caller(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if header is None:
         return None
+    failures = request.app.state.auth_failures
+    address = request.client.host if request.client else "unknown"
+    if failures.exhausted(address):
+        raise TooManyRequests("too many failed authentications from this address; try later")
     kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise Unauthorized("use 'Authorization: Bearer <token>'", code="bad_token")
-    scope = token_scope(request.app.state.config, token.strip())
+    scope = token_scope(request.app.state.config, token.strip()) if kind.lower() == "bearer" else None
     if scope is None:
+        failures.hit(address)
+        if kind.lower() != "bearer" or not token.strip():
+            raise Unauthorized("use 'Authorization: Bearer <token>'", code="bad_token")
         raise Unauthorized("unknown token", code="bad_token")
     return scope
 

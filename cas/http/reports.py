@@ -1,9 +1,6 @@
 """Client reports: the outcome of each update, validated and rate-limited."""
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,35 +9,11 @@ from client.documents import parse_json
 from client.errors import DocumentError
 
 from .. import releases
-from ..errors import BadRequest, CasError, Invalid
+from ..errors import BadRequest, Invalid, TooManyRequests
 from .auth import require
 from .conditional import read_body
 
 OUTCOMES = ("success", "failed", "rolled_back")
-
-
-class TooManyReports(CasError):
-    status, code = 429, "rate_limited"
-
-
-class ReportLimiter:
-    """At most N reports per client id per minute (per server process)."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
-
-    def allow(self, client_id: str) -> bool:
-        now = time.monotonic()
-        window = self._seen[client_id]
-        while window and now - window[0] > 60:
-            window.popleft()
-        if len(window) >= self.per_minute:
-            return False
-        window.append(now)
-        if len(self._seen) > 100_000:
-            self._seen.clear()
-        return True
 
 
 async def post_report(request: Request) -> Response:
@@ -70,7 +43,7 @@ async def post_report(request: Request) -> Response:
     if from_v is not None:
         await run_in_threadpool(releases.get_release, repo, product, from_v)
     if not request.app.state.report_limiter.allow(client_id):
-        raise TooManyReports("too many reports from this client; try later")
+        raise TooManyRequests("too many reports from this client; try later")
     await run_in_threadpool(repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail)
     return JSONResponse({"accepted": True}, status_code=202)
 
