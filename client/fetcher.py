@@ -77,8 +77,15 @@ class Fetcher:
         timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport,
                                        limits=httpx.Limits(max_connections=max(4, config.concurrency * 2)),
-                                       headers={"User-Agent": "cas-client/0.1"})
+                                       # identity: bodies are read raw (exact byte counts, Range
+                                       # offsets, digests), so a compressing mirror or CDN must not
+                                       # be invited to gzip them (httpx offers gzip/deflate/zstd).
+                                       headers={"User-Agent": "cas-client/0.1",
+                                                "Accept-Encoding": "identity"})
         self._gate = asyncio.Semaphore(config.concurrency)
+        # Servers in the order to try them; one that fails (other than 404) moves to the back,
+        # so a dead or lying mirror costs its timeouts once per update, not once per object.
+        self._servers = list(config.servers)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -94,7 +101,7 @@ class Fetcher:
         """Run ``attempt_once(server)`` over every server with retries; first success wins."""
         errors: list[str] = []
         not_found = 0
-        for server in self.config.servers:
+        for server in list(self._servers):
             delay = self.config.backoff_s
             for attempt in range(self.config.attempts):
                 try:
@@ -106,13 +113,22 @@ class Fetcher:
                 except DownloadError as exc:
                     errors.append(f"{server}: {exc.message}")
                     if not exc.retryable or attempt == self.config.attempts - 1:
+                        self._demote(server)
                         break
                     wait = exc.retry_after if exc.retry_after is not None else delay * (0.5 + random.random())
                     await asyncio.sleep(min(wait, self.config.max_backoff_s))
                     delay = min(delay * 2, self.config.max_backoff_s)
-        if not_found == len(self.config.servers):
-            raise NotAvailable(f"{what}: not available on any server")
+        if not_found:
+            # At least one server answered 404 and none had it: that is "not available", even
+            # when another server was down (else one dead mirror turns every absent document,
+            # e.g. the next root, into a failed update).
+            raise NotAvailable(f"{what}: not available on any server: " + "; ".join(errors[-4:]))
         raise DownloadError(f"{what} failed on every server: " + "; ".join(errors[-4:]))
+
+    def _demote(self, server: str) -> None:
+        if len(self._servers) > 1 and server in self._servers:
+            self._servers.remove(server)
+            self._servers.append(server)
 
     # ------------------------------------------------------------------ documents
     async def document(self, path: str, max_bytes: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
@@ -187,7 +203,9 @@ class Fetcher:
                 else:
                     mode, have = "wb", 0
                 with open(part, mode) as fh:
-                    async for chunk in response.aiter_raw(CHUNK):
+                    # No chunk_size: httpx would buffer up to it and lose the buffer when
+                    # the connection drops, so a cut under 256 KiB left nothing to resume.
+                    async for chunk in response.aiter_raw():
                         if have + len(chunk) > size:
                             fh.truncate(0)
                             raise DownloadError(f"object {digest[:16]}: response runs past its {size} bytes")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from deltagen.digests import blake3_bytes
 
@@ -18,6 +18,9 @@ from .documents import check_not_expired, document_digest, split_envelope, verif
 from .errors import DocumentError, RollbackAttack
 from .manifests import check_channel, check_manifest
 from .roots import Root
+
+if TYPE_CHECKING:
+    from .cms import CmsPolicy
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,24 @@ def accept_channel(root: Root, envelope: Any, product: str, channel: str, seen: 
     check_not_expired(signed, now)
     if signed["sequence"] < seen.sequence:
         raise RollbackAttack(f"channel sequence {signed['sequence']} is older than {seen.sequence} already seen")
+    if signed["sequence"] == seen.sequence and seen.manifest is not None and signed["manifest"] != seen.manifest:
+        # Same sequence, other release: two different documents for one sequence (equivocation,
+        # or a replay dressed up as current).  The module contract promised this check.
+        raise RollbackAttack(f"channel sequence {signed['sequence']} was already accepted naming manifest "
+                             f"{seen.manifest[:16]}, now {str(signed['manifest'])[:16]}")
     return signed
 
 
-def accept_manifest(root: Root, envelope: Any, expected_digest: str) -> dict[str, Any]:
+def accept_manifest(root: Root, envelope: Any, expected_digest: str,
+                    cms_policy: "CmsPolicy | None" = None) -> dict[str, Any]:
     signed, _ = split_envelope(envelope)
     digest = document_digest(signed)
     if digest != expected_digest:
         raise DocumentError(f"manifest digest {digest[:16]} does not match the signed {expected_digest[:16]}")
     verify(envelope, root.role("release"))
+    if cms_policy is not None:  # enterprise CMS signature (client/cms.py), fail closed
+        from .cms import verify_manifest
+        verify_manifest(envelope, cms_policy)
     return check_manifest(signed)
 
 
