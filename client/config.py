@@ -22,6 +22,8 @@ class ClientConfig:
     max_backoff_s: float = 30.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0            # a sender silent this long is cut off
+    min_rate_bytes_per_s: int = 1024        # a sender slower than this on average ...
+    slow_grace_s: float = 15.0              # ... once this long has passed is cut off (and retried)
     # Documents without a size in signed metadata are capped.
     max_channel_bytes: int = 64 << 10
     max_root_bytes: int = 1 << 20
@@ -30,7 +32,16 @@ class ClientConfig:
     max_root_rotations: int = 32
     free_space_factor: float = 2.0
     keep_partial_downloads: bool = True
+    # Enterprise CMS signing (client/cms.py): X.509 trust anchors as inline PEM or an absolute PEM
+    # file path; require_cms refuses any manifest without a valid CMS code-signing signature.
+    cms_trust_anchors: str | None = None
+    require_cms: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def cms_policy(self) -> Any:
+        """The CMS policy for ``trust.accept_manifest`` (``None`` when not configured); fails closed."""
+        from .cms import policy_from_settings
+        return policy_from_settings(self.cms_trust_anchors, self.require_cms)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

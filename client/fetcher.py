@@ -65,6 +65,23 @@ class RateLimiter:
                 await asyncio.sleep(-self._allowance / self.rate)
 
 
+class SlowSender:
+    """Refuses a response that drips in below ``min_rate`` bytes/s once ``grace`` seconds passed
+    (a slowloris-style sender that never trips the per-read timeout)."""
+
+    def __init__(self, what: str, min_rate: int, grace: float) -> None:
+        self.what, self.min_rate, self.grace = what, min_rate, grace
+        self.started = time.monotonic()
+        self.received = 0
+
+    def add(self, n: int) -> None:
+        self.received += n
+        elapsed = time.monotonic() - self.started
+        if self.min_rate and elapsed > self.grace and self.received / elapsed < self.min_rate:
+            raise DownloadError(f"{self.what}: {self.received} bytes in {elapsed:.0f}s is below the minimum "
+                                f"rate of {self.min_rate} B/s", retryable=True)
+
+
 class Fetcher:
     def __init__(self, config: ClientConfig, downloads: Path,
                  progress: Callable[[int], None] | None = None,
@@ -144,8 +161,10 @@ class Fetcher:
                     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                         raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
                     body = bytearray()
+                    slow = SlowSender(path, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
                     async for chunk in response.aiter_raw():
                         body += chunk
+                        slow.add(len(chunk))
                         if len(body) > max_bytes:
                             raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
                     return response.status_code, bytes(body), dict(response.headers)
@@ -195,6 +214,10 @@ class Fetcher:
         try:
             async with self._http.stream("GET", url, headers=headers) as response:
                 self._check_status(response, f"object {digest[:16]}")
+                if response.status_code == 304:
+                    raise DownloadError(f"object {digest[:16]}: unexpected 304 to an unconditional GET")
+                slow = SlowSender(f"object {digest[:16]}", self.config.min_rate_bytes_per_s,
+                                  self.config.slow_grace_s)
                 mode = "ab"
                 if response.status_code == 206:
                     content_range = response.headers.get("content-range", "")
@@ -211,6 +234,7 @@ class Fetcher:
                             raise DownloadError(f"object {digest[:16]}: response runs past its {size} bytes")
                         await self.limiter.take(len(chunk))
                         fh.write(chunk)
+                        slow.add(len(chunk))
                         have += len(chunk)
                         self.bytes_downloaded += len(chunk)
                         self.progress(len(chunk))

@@ -347,3 +347,21 @@ def test_bytes_past_content_length_are_never_read(world: World, proxy: HostilePr
     proxy.fault(r"^/v1/", "overlong", extra=100_000, declare=False)
     up = init_client(tmp_path / "c", [proxy.url], world.server.store)
     assert up.update().current == "1.2.0" and up.verify()["ok"]
+
+
+# --------------------------------------------------------------------------- slowloris
+
+def test_slow_drip_object_is_cut_below_the_minimum_rate(world: World, proxy: HostileProxy, tmp_path: Path) -> None:
+    """A sender that keeps the connection alive but drips bytes never trips the read timeout;
+    the minimum average rate cuts it, and the update fails cleanly with nothing installed."""
+    app = entry(world, "1.2.0", "bin/app")
+    proxy.fault(obj(app["blake3"]), "slow", rate=20_000)
+    root = tmp_path / "c"
+    up = init_client(root, [proxy.url], world.server.store, min_rate_bytes_per_s=100_000, slow_grace_s=0.5,
+                     read_timeout_s=10, attempts=2)
+    started = time.monotonic()
+    with pytest.raises(ClientError) as failure:
+        up.update()
+    assert time.monotonic() - started < 20
+    assert "minimum rate" in json.dumps(failure.value.detail) + str(failure.value)
+    assert current(root) is None and not any((root / "versions").iterdir())
