@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from client.errors import DocumentError
 
-from . import channels, checkout, deltas, keys, publisher, releases
+from . import channels, checkout, deltas, keys, publisher, releases, rollouts
+from .clock import clock_from_env
 from .config import load_config
 from .errors import CasError
 from .remote import RemoteError, call
@@ -113,6 +114,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
             raise CasError("no release key in the store (run `cas keys init`) and no --key", code="no_key")
     tree = scan_tree(Path(args.dir))
     envelope = publisher.signed_manifest(args.product, args.version, tree, signing)
+    if args.cms_cert or args.cms_key:  # enterprise CMS signature (cas/cms_signing.py)
+        if not (args.cms_cert and args.cms_key):
+            raise CasError("--cms-cert and --cms-key go together", code="bad_request")
+        from .cms_signing import add_cms
+        envelope = add_cms(envelope, args.cms_cert, args.cms_key, args.cms_chain)
     bar, advance = _progress(tree.logical_bytes, "storing", show)
     try:
         if bar:
@@ -143,12 +149,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _move(args: argparse.Namespace, product: str, version: str, status: str, reason: str) -> dict[str, Any]:
+def _move(args: argparse.Namespace, product: str, version: str, status: str, reason: str,
+          move_channel_to: str | None = None) -> dict[str, Any]:
     remote = _remote(args)
     if remote:
-        return call(*remote, "POST", f"/v1/products/{product}/releases/{version}/status",
-                    json={"status": status, "reason": reason})
-    release = releases.move_status(_repo(args), product, version, status, "local", reason)
+        body = {"status": status, "reason": reason}
+        if move_channel_to:
+            body["move_channel_to"] = move_channel_to
+        return call(*remote, "POST", f"/v1/products/{product}/releases/{version}/status", json=body)
+    release = releases.move_status(_repo(args), product, version, status, "local", reason, move_channel_to)
     return {"product": product, **release.summary()}
 
 
@@ -166,7 +175,8 @@ def _set_channel(args: argparse.Namespace, product: str, channel: str, version: 
 
 
 def cmd_release_status(args: argparse.Namespace) -> int:
-    data = _move(args, args.product, args.version, args.status, args.reason or "cas release status")
+    data = _move(args, args.product, args.version, args.status, args.reason or "cas release status",
+                 args.move_channel_to)
     _print(args, data, f"{args.product} {args.version} is {data['status']}")
     return 0
 
@@ -189,6 +199,102 @@ def cmd_release_history(args: argparse.Namespace) -> int:
 def cmd_channel_set(args: argparse.Namespace) -> int:
     data = _set_channel(args, args.product, args.channel, args.version, args.min_status)
     _print(args, data, f"{args.product}/{args.channel} -> {data['release']} (sequence {data['sequence']})")
+    return 0
+
+
+def _rollout_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"release": args.version, "strategy": args.strategy,
+                            "max_failure_rate": args.max_failure_rate, "min_reports": args.min_reports,
+                            "auto_abort": args.auto_abort}
+    if args.strategy == "staged":
+        body["stages"] = [int(p) for p in args.stages.split(",")] if _stages_ok(args.stages) else args.stages
+    if args.strategy == "batches":
+        if not args.clients:
+            raise CasError("the batches strategy needs --clients FILE (one client id a line)", code="bad_clients")
+        with open(args.clients, encoding="utf-8") as fh:
+            body["clients"] = rollouts.read_clients(fh)
+        body.update(batch_size=args.batch_size, max_failures=args.max_failures,
+                    stage_duration=args.interval or args.stage_duration)
+        if args.max_concurrent is not None:
+            body["max_concurrent"] = args.max_concurrent
+    else:
+        body["stage_duration"] = args.stage_duration
+    if args.salt:
+        body["salt"] = args.salt
+    if args.reason:
+        body["reason"] = args.reason
+    return body
+
+
+def _stages_ok(text: str) -> bool:
+    return all(part.strip().isdigit() for part in text.split(","))
+
+
+def _rollout_human(data: dict[str, Any]) -> str:
+    h = data["health"]
+    line = (f"{data['product']}/{data['channel']}: {data['strategy']} rollout of {data['release']} "
+            f"(from {data['previous']}) {data['state']} at {data['percent']}%")
+    if data["strategy"] == "staged":
+        line += f", stage {data['stage'] + 1}/{len(data['stages'])} {data['stages']}"
+    if data.get("batches"):
+        b = data["batches"]
+        line += f", {b['admitted']}/{b['clients']} clients admitted ({h['done']} done, {h['failing']} failing)"
+    line += (f"\n  stage started {data['stage_started']}, next check {data['next_check']}; reports {h['reports']}"
+             f" (failed {h['failed']}, rolled back {h['rolled_back']}, rate {h['failure_rate'] or '-'}"
+             f" / max {data['max_failure_rate']}, min {data['min_reports']})")
+    if data["reason"]:
+        line += f"\n  {data['reason']}"
+    return line
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    body = _rollout_body(args)
+    remote = _remote(args)
+    if remote:
+        data = call(*remote, "POST", f"/v1/products/{args.product}/channels/{args.channel}/rollout", json=body)
+    else:
+        repo, clock = _repo(args), clock_from_env()
+        version, reason = body.pop("release"), body.pop("reason", "")
+        r = rollouts.start(repo, clock, args.product, args.channel, version, "local", reason=reason, **body)
+        data = rollouts.describe(repo, clock, r)
+    _print(args, data, _rollout_human(data))
+    return 0
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote:
+        data = call(*remote, "GET", f"/v1/products/{args.product}/channels/{args.channel}/rollout")
+    else:
+        data = rollouts.status(_repo(args), clock_from_env(), args.product, args.channel)
+    lines = [_rollout_human(data)] + [f"  {e['at']}  {e['event']:12} {e['percent']:3}%  {e['actor']}  {e['reason']}"
+                                      for e in data["events"]]
+    _print(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_rollout_action(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote:
+        data = call(*remote, "POST", f"/v1/products/{args.product}/channels/{args.channel}/rollout/{args.action}",
+                    json={"reason": args.reason or ""})
+    else:
+        repo, clock = _repo(args), clock_from_env()
+        r = rollouts.act(repo, clock, args.product, args.channel, args.action, "local", args.reason or "")
+        data = rollouts.describe(repo, clock, r)
+    _print(args, data, _rollout_human(data))
+    return 0
+
+
+def cmd_rollout_tick(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote:
+        query = f"?product={args.product}" if args.product else ""
+        data = call(*remote, "POST", f"/v1/admin/rollouts/tick{query}")
+    else:
+        data = {"steps": rollouts.evaluate(_repo(args), clock_from_env(), args.product)}
+    _print(args, data, "\n".join(f"{s['product']}/{s['channel']}: {s['action']} -> {s['state']} at "
+                                 f"{s['percent']}% ({s['reason']})" for s in data["steps"]) or "nothing to do")
     return 0
 
 
@@ -330,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=["testing", "released"], default=None)
     p.add_argument("--channel", default=None)
     p.add_argument("--jobs", type=int, default=4, help="parallel uploads")
+    p.add_argument("--cms-cert", default=None, help="X.509 code-signing certificate (PEM) for a detached CMS "
+                   "signature of the manifest (docs/enterprise-signing.md)")
+    p.add_argument("--cms-key", default=None, help="its private key (PEM; passphrase in $CAS_CMS_KEY_PASSWORD)")
+    p.add_argument("--cms-chain", default=None, help="intermediate certificates (PEM) to embed in the signature")
     remote(p)
 
     r = sub.add_parser("release", help="release lifecycle").add_subparsers(dest="release_command", required=True)
@@ -338,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("status", choices=["draft", "testing", "released", "deprecated"])
     p.add_argument("--reason", default=None)
+    p.add_argument("--move-channel-to", default=None, metavar="VERSION",
+                   help="first point every channel on this release at VERSION")
     remote(p)
     p = add("history", cmd_release_history, r, help="lifecycle moves of a release")
     p.add_argument("product")
@@ -350,6 +462,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("channel")
     p.add_argument("version")
     p.add_argument("--min-status", choices=["testing", "released"], default=None)
+    remote(p)
+
+    ro = sub.add_parser("rollout", help="staged rollouts on a channel").add_subparsers(dest="rollout_command",
+                                                                                      required=True)
+    p = add("start", cmd_rollout_start, ro, help="start rolling a release out on a channel")
+    p.add_argument("product")
+    p.add_argument("channel")
+    p.add_argument("version")
+    p.add_argument("--strategy", choices=["staged", "all-at-once", "batches"], default="staged")
+    p.add_argument("--stages", default="1,5,25,100", help="percents, increasing (staged)")
+    p.add_argument("--stage-duration", default="1h", help="minimum time per stage: 30s, 10m, 1h, 2d")
+    p.add_argument("--max-failure-rate", default="0.05", help="(failed + rolled_back) / reports above which "
+                   "the rollout halts")
+    p.add_argument("--min-reports", type=int, default=20, help="reports a stage needs before it advances")
+    p.add_argument("--auto-abort", action="store_true", help="abort instead of halting when unhealthy")
+    p.add_argument("--clients", default=None, help="batches: file of client ids, one a line")
+    p.add_argument("--batch-size", type=int, default=10, help="batches: clients admitted per batch")
+    p.add_argument("--interval", default=None, help="batches: minimum time between batches")
+    p.add_argument("--max-failures", type=int, default=1, help="batches: failing clients that halt the rollout")
+    p.add_argument("--max-concurrent", type=int, default=None, help="batches: clients updating at once "
+                   "(caps the batch size)")
+    p.add_argument("--salt", default=None, help="cohort salt (hex; default random)")
+    p.add_argument("--reason", default=None)
+    remote(p)
+    p = add("status", cmd_rollout_status, ro, help="state, stage, health and history of the channel's rollout")
+    p.add_argument("product")
+    p.add_argument("channel")
+    remote(p)
+    for action, text in [("promote", "next stage now (or finish at the last)"), ("halt", "stop advancing"),
+                         ("resume", "advance again (the stage's window restarts)"),
+                         ("abort", "back to the previous release (new channel document)"),
+                         ("flip-back", "all-at-once: point the channel back at the previous release")]:
+        p = add(action, cmd_rollout_action, ro, help=text)
+        p.set_defaults(action=action)
+        p.add_argument("product")
+        p.add_argument("channel")
+        p.add_argument("--reason", default=None)
+        remote(p)
+    p = add("tick", cmd_rollout_tick, ro, help="run the health gate now (the server also runs it periodically)")
+    p.add_argument("--product", default=None)
     remote(p)
 
     p = add("checkout", cmd_checkout, help="hardlink tree of a release")

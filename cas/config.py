@@ -30,6 +30,10 @@ class Config:
     auth_failures_per_minute: int = 30   # per client address; then 429 until the window passes
     enforce_signatures: bool = True
     casefold_paths: bool = False
+    # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to
+    # the store) or inline PEM; require_cms refuses manifests without a valid CMS signature.
+    cms_trust_anchors: str | None = None
+    require_cms: bool = False
     # Limits.
     max_object_bytes: int = 16 << 30
     max_document_bytes: int = 64 << 20
@@ -44,6 +48,17 @@ class Config:
     # Client reports.
     max_report_bytes: int = 4096
     reports_per_client_per_minute: int = 30
+    reports_require_token: bool = False  # reports need a read (or higher) token even with anonymous reads
+    # Staged rollouts (cas/rollouts.py) and webhooks (cas/webhooks.py).
+    rollout_tick_seconds: float = 30.0   # how often the server evaluates running rollouts
+    rollout_max_clients: int = 10_000    # ids in a batches rollout
+    rollout_max_document_bytes: int = 60 << 10  # channel document with every batch admitted (clients cap 64 KiB)
+    webhooks: tuple[Mapping[str, str], ...] = ()  # [{url = "...", secret = "..."}]
+    webhook_poll_seconds: float = 2.0
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 5.0  # first retry delay, doubled each attempt
+    webhook_max_backoff_seconds: float = 3600.0
     # Ahead-of-time deltas.
     delta_builder: bool = True          # run `cas deltas worker` beside `cas serve`
     delta_build_on: tuple[str, ...] = ("testing", "released")
@@ -64,6 +79,20 @@ class Config:
                     raise ValueError(f"unknown scope {scope}")
                 hashes[hash_token(token)] = scope
         return replace(self, token_hashes=hashes)
+
+
+def check_webhooks(entries: Any) -> tuple[Mapping[str, str], ...]:
+    """``webhooks = [{url = "http(s)://...", secret = "..."}]``, validated."""
+    if not isinstance(entries, list):
+        raise ValueError("webhooks must be a list of {url, secret} tables")
+    out = []
+    for entry in entries:
+        if (not isinstance(entry, dict) or set(entry) - {"url", "secret"}
+                or not isinstance(entry.get("url"), str) or not isinstance(entry.get("secret"), str)
+                or not entry["url"].startswith(("http://", "https://")) or not entry["secret"]):
+            raise ValueError("each webhook is {url = \"http(s)://...\", secret = \"...\"}")
+        out.append({"url": entry["url"], "secret": entry["secret"]})
+    return tuple(out)
 
 
 _SIMPLE = {f.name for f in fields(Config)} - {"store", "token_hashes"}
@@ -87,6 +116,8 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
     if "delta_build_on" in kwargs:
         kwargs["delta_build_on"] = tuple(kwargs["delta_build_on"])
+    if "webhooks" in kwargs:
+        kwargs["webhooks"] = check_webhooks(kwargs["webhooks"])
     config = Config(store=store_path, **kwargs)
     # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
     hashes: dict[str, str] = {}

@@ -15,7 +15,7 @@ from client.errors import DocumentError, SignatureError
 from client.manifests import manifest_problems
 from client.paths import check_name
 
-from . import deltas
+from . import cms_signing, deltas
 from .errors import Conflict, Invalid, NotFound, from_document
 from .metadata import STATUSES, Release, StaleWrite
 from .repo import Repo
@@ -70,6 +70,7 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
             verify(envelope, root.role("release"))
         except SignatureError as exc:
             raise Invalid(f"manifest signature refused: {exc.message}", code="bad_signature") from None
+    cms_signing.check_manifest(repo.config, envelope)  # enterprise CMS signature: 422 bad_cms_signature
     files = signed["files"]
     wrong: list[str] = []
     for entry in files:
@@ -97,10 +98,13 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
     return Published(release, created=True)
 
 
-def move_status(repo: Repo, product: str, version: str, new: str, actor: str, reason: str = "") -> Release:
+def move_status(repo: Repo, product: str, version: str, new: str, actor: str, reason: str = "",
+                move_channel_to: str | None = None) -> Release:
     release = get_release(repo, product, version)
     if new not in STATUSES:
         raise Invalid(f"unknown status {new!r}; one of {', '.join(STATUSES)}", code="bad_status")
+    if move_channel_to is not None and new not in ("deprecated", "draft"):
+        raise Invalid("move_channel_to only applies when deprecating or moving back to draft", code="bad_request")
     if release.status == new:
         return release
     if (release.status, new) not in TRANSITIONS:
@@ -109,7 +113,15 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
                                "allowed": sorted(t for f, t in TRANSITIONS if f == release.status)},
                        code="illegal_transition")
     if new in ("deprecated", "draft"):
+        active = [r["channel"] for r in repo.meta.active_rollouts(product, release=version)]
+        if active:
+            raise Conflict(f"rollouts on channels {active} use {product} {version}; promote or abort them first",
+                           detail={"channels": active}, code="release_in_use")
         pointing = repo.meta.channels_pointing_at(product, version)
+        if pointing and move_channel_to is not None:
+            _move_channels(repo, product, version, pointing, move_channel_to)
+            reason = f"{reason or f'-> {new}'}; channels {', '.join(pointing)} moved to {move_channel_to}"
+            pointing = repo.meta.channels_pointing_at(product, version)
         if pointing:
             raise Conflict(f"channels {pointing} point at {product} {version}; move them first",
                            detail={"channels": pointing}, code="release_in_use")
@@ -119,7 +131,30 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
         raise Conflict(str(exc), code="concurrent_change") from None
     moved = get_release(repo, product, version)
     deltas.on_status_change(repo, moved)
+    from . import webhooks  # lifecycle notifications (outbox; delivered in the background)
+    from .clock import clock_from_env
+    webhooks.enqueue(repo, clock_from_env(), "release.status",
+                     {"product": product, "version": version, "from": release.status, "to": new,
+                      "actor": actor, "reason": reason or f"-> {new}"})
     return moved
+
+
+def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], target: str) -> None:
+    """Point every channel in ``pointing`` at ``target``; all are checked before any moves."""
+    from . import channels
+    from .metadata import STATUS_RANK
+    if target == version:
+        raise Invalid("move_channel_to must name another release", code="bad_request")
+    replacement = get_release(repo, product, target)
+    for name in pointing:
+        ch = repo.meta.get_channel(product, name)
+        wanted = ch.min_status if ch else "released"
+        if replacement.status == "deprecated" or STATUS_RANK[replacement.status] < STATUS_RANK[wanted]:
+            raise Conflict(f"{product} {target} is {replacement.status}; channel {name} takes {wanted} or later",
+                           detail={"status": replacement.status, "min_status": wanted, "channel": name},
+                           code="status_too_low")
+    for name in pointing:
+        channels.set_channel(repo, product, name, target)
 
 
 def manifest_of(release: Release) -> dict[str, Any]:

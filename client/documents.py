@@ -213,8 +213,13 @@ def add_signature(envelope: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[s
 
 
 def split_envelope(envelope: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    if not isinstance(envelope, dict) or set(envelope) != {"signed", "signatures"}:
-        raise DocumentError("a signed document has exactly the fields 'signed' and 'signatures'")
+    # An optional "cms" string (detached CMS signature over canonical_bytes(signed), see client/cms.py)
+    # may ride along; any other extra field is refused.
+    if not isinstance(envelope, dict) or set(envelope) - {"cms"} != {"signed", "signatures"}:
+        raise DocumentError("a signed document has exactly the fields 'signed' and 'signatures' "
+                            "(and optionally 'cms')")
+    if "cms" in envelope and not isinstance(envelope["cms"], str):
+        raise DocumentError("'cms' must be a base64 string")
     signed, signatures = envelope["signed"], envelope["signatures"]
     if not isinstance(signed, dict):
         raise DocumentError("'signed' must be an object")

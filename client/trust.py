@@ -68,6 +68,7 @@ def in_cohort(salt: str, client_id: str, percent: int) -> bool:
 def choose_release(signed: Mapping[str, Any], client_id: str) -> tuple[str, str]:
     """(version, manifest digest) this client should run according to the channel."""
     rollout = signed.get("rollout")
-    if rollout and in_cohort(rollout["salt"], client_id, rollout["percent"]):
+    if rollout and (in_cohort(rollout["salt"], client_id, rollout["percent"])
+                    or client_id in rollout.get("clients", ())):  # batches: an explicit allow-list
         return rollout["release"], rollout["manifest"]
     return signed["release"], signed["manifest"]
