@@ -40,7 +40,8 @@ def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:
 
 
 def finish_file(path: Path, mode: int) -> None:
-    with open(path, "rb+") as fh:
+    # Read-only open: the file may already be read-only (place_file), and fsync needs no write access.
+    with open(path, "rb") as fh:
         os.fsync(fh.fileno())
     os.chmod(path, mode)
 

@@ -97,6 +97,7 @@ def file_entries(signed: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [e for e in signed["files"] if e["type"] == "file"]
 
 
+MAX_ROLLOUT_CLIENTS = 10_000
 CHANNEL_FIELDS = {"schema", "product", "channel", "sequence", "expires", "release", "manifest", "rollout"}
 
 
@@ -116,8 +117,14 @@ def check_channel(signed: Any) -> dict[str, Any]:
         raise DocumentError("channel manifest must be a digest")
     rollout = signed["rollout"]
     if rollout is not None:
-        if not isinstance(rollout, dict) or set(rollout) != {"release", "manifest", "percent", "salt"}:
-            raise DocumentError("rollout must be null or {release, manifest, percent, salt}")
+        keys = set(rollout) if isinstance(rollout, dict) else set()
+        if not isinstance(rollout, dict) or keys - {"clients"} != {"release", "manifest", "percent", "salt"}:
+            raise DocumentError("rollout must be null or {release, manifest, percent, salt[, clients]}")
+        # Departure from the contract (docs/rollouts.md): the batches strategy lists admitted client ids.
+        clients = rollout.get("clients", [])
+        if (not isinstance(clients, list) or len(clients) > MAX_ROLLOUT_CLIENTS
+                or not all(isinstance(c, str) and 1 <= len(c) <= 128 for c in clients)):
+            raise DocumentError(f"rollout clients must be a list of at most {MAX_ROLLOUT_CLIENTS} client ids")
         check_name("version", rollout["release"])
         if not is_digest(rollout["manifest"]):
             raise DocumentError("rollout manifest must be a digest")

@@ -11,8 +11,10 @@ written before the swap.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -34,11 +36,19 @@ from .errors import (ClientError, DocumentError, DownloadError, HealthCheckFaile
 from .fetcher import Fetcher
 from .install import (finish_file, fsync_tree, installed_mode, place_file, remove_tree,
                       tree_problems)
-from .installroot import InstallRoot, write_atomic
+from .installroot import InstallRoot, fsync_dir, write_atomic
 from .paths import check_name
 from .roots import Root, verify_first_root, verify_next_root
 
 Log = Callable[[str], None]
+
+CRASH_ENV = "CAS_CLIENT_CRASH_AT"
+
+
+def _crash_point(name: str) -> None:
+    """Fault-injection seam for tests: ``CAS_CLIENT_CRASH_AT=<name>`` kills the process here (SIGKILL)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -117,7 +127,7 @@ class Updater:
         return root
 
     # ------------------------------------------------------------------ trust
-    async def _refresh_root(self, fetcher: Fetcher) -> Root:
+    async def _refresh_root(self, fetcher: Fetcher, persist: bool = True) -> Root:
         root = self._root()
         for _ in range(self.config.max_root_rotations):
             try:
@@ -126,12 +136,13 @@ class Updater:
                 break
             envelope = parse_json(body, max_bytes=self.config.max_root_bytes)
             root = verify_next_root(root, envelope)
-            self.layout.write_json("root.json", envelope)
-            self._save_state(root_version=root.version)
-            self.log(f"trusted root rotated to version {root.version}")
+            if persist:
+                self.layout.write_json("root.json", envelope)
+                self._save_state(root_version=root.version)
+                self.log(f"trusted root rotated to version {root.version}")
         return root
 
-    async def _channel(self, fetcher: Fetcher, root: Root) -> dict[str, Any]:
+    async def _channel(self, fetcher: Fetcher, root: Root, persist: bool = True) -> dict[str, Any]:
         config = self.config
         _, body, _ = await fetcher.document(f"/v1/products/{config.product}/channels/{config.channel}",
                                             config.max_channel_bytes)
@@ -139,7 +150,8 @@ class Updater:
         state = self._state()
         seen = trust.ChannelState(state.get("channel_sequence", 0), state.get("channel_manifest"))
         signed = trust.accept_channel(root, envelope, config.product, config.channel, seen)
-        self._save_state(channel_sequence=signed["sequence"], channel_manifest=signed["manifest"])
+        if persist:  # only under the update lock: state.json has one writer at a time
+            self._save_state(channel_sequence=signed["sequence"], channel_manifest=signed["manifest"])
         return signed
 
     def _cached_manifest(self, version: str) -> dict[str, Any] | None:
@@ -159,9 +171,11 @@ class Updater:
                     f"/v1/products/{config.product}/releases/{version}/delta?from={base}", config.max_delta_bytes)
                 delta = parse_json(body, max_bytes=config.max_delta_bytes)
                 signed = rebuild_target(base_envelope["signed"], delta)
-                envelope = {"signed": signed, "signatures": delta["to"]["signatures"]}
+                envelope = {"signed": signed, "signatures": delta["to"]["signatures"],
+                            **({"cms": delta["to"]["cms"]} if "cms" in delta["to"] else {})}
                 expected = digest or delta["to"]["manifest"]
-                trust.accept_manifest(root, envelope, expected)
+                trust.accept_manifest(root, envelope, expected, config.cms_policy())
+                self._check_identity(signed, version)
                 return envelope, delta.get("recipes", {}), True
             except NotAvailable:
                 self.log(f"no delta from {base}; using the full manifest")
@@ -171,10 +185,15 @@ class Updater:
                                             config.max_manifest_bytes)
         envelope = parse_json(body, max_bytes=config.max_manifest_bytes)
         signed, _ = split_envelope(envelope)
-        trust.accept_manifest(root, envelope, digest or document_digest(signed))
-        if signed.get("version") != version or signed.get("product") != config.product:
-            raise DocumentError(f"manifest is for {signed.get('product')} {signed.get('version')}")
+        trust.accept_manifest(root, envelope, digest or document_digest(signed), config.cms_policy())
+        self._check_identity(signed, version)
         return envelope, {}, False
+
+    def _check_identity(self, signed: dict[str, Any], version: str) -> None:
+        product = self.config.product
+        if signed.get("version") != version or signed.get("product") != product:
+            raise DocumentError(f"manifest is for {signed.get('product')} {signed.get('version')}, "
+                                f"not {product} {version}")
 
     # ------------------------------------------------------------------ planning
     def _verified_copy(self, path: Path, digest: str) -> bool:
@@ -255,6 +274,9 @@ class Updater:
                 finish_file(dest, mode)
                 return
             except (DownloadError, DeltaError, OSError, KeyError, ValueError) as exc:
+                dest.unlink(missing_ok=True)
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientSpace(f"disk full while staging {entry['path']}: {exc}") from None
                 errors.append(f"{recipe['kind']}: {getattr(exc, 'message', None) or exc}")
                 self.log(f"{entry['path']}: {recipe['kind']} recipe failed ({errors[-1]}); trying the next")
                 if isinstance(exc, DeltaError):
@@ -271,10 +293,15 @@ class Updater:
         wanted = {p.recipes[0]["object"]: int(p.recipes[0]["size"]) for p in plans if p.local is None}
         results = await asyncio.gather(*(fetcher.object(d, s) for d, s in wanted.items()), return_exceptions=True)
         for result in results:
+            if isinstance(result, OSError) and result.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"disk full while downloading: {result}")
             if isinstance(result, BaseException) and not isinstance(result, (DownloadError, OSError)):
                 raise result
-        for plan in plans:
+        _crash_point("after_fetch")
+        for i, plan in enumerate(plans):
             await self._materialise(fetcher, plan, staging / plan.entry["path"])
+            if i == len(plans) // 2:
+                _crash_point("mid_stage")
         for entry in signed["files"]:
             if entry["type"] == "symlink":
                 path = staging / entry["path"]
@@ -321,6 +348,7 @@ class Updater:
                 steps.append(f"skipped {version}: damaged")
                 continue
             self.layout.set_link("current", version)
+            _crash_point("mid_rollback")
             ok, detail = self._health(version, command)
             steps.append(f"rolled back to {version}: health {'ok' if ok else 'failed'} ({detail})")
             self.log(steps[-1])
@@ -337,15 +365,24 @@ class Updater:
         config = self.config
         body = {"client_id": config.client_id, "from": from_v, "to": to_v, "outcome": outcome,
                 "detail": detail[:1000]}
-        for server in config.servers:
-            try:
-                async with httpx.AsyncClient(timeout=10, transport=self.transport) as http:
-                    response = await http.post(f"{server.rstrip('/')}/v1/products/{config.product}/reports",
-                                               json=body)
-                if response.status_code < 500:
-                    return
-            except httpx.HTTPError:
-                continue
+        timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+
+        async def send() -> None:
+            async with httpx.AsyncClient(timeout=timeout, transport=self.transport) as http:
+                for server in config.servers:
+                    try:
+                        response = await http.post(
+                            f"{server.rstrip('/')}/v1/products/{config.product}/reports", json=body)
+                    except httpx.HTTPError:
+                        continue
+                    if response.status_code < 500:
+                        return
+
+        # A report is best effort: it never holds a finished update for long.
+        try:
+            await asyncio.wait_for(send(), timeout=config.report_timeout_s)
+        except asyncio.TimeoutError:
+            self.log("could not deliver the report in time; giving up on it")
 
     # ------------------------------------------------------------------ update
     def update(self, to: str | None = None, health_cmd: str | None = None) -> UpdateResult:
@@ -377,25 +414,47 @@ class Updater:
             envelope, recipes, used_delta = await self._target_manifest(fetcher, root, version, digest, current)
             signed = envelope["signed"]
             digest = document_digest(signed)
+            journal = {"target": version, "from": current, "manifest": digest,
+                       "prior_previous": self.layout.link("previous"), "started": time.time()}
+            final = self.layout.version_dir(version)
+            if final.is_dir() and not tree_problems(final, signed["files"]):
+                # Already installed and intact (e.g. the channel went back to previous or factory):
+                # never tear down a tree a rollback link may point at; just swap to it.
+                write_atomic(self.layout.manifest_path(version), canonical_bytes(envelope))
+                self.layout.write_json("journal.json", {**journal, "phase": "staged"})
+                result = UpdateResult("updated", current, version, version, files=len(signed["files"]),
+                                      files_local=sum(1 for e in signed["files"] if e["type"] == "file"),
+                                      used_delta=used_delta)
+                await self._swap_and_check(fetcher, version, current, command, result, journal)
+                result.seconds = time.monotonic() - started
+                return result
             plans = self._plan(signed["files"], recipes)
             self._preflight(plans)
-            self.layout.write_json("journal.json", {"phase": "fetching", "target": version, "from": current,
-                                                    "manifest": digest, "started": time.time()})
+            self.layout.write_json("journal.json", {**journal, "phase": "fetching"})
+            _crash_point("after_journal")
             self.progress_total(sum(int(p.recipes[0]["size"]) for p in plans if p.local is None))
-            staging = await self._stage(fetcher, envelope, plans)
+            try:
+                staging = await self._stage(fetcher, envelope, plans)
+            except BaseException:
+                # Free the space of a half-built tree now (downloads are kept for resuming).
+                remove_tree(self.layout.staging / version)
+                self.layout.remove_json("journal.json")
+                raise
             # Publish the new version directory and its manifest, then swap.
-            final = self.layout.version_dir(version)
             if final.exists():
                 remove_tree(final)  # an earlier, unfinished or damaged copy
             write_atomic(self.layout.manifest_path(version), canonical_bytes(envelope))
+            _crash_point("after_manifest_cached")
             os.rename(staging, final)
-            self.layout.write_json("journal.json", {"phase": "staged", "target": version, "from": current,
-                                                    "manifest": digest, "started": time.time()})
+            fsync_dir(self.layout.versions)
+            _crash_point("after_stage_rename")
+            self.layout.write_json("journal.json", {**journal, "phase": "staged"})
+            _crash_point("after_staged_journal")
             result = UpdateResult("updated", current, version, version, files=len(plans),
                                   files_local=sum(1 for p in plans if p.local is not None),
                                   bytes_downloaded=fetcher.bytes_downloaded,
                                   bytes_full=sum(int(p.entry["size"]) for p in plans), used_delta=used_delta)
-            await self._swap_and_check(fetcher, version, current, command, result)
+            await self._swap_and_check(fetcher, version, current, command, result, journal)
             result.seconds = time.monotonic() - started
             return result
 
@@ -409,23 +468,27 @@ class Updater:
                                     f"(2x the {download:,} to download plus {new_bytes:,} of new files)")
 
     async def _swap_and_check(self, fetcher: Fetcher, version: str, previous: str | None,
-                              command: str | None, result: UpdateResult) -> None:
+                              command: str | None, result: UpdateResult, journal: dict[str, Any]) -> None:
         if previous and previous != version:
             self.layout.set_link("previous", previous)
+            _crash_point("after_previous_link")
         self.layout.set_link("current", version)
-        if self.layout.link("factory") is None:
-            self.layout.set_link("factory", version)
-        self.layout.write_json("journal.json", {"phase": "swapped", "target": version, "from": previous,
-                                                "started": time.time()})
+        _crash_point("after_current_swap")
+        self.layout.write_json("journal.json", {**journal, "phase": "swapped", "started": time.time()})
         result.steps.append(f"swapped current to {version}")
-        await self._after_swap(fetcher, version, previous, command, result)
+        _crash_point("before_health")
+        await self._after_swap(fetcher, version, previous, command, result, journal)
 
     async def _after_swap(self, fetcher: Fetcher, version: str, previous: str | None, command: str | None,
-                          result: UpdateResult) -> None:
+                          result: UpdateResult, journal: dict[str, Any]) -> None:
         ok, detail = self._health(version, command)
         result.steps.append(f"health of {version}: {'ok' if ok else 'failed'} ({detail})")
         self.log(result.steps[-1])
         if ok:
+            _crash_point("after_health")
+            if self.layout.link("factory") is None:
+                # Only a version that passed its health check becomes the factory rollback target.
+                self.layout.set_link("factory", version)
             installed = self._state().get("installed", {})
             self._save_state(installed={**installed, version: time.time()})
             self.layout.remove_json("journal.json")
@@ -439,6 +502,13 @@ class Updater:
             await self._report(fetcher, "failed", previous, version, "; ".join(result.steps))
             exc.detail = result.steps
             raise
+        # Back on a good version: ``previous`` is again what it was before this update
+        # (it was pointed at the version we came from, which is now current again).
+        prior = journal.get("prior_previous")
+        if (self.layout.link("previous") == now and prior and prior != now
+                and self.layout.version_dir(prior).is_dir()):
+            self.layout.set_link("previous", prior)
+        _crash_point("after_rollback")
         self.layout.remove_json("journal.json")
         result.outcome, result.current = "rolled_back", now
         await self._report(fetcher, "rolled_back", previous, version, "; ".join(result.steps))
@@ -449,22 +519,29 @@ class Updater:
             return None
         target, previous = journal.get("target"), journal.get("from")
         current = self.layout.link("current")
-        swapped = journal.get("phase") == "swapped" or (
-            journal.get("phase") == "staged" and current == target)
-        if not swapped:
-            # Killed before the swap: current still points at the old tree.  Start over;
-            # downloads under .cas/downloads are reused.
-            remove_tree(self.layout.staging / str(target))
+        phase = journal.get("phase")
+        if phase not in ("staged", "swapped") or not target or not self.layout.version_dir(target).is_dir():
+            # Killed before the new tree was published: current still points at the old tree.
+            # Start over; downloads under .cas/downloads are reused.
+            if target:
+                remove_tree(self.layout.staging / str(target))
             self.layout.remove_json("journal.json")
             self.log(f"abandoned an unfinished update to {target}; starting again")
             return None
-        if journal.get("phase") == "staged":
-            result = UpdateResult("updated", previous, target, target, steps=["resumed before swap"])
-            await self._swap_and_check(fetcher, target, previous, command, result)
+        if phase == "swapped" and current == target:
+            self.log(f"resuming the update to {target} after its swap: checking health")
+            result = UpdateResult("updated", previous, target, target, steps=["resumed after swap"])
+            await self._after_swap(fetcher, target, previous, command, result, journal)
             return result
-        self.log(f"resuming the update to {target} after its swap: checking health")
-        result = UpdateResult("updated", previous, target, target, steps=["resumed after swap"])
-        await self._after_swap(fetcher, target, previous, command, result)
+        # The new tree is complete (published by rename after verification and fsync), but
+        # the swap did not happen or finish, or a rollback was interrupted: (re)do the swap
+        # and the health check from the start.  The tree is re-verified first.
+        if not self._intact(target):
+            self.layout.remove_json("journal.json")
+            self.log(f"the published tree of {target} is damaged; starting again")
+            return None
+        result = UpdateResult("updated", previous, target, target, steps=[f"resumed ({phase})"])
+        await self._swap_and_check(fetcher, target, previous, command, result, journal)
         return result
 
     def _clean_downloads(self) -> None:
@@ -477,8 +554,8 @@ class Updater:
     def check(self) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             async with Fetcher(self.config, self.layout.downloads, transport=self.transport) as fetcher:
-                root = await self._refresh_root(fetcher)
-                channel = await self._channel(fetcher, root)
+                root = await self._refresh_root(fetcher, persist=False)
+                channel = await self._channel(fetcher, root, persist=False)
                 version, digest = trust.choose_release(channel, self.config.client_id)
                 return {"channel": channel["channel"], "sequence": channel["sequence"], "release": version,
                         "manifest": digest, "expires": channel["expires"],

@@ -195,9 +195,6 @@ def test_stall_before_headers_fails_over_to_next_server(world: World, proxy: Hos
     assert len(proxy.seen(r"^/v1/objects/")) <= 4   # demoted after the first failures
 
 
-@pytest.mark.xfail(strict=True, reason="updater._report: fixed 10 s timeout per server, ignores the "
-                                       "client's read_timeout_s and holds the finished update (updater.py, "
-                                       "not ours to edit)")
 def test_black_holed_report_endpoint_does_not_hold_the_update(world: World, proxy: HostileProxy,
                                                               tmp_path: Path) -> None:
     proxy.fault(r"/reports$", "stall", seconds=15)
