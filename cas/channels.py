@@ -46,6 +46,14 @@ def _write(repo: Repo, product: str, channel: str, release: str, manifest: str, 
     return ch
 
 
+def prepare(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
+            min_status: str, rollout: dict[str, Any] | None = None) -> Channel:
+    """A signed channel document not yet written (cas/rollouts.py writes it with its own state)."""
+    document, expires = _document(repo, product, channel, release, manifest, sequence, rollout)
+    return Channel(product, channel, release, sequence, min_status, document,
+                   f'"{blake3_bytes(document)}"', expires, time.time())
+
+
 def set_channel(repo: Repo, product: str, channel: str, version: str,
                 min_status: str | None = None) -> Channel:
     try:
@@ -55,6 +63,9 @@ def set_channel(repo: Repo, product: str, channel: str, version: str,
     if min_status is not None and min_status not in ("testing", "released"):
         raise Invalid("min_status must be testing or released", code="bad_status")
     release = get_release(repo, product, version)
+    if repo.meta.latest_rollout(product, channel, active_only=True) is not None:
+        raise Conflict(f"channel {product}/{channel} has a rollout in progress; promote or abort it first "
+                       f"(cas rollout status {product} {channel})", code="rollout_active")
     for _ in range(ATTEMPTS):
         current = repo.meta.get_channel(product, channel)
         wanted = min_status or (current.min_status if current else "released")

@@ -137,6 +137,72 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX reports_release ON reports(product, to_version, at);
     """,
+    # 4: staged rollouts (cas/rollouts.py), versions offered to clients, webhook outbox.
+    # At most one running or halted rollout per channel (the partial unique index);
+    # ``revision`` is the compare-and-set counter of a rollout's state.
+    """
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        release TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        previous_manifest TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        stages TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        stage_started REAL NOT NULL,
+        stage_seconds INTEGER NOT NULL,
+        max_failure_bp INTEGER NOT NULL,
+        min_reports INTEGER NOT NULL,
+        auto_abort INTEGER NOT NULL,
+        clients TEXT,
+        batch_size INTEGER,
+        max_failures INTEGER,
+        max_concurrent INTEGER,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        started REAL NOT NULL,
+        updated REAL NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX rollouts_active ON rollouts(product, channel) WHERE state IN ('running', 'halted');
+    CREATE INDEX rollouts_channel ON rollouts(product, channel, id);
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout INTEGER NOT NULL REFERENCES rollouts(id),
+        event TEXT NOT NULL,
+        percent INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX rollout_events_rollout ON rollout_events(rollout, id);
+    CREATE TABLE offered (
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        first_offered REAL NOT NULL,
+        PRIMARY KEY (product, version)
+    );
+    INSERT OR IGNORE INTO offered SELECT product, release, updated FROM channels;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created REAL NOT NULL,
+        delivered REAL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_attempt);
+    """,
 ]
 
 
@@ -352,6 +418,7 @@ class SqliteMetadata:
             c.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (ch.product, ch.channel, ch.release, ch.sequence, ch.min_status, ch.document,
                        ch.etag, ch.expires, ch.updated))
+            c.execute("INSERT OR IGNORE INTO offered VALUES (?, ?, ?)", (ch.product, ch.release, ch.updated))
 
     def channels_pointing_at(self, product: str, version: str) -> list[str]:
         rows = self._conn().execute("SELECT channel FROM channels WHERE product = ? AND release = ?",
@@ -474,11 +541,12 @@ class SqliteMetadata:
 
     # -- reports
     def add_report(self, product: str, client_id: str, from_version: str | None, to_version: str,
-                   outcome: str, detail: str) -> None:
+                   outcome: str, detail: str, at: float | None = None) -> None:
         with self._tx() as c:
             c.execute("INSERT INTO reports(product, client_id, from_version, to_version, outcome, detail, at) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (product, client_id, from_version, to_version, outcome, detail, time.time()))
+                      (product, client_id, from_version, to_version, outcome, detail,
+                       time.time() if at is None else at))
 
     def reports(self, product: str, to_version: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT client_id, from_version, to_version, outcome, detail, at FROM reports WHERE product = ?"
@@ -488,6 +556,143 @@ class SqliteMetadata:
             params.append(to_version)
         rows = self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [{**dict(r), "at": _iso(r["at"])} for r in rows]
+
+    # -- rollouts (cas/rollouts.py decides; these only read and compare-and-set)
+    def _rollout_write(self, c: sqlite3.Connection, rollout_id: int, channel: Channel | None,
+                       event: tuple[str, int, str, str, float] | None,
+                       outbox: Iterable[tuple[str, str, bytes]]) -> None:
+        if channel is not None:
+            row = c.execute("SELECT sequence FROM channels WHERE product = ? AND channel = ?",
+                            (channel.product, channel.channel)).fetchone()
+            current = row[0] if row else 0
+            if current != channel.sequence - 1:
+                raise StaleWrite(f"channel {channel.product}/{channel.channel} moved to sequence {current}")
+            c.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (channel.product, channel.channel, channel.release, channel.sequence, channel.min_status,
+                       channel.document, channel.etag, channel.expires, channel.updated))
+            c.execute("INSERT OR IGNORE INTO offered VALUES (?, ?, ?)",
+                      (channel.product, channel.release, channel.updated))
+        if event is not None:
+            kind, percent, actor, reason, at = event
+            c.execute("INSERT INTO rollout_events(rollout, event, percent, actor, reason, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", (rollout_id, kind, percent, actor, reason, at))
+        self._outbox(c, outbox, event[4] if event else time.time())
+
+    def insert_rollout(self, row: dict[str, Any], channel: Channel | None,
+                       event: tuple[str, int, str, str, float],
+                       outbox: Iterable[tuple[str, str, bytes]] = ()) -> int:
+        """Record a new rollout and its first channel document in one transaction.
+
+        Raises StaleWrite when the channel moved or already has an active rollout."""
+        names = sorted(row)
+        with self._tx() as c:
+            try:
+                cur = c.execute(f"INSERT INTO rollouts({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                [row[n] for n in names])
+            except sqlite3.IntegrityError:
+                raise StaleWrite(f"channel {row['product']}/{row['channel']} already has a rollout") from None
+            rollout_id = int(cur.lastrowid)
+            c.execute("INSERT OR IGNORE INTO offered VALUES (?, ?, ?)", (row["product"], row["release"], row["started"]))
+            self._rollout_write(c, rollout_id, channel, event, outbox)
+        return rollout_id
+
+    def update_rollout(self, rollout_id: int, revision: int, changes: dict[str, Any], channel: Channel | None,
+                       event: tuple[str, int, str, str, float] | None,
+                       outbox: Iterable[tuple[str, str, bytes]] = ()) -> None:
+        """Apply ``changes`` only if the rollout is still at ``revision`` (and the channel
+        at ``channel.sequence - 1``), together with the new channel document; else StaleWrite."""
+        names = sorted(changes)
+        with self._tx() as c:
+            cur = c.execute(f"UPDATE rollouts SET {''.join(f'{n} = ?, ' for n in names)}revision = revision + 1 "
+                            "WHERE id = ? AND revision = ?", [*(changes[n] for n in names), rollout_id, revision])
+            if cur.rowcount != 1:
+                raise StaleWrite(f"rollout {rollout_id} changed concurrently")
+            self._rollout_write(c, rollout_id, channel, event, outbox)
+
+    def get_rollout(self, rollout_id: int) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def latest_rollout(self, product: str, channel: str, active_only: bool = False) -> dict[str, Any] | None:
+        sql = "SELECT * FROM rollouts WHERE product = ? AND channel = ?"
+        if active_only:
+            sql += " AND state IN ('running', 'halted')"
+        row = self._conn().execute(sql + " ORDER BY id DESC LIMIT 1", (product, channel)).fetchone()
+        return None if row is None else dict(row)
+
+    def active_rollouts(self, product: str | None = None, release: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM rollouts WHERE state IN ('running', 'halted')", []
+        if product is not None:
+            sql, params = sql + " AND product = ?", [product]
+        if release is not None:
+            sql, params = sql + " AND (release = ? OR previous = ?)", [*params, release, release]
+        return [dict(r) for r in self._conn().execute(sql + " ORDER BY id", params)]
+
+    def rollout_events(self, rollout_id: int) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT event, percent, actor, reason, at FROM rollout_events "
+                                    "WHERE rollout = ? ORDER BY id", (rollout_id,)).fetchall()
+        return [{**dict(r), "at": _iso(r["at"])} for r in rows]
+
+    def was_offered(self, product: str, version: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM offered WHERE product = ? AND version = ?",
+                                    (product, version)).fetchone() is not None
+
+    def report_outcomes(self, product: str, to_version: str, since: float, until: float) -> dict[str, int]:
+        """Reports per outcome for a release in [since, until]."""
+        rows = self._conn().execute(
+            "SELECT outcome, COUNT(*) FROM reports WHERE product = ? AND to_version = ? AND at >= ? AND at <= ? "
+            "GROUP BY outcome", (product, to_version, since, until)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def latest_outcomes(self, product: str, to_version: str, since: float) -> dict[str, tuple[str, bool]]:
+        """client id -> (its latest outcome, whether it ever failed) for a release since a moment."""
+        rows = self._conn().execute(
+            "SELECT client_id, outcome, id FROM reports WHERE product = ? AND to_version = ? AND at >= ? "
+            "ORDER BY id", (product, to_version, since)).fetchall()
+        out: dict[str, tuple[str, bool]] = {}
+        for client_id, outcome, _ in rows:
+            failed_before = out.get(client_id, ("", False))[1]
+            out[client_id] = (outcome, failed_before or outcome != "success")
+        return out
+
+    # -- webhook outbox
+    @staticmethod
+    def _outbox(c: sqlite3.Connection, rows: Iterable[tuple[str, str, bytes]], now: float) -> None:
+        c.executemany("INSERT INTO webhook_outbox(url, event, body, state, next_attempt, created) "
+                      "VALUES (?, ?, ?, 'pending', ?, ?)", [(u, e, b, now, now) for u, e, b in rows])
+
+    def enqueue_webhooks(self, rows: Iterable[tuple[str, str, bytes]], now: float) -> None:
+        rows = list(rows)
+        if rows:
+            with self._tx() as c:
+                self._outbox(c, rows, now)
+
+    def claim_webhooks(self, now: float, lease_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Due deliveries, leased so that a concurrent drainer skips them."""
+        with self._tx() as c:
+            rows = [dict(r) for r in c.execute(
+                "SELECT id, url, event, body, attempts FROM webhook_outbox WHERE state = 'pending' "
+                "AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?", (now, limit))]
+            c.executemany("UPDATE webhook_outbox SET next_attempt = ? WHERE id = ?",
+                          [(now + lease_seconds, r["id"]) for r in rows])
+        return rows
+
+    def finish_webhook(self, delivery_id: int, state: str, status: int | None, error: str | None,
+                       next_attempt: float, now: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE webhook_outbox SET state = ?, attempts = attempts + 1, last_status = ?, "
+                      "last_error = ?, next_attempt = ?, delivered = ? WHERE id = ?",
+                      (state, status, error, next_attempt, now if state == "delivered" else None, delivery_id))
+
+    def webhook_summary(self, limit: int = 100) -> dict[str, Any]:
+        c = self._conn()
+        counts = {r[0]: r[1] for r in c.execute("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")}
+        rows = c.execute("SELECT id, url, event, state, attempts, next_attempt, last_status, last_error, created, "
+                         "delivered FROM webhook_outbox ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        deliveries = [{**dict(r), "next_attempt": _iso(r["next_attempt"]), "created": _iso(r["created"]),
+                       "delivered": _iso(r["delivered"]) if r["delivered"] else None} for r in rows]
+        return {"counts": {s: counts.get(s, 0) for s in ("pending", "delivered", "failed")},
+                "deliveries": deliveries}
 
 
 class _Transaction:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from deltagen.digests import blake3_file
 
 from .installroot import fsync_dir
+
+FSYNC_THREADS = 16
 
 
 def installed_mode(entry: Mapping[str, Any]) -> int:
@@ -33,22 +36,29 @@ def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:
             pass
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.copyfile(source, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, dest)
 
 
 def finish_file(path: Path, mode: int) -> None:
-    # Read-only open: the file may already be read-only (place_file), and fsync needs no write access.
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
     os.chmod(path, mode)
 
 
-def fsync_tree(root: Path) -> None:
-    for dirpath, _, _ in os.walk(root):
-        fsync_dir(Path(dirpath))
+def _fsync_path(path: Path) -> None:
+    # Read-only open: staged files are already read-only, and fsync needs no write access.
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path, written: Iterable[Path] = ()) -> None:
+    """fsync the files written into a staged tree and every directory of it, in parallel
+    (one fsync at a time made fresh installs of many small files fsync-bound)."""
+    directories = [Path(dirpath) for dirpath, _, _ in os.walk(root)]
+    with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as pool:
+        list(pool.map(_fsync_path, [*written, *directories]))
 
 
 def tree_problems(root: Path, files: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -256,6 +256,8 @@ class Updater:
         mode = installed_mode(entry)
         if plan.local is not None:
             place_file(plan.local, dest, mode, link=True)
+            if not dest.stat().st_nlink > 1:
+                self._written.append(dest)  # copied (mode differs): needs its fsync
             return
         errors: list[str] = []
         for recipe in plan.recipes:
@@ -268,10 +270,13 @@ class Updater:
                 elif recipe["kind"] == "compressed":
                     decompress_file(obj, dest, entry["size"], entry["blake3"])
                 else:
-                    place_file(obj, dest, mode, link=False)
-                    if not self._verified_copy(dest, entry["blake3"]):
-                        raise DeltaError("raw object does not match the manifest")
+                    # fetcher.object() returns only downloads whose BLAKE3 it checked: link, don't copy.
+                    if recipe["object"] != entry["blake3"]:
+                        raise DeltaError("a raw recipe must be the target object itself")
+                    os.chmod(obj, mode)
+                    place_file(obj, dest, mode, link=True)
                 finish_file(dest, mode)
+                self._written.append(dest)
                 return
             except (DownloadError, DeltaError, OSError, KeyError, ValueError) as exc:
                 dest.unlink(missing_ok=True)
@@ -289,6 +294,7 @@ class Updater:
         staging = self.layout.staging / signed["version"]
         remove_tree(staging)
         staging.mkdir(parents=True)
+        self._written: list[Path] = []
         # Download the first choice of every file in parallel; fallbacks happen per file.
         wanted = {p.recipes[0]["object"]: int(p.recipes[0]["size"]) for p in plans if p.local is None}
         results = await asyncio.gather(*(fetcher.object(d, s) for d, s in wanted.items()), return_exceptions=True)
@@ -310,7 +316,7 @@ class Updater:
         problems = tree_problems(staging, signed["files"])
         if problems:
             raise ClientError("staged tree does not match the signed manifest", detail=problems[:20])
-        fsync_tree(staging)
+        fsync_tree(staging, self._written)
         return staging
 
     # ------------------------------------------------------------------ health and rollback

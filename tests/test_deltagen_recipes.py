@@ -12,7 +12,7 @@ import deltagen
 from deltagen import DeltaLimits
 from deltagen.digests import blake3_file
 
-FAST = DeltaLimits(zstd_level=15, compress_level=3)
+FAST = DeltaLimits(zstd_level=3, compress_level=3)
 
 
 def _similar(tmp_path: Path, size: int, seed: int = 1) -> tuple[Path, Path]:
@@ -69,7 +69,7 @@ def test_tiny_files_get_no_patch(tmp_path: Path) -> None:
 def test_file_above_bsdiff_cap_gets_no_bsdiff(tmp_path: Path) -> None:
     old, new = _similar(tmp_path, 50_000)
     attempts: list[deltagen.Attempt] = []
-    limits = DeltaLimits(zstd_level=15, compress_level=3, bsdiff_max_bytes=40_000)
+    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=40_000)
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)
     assert _names(attempts)["bsdiff4"].startswith("skipped: old or new above bsdiff_max_bytes")
     assert recipes[0].kind == "patch" and recipes[0].algorithm == "zstd"
@@ -80,7 +80,7 @@ def test_file_above_bsdiff_cap_gets_no_bsdiff(tmp_path: Path) -> None:
 
 def test_above_both_patch_caps_falls_back_to_compressed_then_raw(tmp_path: Path) -> None:
     old, new = _similar(tmp_path, 50_000)
-    limits = DeltaLimits(zstd_level=15, compress_level=3, bsdiff_max_bytes=1000, zstd_patch_max_bytes=1000)
+    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=1000, zstd_patch_max_bytes=1000)
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits)
     assert [r.kind for r in recipes] == ["raw"]
     with pytest.raises(deltagen.SizeExceeded):
@@ -90,7 +90,7 @@ def test_above_both_patch_caps_falls_back_to_compressed_then_raw(tmp_path: Path)
 def test_time_budget_exceeded_falls_back_and_kills_the_build(tmp_path: Path) -> None:
     # bsdiff of 12 MiB takes seconds; zstd at level 1 takes well under a second
     old, new = _similar(tmp_path, 12 << 20)
-    limits = DeltaLimits(zstd_level=15, compress_level=1, time_budget_s=2.0)
+    limits = DeltaLimits(zstd_level=1, compress_level=1, time_budget_s=2.0)
     attempts: list[deltagen.Attempt] = []
     started = time.monotonic()
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)
@@ -122,3 +122,19 @@ def test_recipe_to_dict_matches_manifest_delta_form(tmp_path: Path) -> None:
 def test_limits_reject_a_zstd_window_above_31() -> None:
     with pytest.raises(ValueError):
         DeltaLimits(zstd_patch_max_bytes=3 << 30)
+
+
+def test_small_files_are_built_in_process_large_ones_in_a_worker(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltagen import budget
+
+    def no_workers(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a worker was started")
+
+    old, new = _similar(tmp_path, 100_000)
+    monkeypatch.setattr(budget.subprocess, "Popen", no_workers)
+    recipes = deltagen.best_recipes(old, new, tmp_path / "w", FAST)
+    assert recipes[0].kind == "patch"
+    with pytest.raises(AssertionError, match="a worker was started"):
+        deltagen.best_recipes(old, new, tmp_path / "w2", DeltaLimits(inprocess_max_bytes=1000))
+    assert [p.name for p in (tmp_path / "w2").iterdir()] == []  # scratch removed

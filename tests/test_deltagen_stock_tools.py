@@ -68,3 +68,35 @@ def test_stock_tool_patches_apply_with_deltagen(tmp_path: Path) -> None:
                     "-o", str(tmp_path / "pz")], check=True)
     assert deltagen.apply_patch("bsdiff4", old, tmp_path / "pb", tmp_path / "ob", size, digest) == digest
     assert deltagen.apply_patch("zstd", old, tmp_path / "pz", tmp_path / "oz", size, digest) == digest
+
+
+def test_zstd_patch_is_as_small_as_the_cli_on_a_large_pair(tmp_path: Path) -> None:
+    """Guards the refPrefix path: a dictionary-based patch of this pair is ~8 MiB."""
+    rng = random.Random(11)
+    old = rng.randbytes(8 << 20)
+    new = bytearray(old)
+    for _ in range(20):
+        at = rng.randrange(len(new) - 100)
+        new[at:at + 50] = rng.randbytes(50)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    limits = deltagen.DeltaLimits(zstd_level=3)
+    deltagen.make_patch("zstd", tmp_path / "old", tmp_path / "new", tmp_path / "p", limits)
+    subprocess.run(["zstd", "-q", "-3", "--long=31", f"--patch-from={tmp_path / 'old'}",
+                    str(tmp_path / "new"), "-o", str(tmp_path / "pc")], check=True)
+    ours, cli = (tmp_path / "p").stat().st_size, (tmp_path / "pc").stat().st_size
+    assert ours <= cli * 1.05 + 64
+    subprocess.run(["zstd", "-q", "-d", "--long=31", f"--patch-from={tmp_path / 'old'}",
+                    str(tmp_path / "p"), "-o", str(tmp_path / "out")], check=True)
+    assert (tmp_path / "out").read_bytes() == bytes(new)
+
+
+def test_zstd_patch_without_libzstd_falls_back_to_a_raw_dictionary(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltagen import zstd_prefix
+    monkeypatch.setattr(zstd_prefix, "available", lambda: False)
+    old, new = _pair(tmp_path)
+    deltagen.make_patch("zstd", old, new, tmp_path / "p")
+    subprocess.run(["zstd", "-q", "-d", "--long=31", f"--patch-from={old}", str(tmp_path / "p"),
+                    "-o", str(tmp_path / "out")], check=True)
+    assert blake3_file(tmp_path / "out") == blake3_file(new)

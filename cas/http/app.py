@@ -14,12 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import channels
+from .. import channels, rollouts as rollout_gate, webhooks
+from ..clock import clock_from_env
 from ..errors import CasError
 from ..repo import Repo
 from ..uploads import Uploads
 from .deltaworker import DeltaWorkerProcess
-from . import objects, releases, reports
+from . import objects, releases, reports, rollouts
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
 from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
@@ -55,6 +56,14 @@ def create_app(repo: Repo) -> Starlette:
     def resign() -> None:
         metrics_.channel_resigned.inc(len(channels.resign_expiring(repo)))
 
+    clock = clock_from_env()
+
+    def gate() -> None:
+        rollout_gate.evaluate(repo, clock)
+
+    def deliver() -> None:
+        webhooks.deliver_due(repo, clock)
+
     def sweep() -> None:
         metrics_.uploads_expired.inc(uploads.expire())
         repo.objects.sweep_temp()
@@ -66,7 +75,9 @@ def create_app(repo: Repo) -> Starlette:
             builder.start()
         tasks = [asyncio.create_task(_every(repo.config.resign_interval_seconds, resign, "resign")),
                  *([asyncio.create_task(_every(5.0, builder.supervise, "delta-worker"))] if builder else []),
-                 asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep"))]
+                 asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep")),
+                 asyncio.create_task(_every(repo.config.rollout_tick_seconds, gate, "rollouts")),
+                 asyncio.create_task(_every(repo.config.webhook_poll_seconds, deliver, "webhooks"))]
         try:
             yield
         finally:
@@ -95,6 +106,11 @@ def create_app(repo: Repo) -> Starlette:
         Route("/v1/admin/deltas/build", releases.deltas_build, methods=["POST"]),
         Route(p + "/channels/{channel}", releases.get_channel, methods=["GET"]),
         Route(p + "/channels/{channel}", releases.put_channel, methods=["PUT"]),
+        Route(p + "/channels/{channel}/rollout", rollouts.get_rollout, methods=["GET"]),
+        Route(p + "/channels/{channel}/rollout", rollouts.start_rollout, methods=["POST"]),
+        Route(p + "/channels/{channel}/rollout/{action}", rollouts.rollout_action, methods=["POST"]),
+        Route("/v1/admin/rollouts/tick", rollouts.tick, methods=["POST"]),
+        Route("/v1/admin/webhooks", rollouts.list_webhooks, methods=["GET"]),
         Route("/v1/objects/missing", objects.missing_objects, methods=["POST"]),
         Route("/v1/objects/{digest}", objects.get_object, methods=["GET", "HEAD"]),
         Route("/v1/objects/{digest}", objects.put_object, methods=["PUT"]),
@@ -116,6 +132,7 @@ def create_app(repo: Repo) -> Starlette:
     app.state.config = repo.config
     app.state.metrics = metrics_
     app.state.uploads = uploads
+    app.state.clock = clock
     app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
     return app

@@ -90,9 +90,12 @@ async def post_status(request: Request) -> Response:
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 1000:
         raise Invalid("reason must be a string of at most 1000 characters", code="bad_request")
+    move_to = body.get("move_channel_to")
+    if move_to is not None and not isinstance(move_to, str):
+        raise Invalid("move_channel_to must be a version", code="bad_request")
     release = await run_in_threadpool(releases.move_status, request.app.state.repo,
                                       request.path_params["product"], request.path_params["version"],
-                                      status, actor, reason)
+                                      status, actor, reason, move_to)
     return JSONResponse({"product": release.product, **release.summary()})
 
 

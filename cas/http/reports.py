@@ -1,6 +1,8 @@
 """Client reports: the outcome of each update, validated and rate-limited."""
 from __future__ import annotations
 
+import logging
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -8,17 +10,20 @@ from starlette.responses import JSONResponse, Response
 from client.documents import parse_json
 from client.errors import DocumentError
 
-from .. import releases
-from ..errors import BadRequest, Invalid, TooManyRequests
-from .auth import require
+from .. import releases, rollouts
+from ..errors import BadRequest, Invalid, TooManyRequests, Unauthorized
+from .auth import caller, require
 from .conditional import read_body
 
 OUTCOMES = ("success", "failed", "rolled_back")
+log = logging.getLogger("cas.http")
 
 
 async def post_report(request: Request) -> Response:
     require(request, "read")
     repo = request.app.state.repo
+    if repo.config.reports_require_token and caller(request) is None:
+        raise Unauthorized("reports need a read (or higher) token", code="token_required")
     product = request.path_params["product"]
     try:
         body = parse_json(await read_body(request, repo.config.max_report_bytes), max_depth=4)
@@ -42,9 +47,16 @@ async def post_report(request: Request) -> Response:
     await run_in_threadpool(releases.get_release, repo, product, to_v)
     if from_v is not None:
         await run_in_threadpool(releases.get_release, repo, product, from_v)
+    if not await run_in_threadpool(repo.meta.was_offered, product, to_v):
+        raise Invalid(f"{product} {to_v} was never offered on a channel or in a rollout", code="not_offered")
     if not request.app.state.report_limiter.allow(client_id):
         raise TooManyRequests("too many reports from this client; try later")
-    await run_in_threadpool(repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail)
+    clock = request.app.state.clock
+    await run_in_threadpool(repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail, clock.now())
+    try:  # the health gate reacts to each report; the background job catches up if this fails
+        await run_in_threadpool(rollouts.evaluate, repo, clock, product)
+    except Exception:
+        log.exception("rollout evaluation after a report failed")
     return JSONResponse({"accepted": True}, status_code=202)
 
 
