@@ -17,7 +17,7 @@ from deltagen.digests import blake3_bytes
 
 from .errors import Conflict, Invalid, NotFound
 from .keys import channel_signing_keys
-from .metadata import STATUS_RANK, Channel, StaleWrite
+from .metadata import STATUS_RANK, Channel, Release, StaleWrite
 from .releases import get_release
 from .repo import Repo
 
@@ -34,6 +34,11 @@ def _document(repo: Repo, product: str, channel: str, release: str, manifest: st
     signed = {"schema": 1, "product": product, "channel": channel, "sequence": sequence,
               "expires": format_time(datetime.fromtimestamp(expires, timezone.utc)),
               "release": release, "manifest": manifest, "rollout": rollout}
+    # Optional (a departure from the contract, docs/http-api.md): the named versions are
+    # critical and clients apply them outside their maintenance windows.
+    critical = repo.meta.critical_versions(product, [release] + ([rollout["release"]] if rollout else []))
+    if critical:
+        signed["critical"] = critical
     return canonical_bytes(sign(signed, signing_keys)), expires
 
 
@@ -89,6 +94,20 @@ def get_channel(repo: Repo, product: str, channel: str) -> Channel:
     return ch
 
 
+def resign_channels_of(repo: Repo, product: str, version: str) -> list[Channel]:
+    """Re-sign every channel that offers ``version`` (its flags changed)."""
+    renewed = []
+    for ch in repo.meta.list_channels(product):
+        signed = parse_json(ch.document)["signed"]
+        if version in (ch.release, (signed["rollout"] or {}).get("release")):
+            try:
+                renewed.append(_write(repo, ch.product, ch.channel, ch.release, signed["manifest"],
+                                      ch.sequence + 1, ch.min_status, signed["rollout"]))
+            except StaleWrite:
+                continue  # moved concurrently: that new document already has the flag
+    return renewed
+
+
 def resign_expiring(repo: Repo, margin_seconds: float | None = None) -> list[Channel]:
     """Re-sign every channel document that expires within the margin."""
     if not channel_signing_keys(repo.config.store):
@@ -105,3 +124,13 @@ def resign_expiring(repo: Repo, margin_seconds: float | None = None) -> list[Cha
         except StaleWrite:
             continue  # someone else moved it: that document is fresh
     return renewed
+
+
+def mark_critical(repo: Repo, product: str, version: str, critical: bool, actor: str,
+                  reason: str = "") -> Release:
+    """Mark a release critical (clients apply it outside maintenance windows) and re-sign
+    the channels that offer it so the flag reaches clients at once."""
+    get_release(repo, product, version)
+    repo.meta.set_critical(product, version, critical, actor, reason or "-")
+    resign_channels_of(repo, product, version)
+    return get_release(repo, product, version)

@@ -181,6 +181,21 @@ def cmd_release_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_critical(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    critical = not args.off
+    if remote:
+        data = call(*remote, "POST", f"/v1/products/{args.product}/releases/{args.version}/critical",
+                    json={"critical": critical, "reason": args.reason or ""})
+    else:
+        release = channels.mark_critical(_repo(args), args.product, args.version, critical, "local",
+                                         args.reason or "")
+        data = {"product": args.product, **release.summary()}
+    _print(args, data, f"{args.product} {args.version} is {'critical' if data['critical'] else 'not critical'}; "
+           "channels offering it were re-signed")
+    return 0
+
+
 def cmd_release_history(args: argparse.Namespace) -> int:
     remote = _remote(args)
     if remote:
@@ -450,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None)
     p.add_argument("--move-channel-to", default=None, metavar="VERSION",
                    help="first point every channel on this release at VERSION")
+    remote(p)
+    p = add("critical", cmd_release_critical, r, help="mark a release critical (applied outside windows)")
+    p.add_argument("product")
+    p.add_argument("version")
+    p.add_argument("--off", action="store_true", help="remove the mark")
+    p.add_argument("--reason", default=None)
     remote(p)
     p = add("history", cmd_release_history, r, help="lifecycle moves of a release")
     p.add_argument("product")

@@ -203,6 +203,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_attempt);
     """,
+    # 5: releases marked critical are applied outside clients' maintenance windows.
+    """
+    ALTER TABLE releases ADD COLUMN critical INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -217,10 +221,11 @@ class Release:
     logical_bytes: int
     created: float
     status_changed: float
+    critical: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"version": self.version, "status": self.status, "manifest": self.manifest_digest,
-                "files": self.file_count, "bytes": self.logical_bytes,
+                "files": self.file_count, "bytes": self.logical_bytes, "critical": self.critical,
                 "created": _iso(self.created), "status_changed": _iso(self.status_changed)}
 
 
@@ -325,7 +330,7 @@ class SqliteMetadata:
             return None
         return Release(row["product"], row["version"], row["manifest_digest"], bytes(row["manifest"]),
                        row["status"], row["file_count"], row["logical_bytes"], row["created"],
-                       row["status_changed"])
+                       row["status_changed"], bool(row["critical"]))
 
     def get_release(self, product: str, version: str) -> Release | None:
         row = self._conn().execute("SELECT * FROM releases WHERE product = ? AND version = ?",
@@ -351,7 +356,8 @@ class SqliteMetadata:
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE product = ?",
                             (product,)).fetchone()[0]
             regular = [f for f in files if f["type"] == "file"]
-            c.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO releases(product, version, manifest_digest, manifest, status, file_count, "
+                      "logical_bytes, created, status_changed, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (product, version, manifest_digest, manifest, status, len(files),
                        sum(f["size"] for f in regular), now, now, seq))
             c.executemany(
@@ -372,6 +378,22 @@ class SqliteMetadata:
                 raise StaleWrite(f"{product} {version} is no longer {expected}")
             c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (product, version, expected, new, actor, reason, now))
+
+    def set_critical(self, product: str, version: str, critical: bool, actor: str, reason: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE releases SET critical = ? WHERE product = ? AND version = ?",
+                      (int(critical), product, version))
+            row = c.execute("SELECT status FROM releases WHERE product = ? AND version = ?",
+                            (product, version)).fetchone()
+            c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?)", (product, version, row[0], row[0], actor,
+                                                        f"{'marked' if critical else 'unmarked'} critical: {reason}",
+                                                        time.time()))
+
+    def critical_versions(self, product: str, versions: Iterable[str]) -> list[str]:
+        c = self._conn()
+        return sorted(v for v in set(versions) if c.execute(
+            "SELECT 1 FROM releases WHERE product = ? AND version = ? AND critical = 1", (product, v)).fetchone())
 
     def release_history(self, product: str, version: str) -> list[dict[str, Any]]:
         rows = self._conn().execute(

@@ -159,3 +159,4 @@ def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], 
 
 def manifest_of(release: Release) -> dict[str, Any]:
     return parse_json(release.manifest)
+

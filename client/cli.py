@@ -41,8 +41,10 @@ def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
 
 def cmd_init(args: argparse.Namespace) -> int:
     root_doc = Path(args.root_file).read_bytes()
+    extra = {"windows": args.window or [], "blackouts": args.blackout or [], "timezone": args.timezone,
+             "report_token": args.report_token}
     updater = Updater.init(args.root, args.server, args.product, args.channel, root_doc,
-                           client_id=args.client_id, health_cmd=args.health_cmd)
+                           client_id=args.client_id, health_cmd=args.health_cmd, **extra)
     config = updater.config
     _emit(args, config.to_dict(), f"initialised {args.root} for {config.product}/{config.channel} "
           f"(client id {config.client_id})")
@@ -52,6 +54,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _summary(result: UpdateResult) -> str:
     if result.outcome == "up_to_date":
         return f"up to date at {result.current}"
+    if result.outcome == "deferred":
+        return (f"{result.to_version} is available; outside the maintenance window, next window opens "
+                f"{result.next_window or 'never (blackout or no window)'}")
     saved = result.bytes_full - result.bytes_downloaded
     pct = 100 * saved / result.bytes_full if result.bytes_full else 0
     head = {"updated": f"updated {result.from_version or '(nothing)'} -> {result.to_version}",
@@ -65,12 +70,12 @@ def _summary(result: UpdateResult) -> str:
 def cmd_update(args: argparse.Namespace) -> int:
     updater = _updater(args, with_progress=True)
     try:
-        result = updater.update(to=args.to, health_cmd=args.health_cmd)
+        result = updater.update(to=args.to, health_cmd=args.health_cmd, ignore_window=args.ignore_window)
     finally:
         if getattr(args, "_bar", None):
             args._bar.stop()
     _emit(args, result.__dict__, _summary(result))
-    return 0 if result.outcome in ("updated", "up_to_date") else 2
+    return 0 if result.outcome in ("updated", "up_to_date", "deferred") else 2
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -89,6 +94,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + ("  update pending" if data["update_pending"] else "  up to date"))
     elif "channel_error" in data:
         lines.append(f"  channel   unavailable: {data['channel_error']}")
+    if "next_window" in data:
+        lines.append("  window    open now" if data["window_open"] else
+                     f"  window    next opens {data['next_window'] or 'never'}")
     if data["journal"]:
         lines.append(f"  unfinished update to {data['journal'].get('target')} ({data['journal'].get('phase')})")
     _emit(args, data, "\n".join(lines))
@@ -126,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", dest="root_file", required=True, help="trusted root.json, given out of band")
     p.add_argument("--client-id", default=None)
     p.add_argument("--health-cmd", default=None)
+    p.add_argument("--window", action="append", help="maintenance window, e.g. 'mon-fri 02:00-04:00' (repeatable)")
+    p.add_argument("--blackout", action="append", help="no updates in START/END, e.g. 2026-12-20/2027-01-05")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the windows")
+    p.add_argument("--report-token", default=None, help="token sent with update reports")
     p = add("update", cmd_update, help="update to the channel's release")
     p.add_argument("--to", default=None)
     p.add_argument("--health-cmd", default=None)
+    p.add_argument("--ignore-window", action="store_true", help="apply now even outside the window")
     p = add("rollback", cmd_rollback, help="go back to previous, factory or a version")
     p.add_argument("--to", default="previous")
     p.add_argument("--health-cmd", default=None)

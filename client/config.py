@@ -14,6 +14,11 @@ class ClientConfig:
     client_id: str
     health_cmd: str | None = None
     health_timeout_s: float = 60.0
+    # Maintenance windows (client/windows.py): when empty, updates apply at any time.
+    windows: tuple[str, ...] = ()           # e.g. "mon-fri 02:00-04:00"
+    blackouts: tuple[str, ...] = ()         # e.g. "2026-12-20/2027-01-05"
+    timezone: str = "UTC"                   # IANA name the windows are in
+    report_token: str | None = None         # sent with reports when the server requires one
     # Fetching.
     concurrency: int = 4
     bandwidth_bytes_per_s: int = 0          # 0: unlimited
@@ -25,7 +30,7 @@ class ClientConfig:
     min_rate_bytes_per_s: int = 1024        # a sender slower than this on average ...
     slow_grace_s: float = 15.0              # ... once this long has passed is cut off (and retried)
     # Documents without a size in signed metadata are capped.
-    max_channel_bytes: int = 64 << 10
+    max_channel_bytes: int = 512 << 10      # room for a batches rollout's client list
     max_root_bytes: int = 1 << 20
     max_manifest_bytes: int = 64 << 20
     max_delta_bytes: int = 128 << 20
@@ -47,6 +52,7 @@ class ClientConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["servers"] = list(self.servers)
+        data["windows"], data["blackouts"] = list(self.windows), list(self.blackouts)
         return data
 
     @classmethod
@@ -54,4 +60,6 @@ class ClientConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["servers"] = tuple(values["servers"])
+        for name in ("windows", "blackouts"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**values)

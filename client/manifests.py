@@ -103,8 +103,12 @@ CHANNEL_FIELDS = {"schema", "product", "channel", "sequence", "expires", "releas
 
 def check_channel(signed: Any) -> dict[str, Any]:
     """Structure of a channel document's ``signed`` part."""
-    if not isinstance(signed, dict) or set(signed) != CHANNEL_FIELDS:
-        raise DocumentError(f"channel document fields must be exactly {sorted(CHANNEL_FIELDS)}")
+    if not isinstance(signed, dict) or set(signed) - {"critical"} != CHANNEL_FIELDS:
+        raise DocumentError(f"channel document fields must be exactly {sorted(CHANNEL_FIELDS)} "
+                            "(and optionally critical)")
+    critical = signed.get("critical", [])
+    if not isinstance(critical, list) or len(critical) > 2 or not all(isinstance(v, str) for v in critical):
+        raise DocumentError("critical must be a list of at most two versions")
     if signed["schema"] != 1:
         raise DocumentError("channel schema must be 1")
     check_name("product", signed["product"])

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,7 @@ import httpx
 from deltagen import DeltaError, apply_patch, decompress_file
 from deltagen.digests import blake3_file
 
-from . import trust
+from . import trust, windows
 from .config import ClientConfig
 from .deltas import rebuild_target
 from .documents import canonical_bytes, document_digest, parse_json, split_envelope
@@ -53,7 +54,7 @@ def _crash_point(name: str) -> None:
 
 @dataclass
 class UpdateResult:
-    outcome: str                       # up_to_date | updated | rolled_back | failed
+    outcome: str                       # up_to_date | updated | rolled_back | deferred
     from_version: str | None
     to_version: str | None
     current: str | None
@@ -64,6 +65,7 @@ class UpdateResult:
     seconds: float = 0.0
     used_delta: bool = False
     steps: list[str] = field(default_factory=list)
+    next_window: str | None = None     # when deferred: the next moment updates may be applied
 
 
 @dataclass
@@ -98,9 +100,13 @@ class Updater:
         layout = updater.layout
         if layout.initialised:
             raise ClientError(f"{layout.root} is already initialised")
-        layout.create()
+        for name in ("windows", "blackouts"):
+            if name in limits:
+                limits[name] = tuple(limits[name])
         config = ClientConfig(servers=tuple(servers), product=product, channel=channel,
                               client_id=client_id or uuid.uuid4().hex, health_cmd=health_cmd, **limits)
+        windows.schedule(config.windows, config.blackouts, config.timezone)  # refuse bad specs up front
+        layout.create()
         layout.write_json("config.json", config.to_dict())
         layout.write_json("root.json", parse_json(root_document))
         layout.write_json("state.json", {"root_version": trusted.version, "channel_sequence": 0,
@@ -373,8 +379,10 @@ class Updater:
                 "detail": detail[:1000]}
         timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
 
+        headers = {"Authorization": f"Bearer {config.report_token}"} if config.report_token else {}
+
         async def send() -> None:
-            async with httpx.AsyncClient(timeout=timeout, transport=self.transport) as http:
+            async with httpx.AsyncClient(timeout=timeout, transport=self.transport, headers=headers) as http:
                 for server in config.servers:
                     try:
                         response = await http.post(
@@ -391,14 +399,23 @@ class Updater:
             self.log("could not deliver the report in time; giving up on it")
 
     # ------------------------------------------------------------------ update
-    def update(self, to: str | None = None, health_cmd: str | None = None) -> UpdateResult:
+    def update(self, to: str | None = None, health_cmd: str | None = None,
+               ignore_window: bool = False) -> UpdateResult:
         self.layout.lock()
         try:
-            return asyncio.run(self._update(to, health_cmd))
+            return asyncio.run(self._update(to, health_cmd, ignore_window))
         finally:
             self.layout.unlock()
 
-    async def _update(self, to: str | None, health_cmd: str | None) -> UpdateResult:
+    def _schedule(self) -> windows.Schedule:
+        config = self.config
+        return windows.schedule(config.windows, config.blackouts, config.timezone)
+
+    def next_window(self, now: datetime | None = None) -> datetime | None:
+        """When updates may next be applied (now, if inside a window)."""
+        return windows.next_opening(self._schedule(), now or datetime.now(timezone.utc))
+
+    async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool = False) -> UpdateResult:
         started = time.monotonic()
         config = self.config
         command = health_cmd if health_cmd is not None else config.health_cmd
@@ -417,6 +434,17 @@ class Updater:
             if version == current and self._cached_manifest(version) is not None:
                 return UpdateResult("up_to_date", current, version, current,
                                     seconds=time.monotonic() - started)
+            schedule = self._schedule()
+            now = datetime.now(timezone.utc)
+            critical = to is None and version in channel.get("critical", [])
+            if not (ignore_window or critical or windows.is_open(schedule, now)):
+                opening = windows.next_opening(schedule, now)
+                self.log(f"{version} is available; outside the maintenance window "
+                         f"(next opens {opening.isoformat() if opening else 'never'})")
+                return UpdateResult("deferred", current, version, current, seconds=time.monotonic() - started,
+                                    next_window=opening.isoformat() if opening else None)
+            if critical and not windows.is_open(schedule, now):
+                self.log(f"{version} is critical: applying it outside the maintenance window")
             envelope, recipes, used_delta = await self._target_manifest(fetcher, root, version, digest, current)
             signed = envelope["signed"]
             digest = document_digest(signed)
@@ -576,6 +604,10 @@ class Updater:
                                 "current": self.layout.link("current"), "previous": self.layout.link("previous"),
                                 "factory": self.layout.link("factory"), "installed": self.layout.installed(),
                                 "journal": self.layout.read_json("journal.json")}
+        if not self._schedule().unrestricted:
+            opening = self.next_window()
+            data["next_window"] = opening.isoformat() if opening else None
+            data["window_open"] = bool(opening and opening <= datetime.now(timezone.utc))
         if online:
             try:
                 check = self.check()

@@ -100,6 +100,7 @@ def create_app(repo: Repo) -> Starlette:
         Route(p + "/releases/{version}/status", releases.post_status, methods=["POST"]),
         Route(p + "/releases/{version}/history", releases.get_history, methods=["GET"]),
         Route(p + "/releases/{version}/delta", releases.get_delta, methods=["GET"]),
+        Route(p + "/releases/{version}/critical", releases.post_critical, methods=["POST"]),
         Route(p + "/reports", reports.post_report, methods=["POST"]),
         Route(p + "/reports", reports.list_reports, methods=["GET"]),
         Route("/v1/admin/deltas", releases.deltas_status, methods=["GET"]),

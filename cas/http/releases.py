@@ -182,3 +182,15 @@ async def deltas_build(request: Request) -> Response:
             base = await run_in_threadpool(releases.get_release, repo, product, b)
             queued += await run_in_threadpool(deltas.queue_pair, repo, base, target)
     return JSONResponse({"queued": queued}, status_code=202)
+
+
+async def post_critical(request: Request) -> Response:
+    actor = require(request, "admin")
+    body = await _json_body(request)
+    critical, reason = body.get("critical"), body.get("reason", "")
+    if not isinstance(critical, bool) or not isinstance(reason, str) or len(reason) > 1000:
+        raise Invalid('send {"critical": true|false, "reason": "..."}', code="bad_request")
+    release = await run_in_threadpool(channels.mark_critical, request.app.state.repo,
+                                      request.path_params["product"], request.path_params["version"],
+                                      critical, actor, reason)
+    return JSONResponse({"product": release.product, **release.summary()})
