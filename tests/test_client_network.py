@@ -315,7 +315,7 @@ def test_endless_manifest_is_cut(world: World, proxy: HostileProxy, tmp_path: Pa
 def test_document_longer_than_its_cap_is_refused(world: World, proxy: HostileProxy, tmp_path: Path,
                                                  kind: str, params: dict[str, Any]) -> None:
     proxy.fault(CHANNEL, kind, **params)
-    up = init_client(tmp_path / "c", [proxy.url], world.server.store)
+    up = init_client(tmp_path / "c", [proxy.url], world.server.store, max_channel_bytes=64 << 10)
     with pytest.raises(DownloadError, match="cap"):
         up.update()
     assert len(proxy.seen(CHANNEL)) == 1
