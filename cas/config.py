@@ -67,9 +67,22 @@ class Config:
     delta_memory_bytes: int = 4 << 30    # budget for concurrent builds (bsdiff: ~20x the file)
     delta_time_budget_s: float = 300.0   # per file pair
     delta_bsdiff_max_bytes: int = 64 << 20
-    delta_tiny_bytes: int = 4096
+    delta_tiny_bytes: int = 512
     delta_max_attempts: int = 3
     delta_poll_seconds: float = 1.0
+    # Object store (cas/objectstore.py): "filesystem" (STORE/objects, the default) or "s3".
+    # S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
+    object_store: str = "filesystem"
+    s3_endpoint: str = ""                # empty: AWS's own endpoint for the region
+    s3_bucket: str = ""
+    s3_prefix: str = ""                  # keys are {prefix}/objects/ab/cdef...
+    s3_region: str = ""
+    s3_presign_downloads: bool = False   # GET /v1/objects/{d} answers 307 to a presigned URL
+    s3_presign_seconds: int = 3600
+    s3_multipart_threshold_bytes: int = 64 << 20
+    s3_multipart_chunk_bytes: int = 16 << 20
+    # Read-only mirror (cas/mirror.py): serve what `cas mirror sync` copied from this upstream.
+    mirror_of: str = ""
 
     def with_tokens(self, **scoped: str | None) -> "Config":
         hashes = dict(self.token_hashes)
@@ -116,6 +129,8 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
     if "delta_build_on" in kwargs:
         kwargs["delta_build_on"] = tuple(kwargs["delta_build_on"])
+    if kwargs.get("object_store", "filesystem") not in ("filesystem", "s3"):
+        raise ValueError('object_store must be "filesystem" or "s3"')
     if "webhooks" in kwargs:
         kwargs["webhooks"] = check_webhooks(kwargs["webhooks"])
     config = Config(store=store_path, **kwargs)

@@ -73,14 +73,40 @@ def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
     return BuildStats(elapsed, int(report["peak_rss_bytes"]))
 
 
+def _run_job(job: Job, old_path: StrPath | None, new_path: StrPath, out_path: StrPath,
+             limits: DeltaLimits) -> None:
+    if job == "compressed":
+        compress_file(new_path, out_path, limits.compress_level)
+    else:
+        assert old_path is not None
+        make_patch(job, old_path, new_path, out_path, limits)
+
+
+def build_before(job: Job, old_path: StrPath | None, new_path: StrPath, out_path: StrPath,
+                 limits: DeltaLimits, deadline: float) -> BuildStats:
+    """Build by ``deadline`` (a ``time.monotonic()`` value).
+
+    Small inputs (old + new <= ``limits.inprocess_max_bytes``) are built in this process:
+    they finish in well under a second, and a worker would cost more than the build.
+    Everything else goes to a killable worker (:func:`build_within`).
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise errors.BudgetExceeded("no time left in the budget")
+    total = os.path.getsize(new_path) + (os.path.getsize(old_path) if old_path is not None else 0)
+    if total > limits.inprocess_max_bytes:
+        return build_within(job, old_path, new_path, out_path, limits, remaining)
+    started = time.monotonic()
+    _run_job(job, old_path, new_path, out_path, limits)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return BuildStats(time.monotonic() - started, peak)
+
+
 def _worker(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     limits = DeltaLimits.from_dict(spec["limits"])
     try:
-        if spec["job"] == "compressed":
-            compress_file(spec["new"], spec["out"], limits.compress_level)
-        else:
-            make_patch(spec["job"], spec["old"], spec["new"], spec["out"], limits)
+        _run_job(spec["job"], spec["old"], spec["new"], spec["out"], limits)
     except errors.DeltaError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

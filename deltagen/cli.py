@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeltaError as exc:
         print(f"deltagen: {exc.code}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # an invalid limit (e.g. --level above 22)
+        print(f"deltagen: invalid_argument: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"deltagen: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1

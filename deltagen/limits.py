@@ -8,10 +8,6 @@ from typing import Any
 MiB = 1 << 20
 GiB = 1 << 30
 
-#: Below this level python-zstandard attaches a large raw-content dictionary instead of
-#: indexing it, and patch-from finds (almost) no matches: measured, see docs/deltagen.md.
-ZSTD_PATCH_MIN_LEVEL = 15
-
 #: zstd's largest window (``--long=31``): old + new must fit in it for patch-from.
 ZSTD_WINDOW_LOG_MAX = 31
 
@@ -27,8 +23,10 @@ class DeltaLimits:
         2 x (old + new) + ~300 MiB of match-finder tables at level 19).
     time_budget_s: wall-clock budget for all builds of one file; each build runs in a
         worker subprocess that is killed when the remaining budget runs out.
+    inprocess_max_bytes: builds with old + new at most this size run in the calling
+        process instead (a worker costs ~0.1-0.3 s to start, the build far less).
     tiny_bytes: targets smaller than this get no patch (compressed or raw only).
-    zstd_level: level for zstd patch-from (15..22, see ZSTD_PATCH_MIN_LEVEL);
+    zstd_level: level for zstd patch-from (1..22);
         compress_level: level for the full compressed form.
     max_output_bytes: largest output apply/decompress will ever produce.
     """
@@ -36,7 +34,8 @@ class DeltaLimits:
     bsdiff_max_bytes: int = 64 * MiB
     zstd_patch_max_bytes: int = 1 * GiB
     time_budget_s: float = 300.0
-    tiny_bytes: int = 4096
+    inprocess_max_bytes: int = 1 * MiB
+    tiny_bytes: int = 512
     zstd_level: int = 19
     compress_level: int = 19
     max_output_bytes: int = 4 * GiB
@@ -44,8 +43,9 @@ class DeltaLimits:
     def __post_init__(self) -> None:
         if self.zstd_patch_max_bytes > (1 << ZSTD_WINDOW_LOG_MAX):
             raise ValueError("zstd_patch_max_bytes cannot exceed 2 GiB (window log 31)")
-        if not ZSTD_PATCH_MIN_LEVEL <= self.zstd_level <= 22:
-            raise ValueError(f"zstd_level must be {ZSTD_PATCH_MIN_LEVEL}..22 for patch-from")
+        for name in ("zstd_level", "compress_level"):
+            if not 1 <= getattr(self, name) <= 22:
+                raise ValueError(f"{name} must be 1..22")
         for field in dataclasses.fields(self):
             if getattr(self, field.name) < 0:
                 raise ValueError(f"{field.name} must not be negative")

@@ -9,8 +9,9 @@ Rule (cheapest first; each kept only if it beats the next cheaper-to-serve form)
    <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is smaller
    than the compressed form (or raw when there is no compressed form).
 
-Builds run in worker processes under one per-file ``time_budget_s`` (compressed,
-then zstd patch, then bsdiff4, each with what is left); a build over a cap, over the
+Builds run under one per-file ``time_budget_s`` (compressed, then zstd patch, then
+bsdiff4, each with what is left), in a killable worker process unless old + new is
+at most ``inprocess_max_bytes``; a build over a cap, over the
 budget, or failing verification is dropped and the next rule applies.  Every object
 kept has been decoded once and matched against the target's BLAKE3.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .budget import BuildStats, build_within
+from .budget import BuildStats, build_before
 from .digests import blake3_file, file_digest
 from .errors import DeltaError
 from .limits import DEFAULT_LIMITS, DeltaLimits
@@ -65,7 +66,7 @@ class Attempt:
     """What happened to one candidate (for logs and benchmarks)."""
 
     name: str
-    outcome: str  # "kept", "dropped: <reason>", "skipped: <reason>"
+    outcome: str  # "kept", "verified: ...", "dropped: <reason>", "skipped: <reason>"
     size: int | None = None
 
 
@@ -102,7 +103,7 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
     scratch = Path(tempfile.mkdtemp(prefix=".deltagen-", dir=workdir))
     try:
         compressed = _build_compressed(new_path, target.blake3, target.size, scratch,
-                                       workdir, limits, deadline, log)
+                                       limits, deadline, log)
         bar = compressed.size if compressed is not None else raw.size
         base: str | None = None
         best: Recipe | None = None
@@ -114,8 +115,7 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
                 base = blake3_file(old_path)
             out = scratch / f"patch.{algorithm}"
             try:
-                stats = build_within(algorithm, old_path, new_path, out, limits,
-                                     deadline - time.monotonic())
+                stats = build_before(algorithm, old_path, new_path, out, limits, deadline)
                 verify_patch(algorithm, old_path, out, target.size, target.blake3, limits)
             except DeltaError as exc:
                 log.append(Attempt(algorithm, f"dropped: {type(exc).__name__}: {exc}"))
@@ -124,10 +124,11 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
             if size >= bar or (best is not None and size >= best.size):
                 log.append(Attempt(algorithm, "dropped: not smaller than the alternatives", size))
                 continue
-            log.append(Attempt(algorithm, "candidate", size))
+            log.append(Attempt(algorithm, "verified: smallest so far", size))
             best = Recipe("patch", algorithm, blake3_file(out), size, out, base,
                           stats.elapsed_s, stats.peak_rss_bytes)
         if best is not None:
+            log.append(Attempt(best.algorithm or "patch", "kept", best.size))
             kept.append(_publish(best, workdir))
         if compressed is not None:
             kept.append(_publish(compressed, workdir))
@@ -138,12 +139,11 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
 
 
 def _build_compressed(new_path: StrPath, target_blake3: str, target_size: int, scratch: Path,
-                      workdir: Path, limits: DeltaLimits, deadline: float,
+                      limits: DeltaLimits, deadline: float,
                       log: list[Attempt]) -> Recipe | None:
     out = scratch / "compressed.zstd"
     try:
-        stats: BuildStats = build_within("compressed", None, new_path, out, limits,
-                                         deadline - time.monotonic())
+        stats: BuildStats = build_before("compressed", None, new_path, out, limits, deadline)
         verify_compressed(out, target_size, target_blake3, limits)
     except DeltaError as exc:
         log.append(Attempt("compressed", f"dropped: {type(exc).__name__}: {exc}"))

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from . import zstd_prefix
 from .errors import CorruptPatch, DigestMismatch, SizeExceeded, SizeMismatch
 from .limits import ZSTD_WINDOW_LOG_MAX, DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
@@ -55,13 +56,20 @@ def make_zstd_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath,
         raise SizeExceeded(
             f"old + new = {old_size + new_size} bytes is above zstd_patch_max_bytes "
             f"({limits.zstd_patch_max_bytes})")
+    window_log = patch_window_log(old_size, new_size)
+    if zstd_prefix.available():
+        with open(old_path, "rb") as old, open(new_path, "rb") as src, \
+                atomic_output(out_path) as dst:
+            zstd_prefix.compress_with_prefix(old.fileno(), old_size, src, new_size, dst,
+                                             limits.zstd_level, window_log)
+        return
+    # fallback without libzstd: raw-content dictionary (weak on large files, see zstd_prefix)
     params = zstandard.ZstdCompressionParameters.from_level(
-        limits.zstd_level, source_size=new_size,
-        window_log=patch_window_log(old_size, new_size), enable_ldm=True,
+        limits.zstd_level, source_size=new_size, window_log=window_log, enable_ldm=True,
         write_content_size=True, write_checksum=True, write_dict_id=False)
-    with _mapped(old_path) as old:
+    with _mapped(old_path) as old_bytes:
         cctx = zstandard.ZstdCompressor(
-            dict_data=_prefix_dict(old) if old_size else None, compression_params=params)
+            dict_data=_prefix_dict(old_bytes) if old_size else None, compression_params=params)
         with open(new_path, "rb") as src, atomic_output(out_path) as dst:
             cctx.copy_stream(src, dst, size=new_size, read_size=CHUNK, write_size=CHUNK)
 

@@ -54,14 +54,14 @@ def test_compressed_kept_only_when_smaller_than_raw(tmp_path: Path) -> None:
 
 
 def test_tiny_files_get_no_patch(tmp_path: Path) -> None:
-    (tmp_path / "old").write_bytes(b"hello world " * 300)
-    (tmp_path / "new").write_bytes(b"hello world " * 300 + b"!")
+    (tmp_path / "old").write_bytes(b"hello world " * 40)   # 480 B, below tiny_bytes (512)
+    (tmp_path / "new").write_bytes(b"hello world " * 40 + b"!")
     attempts: list[deltagen.Attempt] = []
     recipes = deltagen.best_recipes(tmp_path / "old", tmp_path / "new", tmp_path / "w", FAST, attempts)
     assert [r.kind for r in recipes] == ["compressed", "raw"]
     assert all(o.startswith("skipped: target below tiny_bytes") for n, o in _names(attempts).items()
                if n != "compressed")
-    (tmp_path / "new").write_bytes(os.urandom(1000))
+    (tmp_path / "new").write_bytes(os.urandom(400))
     recipes = deltagen.best_recipes(tmp_path / "old", tmp_path / "new", tmp_path / "w2", FAST)
     assert [r.kind for r in recipes] == ["raw"]
 
