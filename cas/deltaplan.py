@@ -86,11 +86,11 @@ def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
     return out
 
 
-def manifest_delta(product: str, base_version: str, base_manifest: Mapping[str, Any],
+def manifest_delta(product: str, base_version: str | None, base_manifest: Mapping[str, Any],
                    target_envelope: Mapping[str, Any], target_digest: str,
                    recipes: Mapping[str, list[Mapping[str, Any]]], complete: bool,
-                   base_digest: str) -> dict[str, Any]:
-    """The manifest delta document from a base release to a target release."""
+                   base_digest: str | None) -> dict[str, Any]:
+    """The manifest delta document from a base release (None: from nothing) to a target release."""
     target = target_envelope["signed"]
     base = _files(base_manifest["files"])
     tfiles = _files(target["files"])

@@ -72,7 +72,8 @@ def queue_pair(repo: Repo, base: Release, target: Release) -> int:
 
 def queue_release(repo: Repo, target: Release) -> int:
     """Queue the builds for a release reaching testing/released."""
-    added = 0
+    # Compressed forms of every file, for clients installing this release from nothing.
+    added = repo.meta.enqueue_jobs(plan_pairs([], _signed(target)["files"], repo.config.delta_tiny_bytes))
     for base in bases_for(repo, target):
         added += queue_pair(repo, base, target)
     return added
@@ -83,19 +84,22 @@ def on_status_change(repo: Repo, release: Release) -> None:
         queue_release(repo, release)
 
 
-def delta_document(repo: Repo, target: Release, base: Release) -> dict[str, Any]:
-    """The manifest delta from ``base`` to ``target``; queues the pair if never planned."""
-    base_signed = _signed(base)
+def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[str, Any]:
+    """The manifest delta from ``base`` (None: from nothing, a fresh install) to ``target``;
+    queues the builds if they were never planned."""
+    base_signed = _signed(base) if base is not None else {"files": []}
     target_envelope = parse_json(target.manifest)
     pairs = plan_pairs(base_signed["files"], target_envelope["signed"]["files"], repo.config.delta_tiny_bytes)
-    if not repo.meta.planned(target.product, base.version, target.version):
+    if base is None:
+        repo.meta.enqueue_jobs(pairs)
+    elif not repo.meta.planned(target.product, base.version, target.version):
         queue_pair(repo, base, target)
     states = repo.meta.job_states(pairs)
     complete = all(states.get(p) in ("done", "failed") for p in pairs)
     targets = {t for _, t in pairs}
     recipes = repo.meta.recipes_for(targets)
-    return manifest_delta(target.product, base.version, base_signed, target_envelope,
-                          target.manifest_digest, recipes, complete, base.manifest_digest)
+    return manifest_delta(target.product, base.version if base else None, base_signed, target_envelope,
+                          target.manifest_digest, recipes, complete, base.manifest_digest if base else None)
 
 
 # --------------------------------------------------------------------------- building
@@ -109,7 +113,9 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
     rows: list[dict[str, Any]] = []
     try:
         if base:
-            made = best_recipes(store.path(base), store.path(target), workdir, limits)
+            # local_copy: the object's own file (filesystem) or a verified download (S3).
+            with store.local_copy(base) as base_file, store.local_copy(target) as target_file:
+                made = best_recipes(base_file, target_file, workdir, limits)
             for recipe in made:
                 if recipe.kind == "raw":
                     continue
@@ -121,7 +127,8 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             size = store.size(target) or 0
             out = workdir / "compressed.zst"
             started = time.monotonic()
-            compress_file(store.path(target), out, limits.compress_level)
+            with store.local_copy(target) as target_file:
+                compress_file(target_file, out, limits.compress_level)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
                 ingested = store.ingest_file(out)

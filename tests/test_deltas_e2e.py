@@ -181,3 +181,19 @@ def test_killed_worker_leaves_no_recipe_and_build_is_retried(tmp_path: Path, rel
                     assert obj.status_code == 200 and blake3_bytes(obj.content) == r["object"]
     finally:
         server.stop()
+
+
+def test_fresh_install_delta_offers_compressed_forms(built) -> None:
+    """?from= (empty): every file upserted, each with its compressed form where that is smaller."""
+    server, _ = built
+    with server.client(None) as http:
+        response = http.get("/v1/products/app/releases/1.2.0/delta", params={"from": ""})
+        assert response.status_code == 200
+        delta = response.json()
+        manifest = http.get("/v1/products/app/releases/1.2.0/manifest").json()
+    assert delta["from"] == {"version": None, "manifest": None} and delta["removed"] == []
+    assert rebuild_target({"files": []}, delta) == manifest["signed"]
+    assert delta["complete"] is True
+    kinds = [r[0]["kind"] for r in delta["recipes"].values()]
+    assert "compressed" in kinds
+    assert delta["bytes"]["recipes"] < delta["bytes"]["full"] * 0.8

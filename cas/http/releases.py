@@ -144,14 +144,17 @@ async def get_delta(request: Request) -> Response:
     repo = request.app.state.repo
     p, v = request.path_params["product"], request.path_params["version"]
     base_version = request.query_params.get("from")
-    if not base_version:
-        raise BadRequest("name the base release: ?from=<version>", code="missing_base")
+    if base_version is None:
+        raise BadRequest("name the base release: ?from=<version> (or ?from= for a fresh install)",
+                         code="missing_base")
     target = await run_in_threadpool(releases.get_release, repo, p, v)
-    try:
-        base = await run_in_threadpool(releases.get_release, repo, p, base_version)
-    except NotFound:
-        raise NotFound(f"no release {base_version!r} of {p!r} to make a delta from; use the full manifest",
-                       code="unknown_base") from None
+    base = None  # ?from= (empty): from nothing, every file upserted with its compressed form
+    if base_version:
+        try:
+            base = await run_in_threadpool(releases.get_release, repo, p, base_version)
+        except NotFound:
+            raise NotFound(f"no release {base_version!r} of {p!r} to make a delta from; use the full manifest",
+                           code="unknown_base") from None
     document = await run_in_threadpool(deltas.delta_document, repo, target, base)
     body = canonical_bytes(document)
     final = document["complete"] and target.status in ("released", "deprecated")
