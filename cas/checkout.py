@@ -32,8 +32,9 @@ class CheckoutReport:
 
 
 def _variant(repo: Repo, digest: str, mode: int) -> Path:
-    if mode == OBJECT_MODE:
-        return repo.objects.path(digest)
+    own = repo.objects.local_path(digest)  # None when objects live elsewhere (S3): cache a variant
+    if mode == OBJECT_MODE and own is not None:
+        return own
     target = Path(repo.config.store) / "variants" / f"{mode:o}" / digest[:2] / digest[2:]
     if target.exists():
         return target
@@ -41,7 +42,8 @@ def _variant(repo: Repo, digest: str, mode: int) -> Path:
     fd, tmp = tempfile.mkstemp(dir=repo.objects.tmp_dir, prefix="variant-")
     os.close(fd)
     try:
-        shutil.copyfile(repo.objects.path(digest), tmp)
+        with repo.objects.local_copy(digest) as source:
+            shutil.copyfile(source, tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:

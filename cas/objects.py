@@ -1,27 +1,29 @@
-"""The object store: immutable objects named by their BLAKE3 digest.
+"""The filesystem object store: the embedded default backend of ``ObjectStore``.
 
-Filesystem backend (the embedded default): ``objects/ab/cdef...`` sharded by
-the first two hex characters.  An object is written to a temp file in
-``tmp/`` (same filesystem), hashed while written, fsynced, made read-only and
-renamed into place, then the shard directory is fsynced.  Nothing is visible
-before it is complete and verified; a killed writer leaves only a temp file
-that ``sweep_temp`` removes.
+``objects/ab/cdef...`` sharded by the first two hex characters.  An object is
+written to a temp file in ``tmp/`` (same filesystem), hashed while written,
+fsynced, made read-only and renamed into place, then the shard directory is
+fsynced.  Nothing is visible before it is complete and verified; a killed
+writer leaves only a temp file that ``sweep_temp`` removes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from deltagen.digests import CHUNK, StreamHasher, hash_stream, is_digest
+from deltagen.digests import CHUNK, hash_stream, is_digest
 
-from .errors import DigestMismatch, Invalid, NotFound, TooLarge
+from .errors import Invalid, NotFound
+from .objectstore import FsckReport, Ingested, ObjectStore, ObjectWriter, StagedObjectStore
+
+__all__ = ["OBJECT_MODE", "FilesystemObjectStore", "FsckReport", "Ingested", "ObjectStore", "ObjectWriter",
+           "fsync_dir", "link_or_copy"]
 
 OBJECT_MODE = 0o444
 
@@ -34,73 +36,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Ingested:
-    digest: str
-    size: int
-    created: bool  # False when the object was already present
-
-
-@dataclass(frozen=True)
-class FsckReport:
-    checked: int
-    bytes: int
-    corrupt: list[str]
-    quarantined: list[str]
-    stray_temp: int
-
-
-class ObjectWriter:
-    """Streams bytes into a temp file while hashing; ``commit`` publishes them."""
-
-    def __init__(self, store: "FilesystemObjectStore", max_bytes: int) -> None:
-        self._store = store
-        self._max = max_bytes
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="obj-")
-        self._fh = os.fdopen(fd, "wb")
-        self.temp_path = Path(name)
-        self._hasher = StreamHasher()
-        self._done = False
-
-    @property
-    def size(self) -> int:
-        return self._hasher.size
-
-    def write(self, data: bytes) -> None:
-        if self._hasher.size + len(data) > self._max:
-            self.abort()
-            raise TooLarge(f"object exceeds the limit of {self._max} bytes")
-        self._fh.write(data)
-        self._hasher.update(data)
-
-    def commit(self, expected: str | None = None, expected_size: int | None = None) -> Ingested:
-        digest = self._hasher.blake3
-        try:
-            if expected is not None and digest != expected:
-                raise DigestMismatch(f"content hashes to {digest}, not {expected}",
-                                     detail={"expected": expected, "actual": digest})
-            if expected_size is not None and self._hasher.size != expected_size:
-                raise Invalid(f"received {self._hasher.size} bytes, declared {expected_size}",
-                              code="size_mismatch")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            created = self._store.install(self.temp_path, digest)
-            self._done = True
-            return Ingested(digest, self._hasher.size, created)
-        finally:
-            if not self._done:
-                self.abort()
-
-    def abort(self) -> None:
-        self._done = True
-        try:
-            self._fh.close()
-        finally:
-            self.temp_path.unlink(missing_ok=True)
-
-
-class FilesystemObjectStore:
+class FilesystemObjectStore(StagedObjectStore):
     def __init__(self, root: Path, max_object_bytes: int = 16 << 30) -> None:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
@@ -131,13 +67,32 @@ class FilesystemObjectStore:
         except FileNotFoundError:
             raise NotFound(f"object {digest} not found", code="object_not_found") from None
 
-    def missing(self, digests: list[str]) -> list[str]:
-        return [d for d in dict.fromkeys(digests) if not self.exists(d)]
+    def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
+        with self.open(digest) as fh:
+            fh.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    raise NotFound(f"object {digest} is shorter than {end} bytes", code="object_truncated")
+                left -= len(chunk)
+                yield chunk
 
-    # -- writing
-    def writer(self) -> ObjectWriter:
-        return ObjectWriter(self, self.max_object_bytes)
+    def local_path(self, digest: str) -> Path | None:
+        return self.path(digest)
 
+    @contextlib.contextmanager
+    def local_copy(self, digest: str) -> Iterator[Path]:
+        """The object's own (read-only) file: no copy is needed here."""
+        path = self.path(digest)
+        if not path.is_file():
+            raise NotFound(f"object {digest} not found", code="object_not_found")
+        yield path
+
+    def presigned_url(self, digest: str) -> str | None:
+        return None
+
+    # -- writing (ObjectWriter and ingest_* come from StagedObjectStore)
     def install(self, temp_path: Path, digest: str) -> bool:
         """Move a complete, fsynced, verified temp file into place."""
         final = self.path(digest)
@@ -153,24 +108,13 @@ class FilesystemObjectStore:
         fsync_dir(shard)
         return True
 
-    def ingest_stream(self, fh: BinaryIO, expected: str | None = None) -> Ingested:
-        writer = self.writer()
+    def delete(self, digest: str) -> bool:
         try:
-            while chunk := fh.read(CHUNK):
-                writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.commit(expected)
-
-    def ingest_file(self, path: Path, expected: str | None = None) -> Ingested:
-        with open(path, "rb") as fh:
-            return self.ingest_stream(fh, expected)
-
-    def ingest_bytes(self, data: bytes) -> Ingested:
-        writer = self.writer()
-        writer.write(data)
-        return writer.commit()
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.path(digest).parent)
+        return True
 
     # -- maintenance
     def iter_digests(self) -> Iterator[str]:
@@ -189,19 +133,6 @@ class FilesystemObjectStore:
             count += 1
             total += self.path(digest).stat().st_size
         return count, total
-
-    def sweep_temp(self, older_than: float = 3600.0) -> int:
-        """Remove temp files left by killed writers."""
-        removed = 0
-        cutoff = time.time() - older_than
-        for entry in self.tmp_dir.iterdir():
-            try:
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
 
     def fsck(self, quarantine: bool = True) -> FsckReport:
         checked = total = 0

@@ -8,7 +8,8 @@ off, errors -- falls through to the Starlette application unchanged.
 
 Small objects are immutable, so their bytes are cached (LRU, bounded by
 ``small_object_cache_bytes``).  Channel documents are cached per process and
-dropped whenever SQLite's ``data_version`` says another connection committed.
+dropped whenever ``meta.data_version()`` moves: SQLite's ``data_version`` (another
+connection committed) or PostgreSQL's ``channels`` counter (a channel moved, on any replica).
 """
 from __future__ import annotations
 
@@ -80,22 +81,22 @@ class FastPath:
         return dict(scope["headers"])
 
     async def _object(self, scope: Scope, send: Send, digest: str) -> bool:
-        if not is_digest(digest):
-            return False
+        if not is_digest(digest) or self.repo.objects.local_path(digest) is None:
+            return False  # a remote backend (S3) is never read inside the event loop
         headers = self._headers(scope)
         if b"range" in headers or b"authorization" in headers:
             return False
         etag = f'"{digest}"'
         inm = headers.get(b"if-none-match")
         if inm is not None and etag_matches(inm.decode("latin-1"), etag):
-            if self.objects.get(digest) is None and not self.repo.objects.path(digest).is_file():
+            if self.objects.get(digest) is None and not self.repo.objects.exists(digest):
                 return False  # not here (any more): the application answers 404
             await self._send(send, 304, [(b"etag", etag.encode()), (b"cache-control", IMMUTABLE)], b"")
             self._count_304.inc()
             return True
         data = self.objects.get(digest)
         if data is None:
-            path = self.repo.objects.path(digest)
+            path = self.repo.objects.local_path(digest)
             try:
                 size = path.stat().st_size
             except FileNotFoundError:

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
+from starlette.responses import (FileResponse, JSONResponse, MalformedRangeHeader, RangeNotSatisfiable,
+                                 RedirectResponse, Response)
+from starlette.types import Receive, Scope, Send
 
 from client.documents import parse_json
 from client.errors import DocumentError
 from deltagen.digests import is_digest
 
 from ..errors import BadRequest, Invalid, NotFound, TooLarge
-from ..objects import FilesystemObjectStore
+from ..objectstore import ObjectStore
 from .auth import require
 from .conditional import declared_length, etag_matches, read_body
 from .errors import error_body
@@ -28,6 +31,59 @@ class ObjectResponse(FileResponse):
     chunk_size = 1 << 20
 
 
+class StreamedObjectResponse(Response):
+    """An object from a backend without local files (S3), streamed with ``open_range``.
+
+    The ranges were parsed and checked by ``_requested_ranges`` (Starlette's own parser,
+    so the filesystem and S3 backends answer the same): ``[]`` is the whole object,
+    one range is a 206 with ``Content-Range``, several a 206 ``multipart/byteranges``.
+    Every read of the backend runs in the thread pool, one chunk at a time."""
+
+    def __init__(self, store: ObjectStore, digest: str, size: int, ranges: list[tuple[int, int]],
+                 headers: dict[str, str]) -> None:
+        super().__init__(status_code=206 if ranges else 200, headers=headers,
+                         media_type="application/octet-stream")
+        self.store, self.digest, self.size = store, digest, size
+        self.ranges = ranges
+        self.boundary = secrets.token_hex(13)
+        if len(ranges) > 1:
+            self.headers["content-type"] = f"multipart/byteranges; boundary={self.boundary}"
+            self.headers["content-length"] = str(sum(len(self._part_header(a, b)) + (b - a) + 2 for a, b in ranges)
+                                                 + len(self._closing()))
+        else:
+            start, end = ranges[0] if ranges else (0, size)
+            if ranges:
+                self.headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+            self.headers["content-length"] = str(end - start)
+
+    def _part_header(self, start: int, end: int) -> bytes:
+        return (f"--{self.boundary}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Range: bytes {start}-{end - 1}/{self.size}\r\n\r\n").encode("latin-1")
+
+    def _closing(self) -> bytes:
+        return f"--{self.boundary}--".encode("latin-1")
+
+    async def _stream(self, send: Send, start: int, end: int) -> None:
+        async for chunk in iterate_in_threadpool(self.store.open_range(self.digest, start, end)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if len(self.ranges) > 1:
+            for start, end in self.ranges:
+                await send({"type": "http.response.body", "body": self._part_header(start, end), "more_body": True})
+                await self._stream(send, start, end)
+                await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
+            await send({"type": "http.response.body", "body": self._closing(), "more_body": False})
+            return
+        start, end = self.ranges[0] if self.ranges else (0, self.size)
+        await self._stream(send, start, end)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _digest(request: Request) -> str:
     digest = request.path_params["digest"]
     if not is_digest(digest):
@@ -38,30 +94,48 @@ def _digest(request: Request) -> str:
 async def get_object(request: Request) -> Response:
     require(request, "read")
     digest = _digest(request)
-    store: FilesystemObjectStore = request.app.state.repo.objects
-    path = store.path(digest)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFound(f"object {digest} not found", code="object_not_found") from None
+    repo = request.app.state.repo
+    store: ObjectStore = repo.objects
+    path = store.local_path(digest)
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    if path is not None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"object {digest} not found", code="object_not_found") from None
+        size = st.st_size
+    else:
+        found = await run_in_threadpool(store.size, digest)
+        if found is None:
+            raise NotFound(f"object {digest} not found", code="object_not_found")
+        size = found
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    range_error = _range_error(request, etag, st.st_size)
-    if range_error is not None:
-        return range_error
-    return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+    ranges = _requested_ranges(request, etag, size)
+    if isinstance(ranges, Response):
+        return ranges
+    if path is not None:
+        return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+    if request.method == "GET" and len(ranges) <= 1 and repo.config.s3_presign_downloads:
+        # S3 answers one range itself; several (multipart/byteranges) it does not, so those stay here.
+        url = await run_in_threadpool(store.presigned_url, digest)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return StreamedObjectResponse(store, digest, size, ranges, {**headers, "Accept-Ranges": "bytes"})
 
 
-def _range_error(request: Request, etag: str, size: int) -> Response | None:
-    """Starlette's FileResponse answers bad ranges in plain text; answer them as JSON errors."""
+def _requested_ranges(request: Request, etag: str, size: int) -> list[tuple[int, int]] | Response:
+    """The byte ranges to send (``[]``: the whole object), or the JSON error for a bad Range.
+
+    Starlette's parser decides (overlaps merged, too many ranges -> whole object); its
+    FileResponse would answer bad ranges in plain text, so they are answered here as JSON."""
     header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if header is None or (if_range is not None and if_range != etag):
-        return None  # no range, or If-Range says send the whole object
+        return []  # no range, or If-Range says send the whole object
     try:
-        FileResponse._parse_range_header(header, size)
+        return FileResponse._parse_range_header(header, size)
     except RangeNotSatisfiable:
         return JSONResponse(error_body("range_not_satisfiable", f"range {header!r} is outside the object",
                                        {"size": size}),
@@ -69,14 +143,13 @@ def _range_error(request: Request, etag: str, size: int) -> Response | None:
     except MalformedRangeHeader as exc:
         return JSONResponse(error_body("bad_range", exc.content or "malformed Range header", None),
                             status_code=400, headers={"Cache-Control": "no-store"})
-    return None
 
 
 async def put_object(request: Request) -> Response:
     require(request, "publish")
     digest = _digest(request)
     repo = request.app.state.repo
-    store: FilesystemObjectStore = repo.objects
+    store: ObjectStore = repo.objects
     limit = repo.config.max_object_bytes
     declared = declared_length(request, limit)
     size_param = request.query_params.get("size")
@@ -86,7 +159,7 @@ async def put_object(request: Request) -> Response:
     expected_size = int(size_param) if size_param is not None else declared
     if expected_size is not None and expected_size > limit:
         raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
-    if store.exists(digest):
+    if digest in await run_in_threadpool(repo.present, [digest]):  # present, and spared by GC
         # Already stored: drain nothing more than needed and answer at once.
         return JSONResponse({"blake3": digest, "created": False}, status_code=200,
                             headers={"Location": f"/v1/objects/{digest}"})
@@ -102,7 +175,7 @@ async def put_object(request: Request) -> Response:
     except BaseException:
         writer.abort()
         raise
-    ingested = await run_in_threadpool(writer.commit, digest, expected_size)
+    ingested = repo.ingested(await run_in_threadpool(writer.commit, digest, expected_size))
     request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
     return JSONResponse({"blake3": digest, "size": ingested.size, "created": ingested.created},
                         status_code=201 if ingested.created else 200,
@@ -121,7 +194,7 @@ async def missing_objects(request: Request) -> Response:
         raise Invalid('send {"objects": [<blake3 hex>, ...]}', code="bad_request")
     if len(objects) > repo.config.max_missing_query:
         raise TooLarge(f"at most {repo.config.max_missing_query} objects per query")
-    missing = await run_in_threadpool(repo.objects.missing, objects)
+    missing = await run_in_threadpool(repo.missing, objects)  # also spares what it finds from GC
     return JSONResponse({"missing": missing})
 
 
@@ -180,7 +253,8 @@ async def complete_upload(request: Request) -> Response:
     offset = await run_in_threadpool(uploads.offset, upload_id)
     if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
         offset = await uploads.append(upload_id, offset, None, request.stream())
-    ingested = await run_in_threadpool(uploads.complete, upload_id, digest)
+    ingested = request.app.state.repo.ingested(
+        await run_in_threadpool(uploads.complete, upload_id, digest))
     request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
     return JSONResponse({"blake3": ingested.digest, "size": ingested.size, "created": ingested.created},
                         status_code=201, headers={"Location": f"/v1/objects/{ingested.digest}"})
