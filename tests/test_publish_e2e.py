@@ -3,12 +3,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from client.documents import document_digest, verify
 from client.roots import verify_first_root
 from deltagen.digests import blake3_file
 
-from conftest import PUBLISH, Server
+from conftest import PUBLISH, Server, start_server
+
+
+@pytest.fixture
+def server(tmp_path: Path, metadata_url: str) -> Iterator[Server]:
+    """Each test here runs against every metadata backend (the embedded SQLite, PostgreSQL)."""
+    config = f'metadata_url = "{metadata_url}"\n' if metadata_url.startswith("postgresql") else ""
+    srv = start_server(tmp_path / "store", config=config)
+    yield srv
+    srv.stop()
 
 
 def publish(server: Server, tree: Path, version: str, *extra: str):

@@ -34,11 +34,11 @@ def clock(tmp_path: Path) -> FileClock:
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repo:
+def repo(tmp_path: Path, metadata_url: str) -> Repo:  # once per metadata backend
     store = tmp_path / "store"
     store.mkdir()
     (store / "config.toml").write_text('webhooks = [{url = "http://127.0.0.1:9/hook", secret = "s3cret"}]\n')
-    repo = open_repo(load_config(store, env={}))
+    repo = open_repo(load_config(store, env={}, metadata_url=metadata_url))
     keys.init_keys(store, repo.meta)
     repo.reload_keys()
     signing = keys.load_role_keys(store, "release")

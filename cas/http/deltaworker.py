@@ -24,6 +24,8 @@ class DeltaWorkerProcess:
 
     def start(self) -> None:
         env = {**os.environ, "CAS_STORE": str(self.repo.config.store)}
+        if self.repo.config.metadata_url:  # also when it came from --config, which the child does not read
+            env["CAS_METADATA_URL"] = self.repo.config.metadata_url
         self.proc = subprocess.Popen([sys.executable, "-m", "cas.cli", "deltas", "worker",
                                       "--store", str(self.repo.config.store)], env=env)
 
