@@ -64,10 +64,11 @@ def publish_local(repo: Repo, tree: ScannedTree, envelope: dict[str, Any],
         return PublishResult(signed["product"], signed["version"], existing.manifest_digest, len(tree.entries),
                              tree.logical_bytes, 0, 0, False, existing.status)
     uploaded = uploaded_bytes = 0
+    have = repo.present(tree.sources)
     for digest, path in tree.sources.items():
-        if repo.objects.exists(digest):
+        if digest in have:
             continue
-        ingested = repo.objects.ingest_file(path, expected=digest)
+        ingested = repo.ingest_file(path, expected=digest)
         uploaded += int(ingested.created)
         uploaded_bytes += ingested.size if ingested.created else 0
         if progress:

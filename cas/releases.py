@@ -17,7 +17,7 @@ from client.paths import check_name
 
 from . import cms_signing, deltas
 from .errors import Conflict, Invalid, NotFound, from_document
-from .metadata import STATUSES, Release, StaleWrite
+from .metadata import STATUSES, ObjectsBeingDeleted, Release, StaleWrite
 from .repo import Repo
 
 TRANSITIONS = {("draft", "testing"), ("testing", "released"), ("testing", "draft"),
@@ -86,7 +86,12 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
         raise Invalid("manifest refers to objects the store does not hold as declared",
                       detail=wrong, code=code)
     digest = document_digest(signed)
-    existing = repo.meta.insert_release(product, version, digest, canonical_bytes(envelope), files, actor)
+    try:
+        # The insert also revives any GC tombstone of these objects, in its transaction.
+        existing = repo.meta.insert_release(product, version, digest, canonical_bytes(envelope), files, actor)
+    except ObjectsBeingDeleted as exc:
+        raise Invalid("objects of this manifest are being garbage-collected; upload them again",
+                      detail=[f"missing object {d}" for d in exc.digests], code="missing_objects") from None
     if existing is not None:
         if existing.manifest_digest != digest:
             raise Conflict(f"{product} {version} exists with different content",

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from client.roots import Root
 
 from .config import Config
 from .keys import ServerKeys, load_server_keys, trusted_root
-from .metadata import SqliteMetadata
-from .objects import FilesystemObjectStore
+from .metadata import Metadata, open_metadata
+from .objectstore import Ingested, ObjectStore, open_object_store
 
 
 @dataclass
 class Repo:
     config: Config
-    objects: FilesystemObjectStore
-    meta: SqliteMetadata
+    objects: ObjectStore
+    meta: Metadata
     keys: ServerKeys
 
     @property
@@ -29,10 +30,31 @@ class Repo:
     def reload_keys(self) -> None:
         self.keys = load_server_keys(self.config.store)
 
+    # Objects as the rest of the server sees them: the store, minus what garbage
+    # collection has deleted, plus revival of what it only marked (cas/gc.py).
+    def present(self, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` the store holds; they are needed again, so GC spares them."""
+        wanted = list(dict.fromkeys(digests))
+        gone = self.meta.revive(wanted)
+        return {d for d in wanted if d not in gone and self.objects.exists(d)}
+
+    def missing(self, digests: Iterable[str]) -> list[str]:
+        wanted = list(dict.fromkeys(digests))
+        have = self.present(wanted)
+        return [d for d in wanted if d not in have]
+
+    def ingested(self, result: Ingested) -> Ingested:
+        """Record that an object was (re)written: no GC tombstone applies to it now."""
+        self.meta.reingested([result.digest])
+        return result
+
+    def ingest_file(self, path: Path, expected: str | None = None) -> Ingested:
+        return self.ingested(self.objects.ingest_file(path, expected))
+
 
 def open_repo(config: Config) -> Repo:
     store = Path(config.store)
     store.mkdir(parents=True, exist_ok=True)
-    objects = FilesystemObjectStore(store, config.max_object_bytes)
-    meta = SqliteMetadata(store / "meta.db")
+    objects = open_object_store(config)
+    meta = open_metadata(config.metadata_url, store)
     return Repo(config, objects, meta, load_server_keys(store))
