@@ -124,3 +124,45 @@ def manifest_delta(product: str, base_version: str | None, base_manifest: Mappin
         "recipes": recipe_doc,
         "bytes": {"recipes": download, "full": full, "changed_raw": changed_raw},
     }
+
+
+# --------------------------------------------------------------------------- bundles
+# (deltagen/bundles.py, docs/deltagen.md "Bundles"): one object rebuilding several targets.
+
+def with_bundles(delta: Mapping[str, Any], bundles: Iterable[Mapping[str, Any]],
+                 base_digests: set[str]) -> dict[str, Any]:
+    """``delta`` with each usable bundle listed under every target it covers.
+
+    ``bundles``: rows ``{"object", "size", "bases": [...], "members": [{"blake3",
+    "offset", "size"}]}`` built for this release pair.  A bundle is usable when the
+    client has all its bases (``base_digests``: the base release's files) and the
+    delta lists every member.  ``choose_cover`` (deltagen.bundles) picks the cheapest
+    cover of the targets the client lacks by per-file first choices and bundles; a
+    chosen bundle goes first in each of its members' lists and is counted once in
+    ``bytes.recipes``; bundles outside the cover are not offered.
+    """
+    from deltagen.bundles import choose_cover
+
+    recipes = {t: list(r) for t, r in delta["recipes"].items()}
+    usable: list[dict[str, Any]] = []
+    for row in bundles:
+        members = [{"blake3": m["blake3"], "offset": m["offset"], "size": m["size"]} for m in row["members"]]
+        if not members or not set(row["bases"]) <= base_digests:
+            continue
+        if any(m["blake3"] not in recipes for m in members):
+            continue
+        usable.append({"kind": "bundle", "algorithm": "zstd", "object": row["object"], "size": row["size"],
+                       "bases": list(row["bases"]), "members": members})
+    if not usable:
+        return dict(delta)
+    need = {t: r[0]["size"] for t, r in recipes.items() if t not in base_digests and r}
+    cover = choose_cover(need, [({m["blake3"] for m in b["members"]}, b["size"]) for b in usable])
+    # Only the bundles of the cheapest cover are offered (first, for each member): a
+    # bundle outside it costs more than the per-file recipes of its members.
+    for i in cover.bundles:
+        for member in {m["blake3"] for m in usable[i]["members"]}:
+            recipes[member].insert(0, usable[i])
+    out = dict(delta)
+    out["recipes"] = recipes
+    out["bytes"] = {**delta["bytes"], "recipes": cover.total}
+    return out

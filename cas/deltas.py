@@ -11,6 +11,7 @@ builder restarts (dead owner) or its lease runs out.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from client.documents import parse_json
-from deltagen import DeltaError, DeltaLimits, best_recipes, compress_file, verify_compressed
+from deltagen import (DeltaError, DeltaLimits, best_recipes, build_bundle, bundle_candidates, compress_file,
+                      verify_compressed)
 
-from .deltaplan import manifest_delta, plan_pairs
+from .deltaplan import manifest_delta, offered, plan_pairs, with_bundles
 from .errors import NotFound
 from .metadata import Release
 from .repo import Repo
@@ -66,6 +68,8 @@ def bases_for(repo: Repo, target: Release) -> list[Release]:
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
     pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
     added = repo.meta.enqueue_jobs(pairs)
+    if repo.config.delta_bundles:
+        added += repo.meta.enqueue_bundle_job(base.manifest_digest, target.manifest_digest)
     repo.meta.record_plan(target.product, base.version, target.version)
     return added
 
@@ -94,12 +98,19 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
         repo.meta.enqueue_jobs(pairs)
     elif not repo.meta.planned(target.product, base.version, target.version):
         queue_pair(repo, base, target)
-    states = repo.meta.job_states(pairs)
-    complete = all(states.get(p) in ("done", "failed") for p in pairs)
+    jobs = list(pairs)
+    if base is not None and repo.config.delta_bundles:
+        jobs.append((base.manifest_digest, target.manifest_digest))
+    states = repo.meta.job_states(jobs)
+    complete = all(states.get(p) in ("done", "failed") for p in jobs)
     targets = {t for _, t in pairs}
     recipes = repo.meta.recipes_for(targets)
-    return manifest_delta(target.product, base.version if base else None, base_signed, target_envelope,
-                          target.manifest_digest, recipes, complete, base.manifest_digest if base else None)
+    document = manifest_delta(target.product, base.version if base else None, base_signed, target_envelope,
+                              target.manifest_digest, recipes, complete, base.manifest_digest if base else None)
+    if base is None:
+        return document
+    have = {e["blake3"] for e in base_signed["files"] if e["type"] == "file"}
+    return with_bundles(document, repo.meta.bundles_for(base.manifest_digest, target.manifest_digest), have)
 
 
 # --------------------------------------------------------------------------- building
@@ -119,7 +130,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             for recipe in made:
                 if recipe.kind == "raw":
                     continue
-                store.ingest_file(recipe.path, expected=recipe.object)
+                repo.ingest_file(recipe.path, expected=recipe.object)
                 rows.append({"base": base if recipe.kind == "patch" else "", "kind": recipe.kind,
                              "algorithm": recipe.algorithm, "object": recipe.object, "size": recipe.size,
                              "build_seconds": recipe.build_s})
@@ -131,7 +142,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
                 compress_file(target_file, out, limits.compress_level)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
-                ingested = store.ingest_file(out)
+                ingested = repo.ingest_file(out)
                 rows.append({"base": "", "kind": "compressed", "algorithm": "zstd", "object": ingested.digest,
                              "size": ingested.size, "build_seconds": time.monotonic() - started})
     finally:
@@ -163,13 +174,74 @@ def requeue_dead(repo: Repo) -> int:
     return requeued
 
 
+def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimits) -> list[dict[str, Any]]:
+    """The bundles worth building for a release pair (deltagen.bundle_candidates), built,
+    verified and stored.  Each changed target brings the base of its best patch, else
+    the first base the planner chose for it."""
+    base_files, target_files = _signed(base)["files"], _signed(target)["files"]
+    have = {e["blake3"] for e in base_files if e["type"] == "file"}
+    sizes = {e["blake3"]: e["size"] for e in base_files + target_files if e["type"] == "file"}
+    pairs = plan_pairs(base_files, target_files, repo.config.delta_tiny_bytes)
+    first_base: dict[str, str] = {}
+    for b, t in pairs:
+        if b:
+            first_base.setdefault(t, b)
+    recipes = repo.meta.recipes_for({t for _, t in pairs})
+    files = []
+    for entry in sorted((e for e in target_files if e["type"] == "file" and e["blake3"] not in have),
+                        key=lambda e: e["path"]):
+        t = entry["blake3"]
+        patch = next((r for r in offered(recipes.get(t, []), t, entry["size"], have) if r["kind"] == "patch"), None)
+        b = patch["base"] if patch else first_base.get(t)
+        files.append({"target": t, "path": entry["path"], "size": entry["size"], "base": b,
+                      "base_size": sizes.get(b, 0) if b else 0})
+    rows: list[dict[str, Any]] = []
+    for candidate in bundle_candidates(files, limits):
+        if len(candidate.targets) < 2:
+            continue
+        workdir = Path(tempfile.mkdtemp(prefix="bundle-", dir=repo.objects.tmp_dir))
+        try:
+            with contextlib.ExitStack() as stack:
+                bases = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.bases]
+                targets = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.targets]
+                info = build_bundle(bases, targets, workdir / "bundle.zst", limits)
+            repo.ingest_file(info.path, expected=info.object)
+            rows.append({**info.to_dict(), "build_seconds": info.build_s})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest: str,
+                    limits: DeltaLimits) -> bool:
+    base, target = repo.meta.release_by_manifest(base_manifest), repo.meta.release_by_manifest(target_manifest)
+    if base is None or target is None:
+        repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error="release deleted")
+        return True
+    pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
+    if any(state in ("queued", "running") for state in repo.meta.job_states(pairs).values()):
+        # Bundles use each file's best patch base: wait for the per-file builds.
+        repo.meta.defer_job(base_manifest, target_manifest, owner)
+        return False
+    try:
+        rows = build_bundles(repo, base, target, limits)
+    except (DeltaError, NotFound, OSError) as exc:
+        log.warning("bundle build %s -> %s failed: %s", base.version, target.version, exc)
+        repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error=f"{type(exc).__name__}: {exc}")
+        return True
+    repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, rows)
+    return True
+
+
 def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
-    """Claim and build one job; False when the queue is empty."""
+    """Claim and build one job; False when the queue is empty (or only waits)."""
     lease = repo.config.delta_time_budget_s * 3 + 60
     job = repo.meta.claim_job(owner, lease, repo.config.delta_max_attempts)
     if job is None:
         return False
     base, target = job
+    if repo.meta.job_kind(base, target) == "bundle":
+        return _run_bundle_job(repo, owner, base, target, limits)
     try:
         rows = build_job(repo, base, target, limits)
     except (DeltaError, NotFound, OSError) as exc:
@@ -186,9 +258,13 @@ def drain(repo: Repo) -> int:
     owner = owner_id()
     limits = limits_for(repo)
     done = 0
-    while run_one(repo, owner, limits):
-        done += 1
-    return done
+    while True:
+        if run_one(repo, owner, limits):
+            done += 1
+        elif repo.meta.jobs_summary(limit=1)["counts"]["queued"] == 0:
+            return done
+        else:
+            time.sleep(0.05)  # a bundle job waits for per-file builds someone else is running
 
 
 class DeltaBuilder:

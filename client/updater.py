@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import httpx
 
-from deltagen import DeltaError, apply_patch, decompress_file
+from deltagen import DeltaError, apply_bundle, apply_patch, choose_cover, decompress_file
 from deltagen.digests import blake3_file
 
 from . import trust, windows
@@ -73,6 +73,18 @@ class _FilePlan:
     entry: dict[str, Any]
     local: Path | None                     # a verified local file with this content
     recipes: list[dict[str, Any]]          # remaining options, cheapest first
+    bundle: dict[str, Any] | None = None   # a chosen bundle rebuilding this file (recipes: fallback)
+
+
+def _downloads(plans: list[_FilePlan]) -> dict[str, int]:
+    """Objects of the planned first choices: each chosen bundle once, else each file's cheapest."""
+    wanted: dict[str, int] = {}
+    for p in plans:
+        if p.local is not None:
+            continue
+        first = p.bundle if p.bundle is not None else p.recipes[0]
+        wanted[first["object"]] = int(first["size"])
+    return wanted
 
 
 class Updater:
@@ -254,12 +266,48 @@ class Updater:
                     options.append(raw)
                 options.sort(key=lambda o: o["size"])
             plans.append(_FilePlan(entry, local, options))
+        self._plan_bundles(plans, recipes, index)
         return plans
+
+    def _plan_bundles(self, plans: list[_FilePlan], recipes: dict[str, Any],
+                      index: dict[str, list[Path]]) -> None:
+        """Use a bundle when it is smaller than the cheapest per-file recipes of the members
+        still needed (``deltagen.choose_cover`` over all usable bundles, each counted once)."""
+        need = {p.entry["blake3"]: int(p.recipes[0]["size"]) for p in plans if p.local is None}
+        bundles: dict[str, dict[str, Any]] = {}
+        for digest in need:
+            for recipe in recipes.get(digest, []):
+                if recipe.get("kind") != "bundle" or recipe.get("algorithm") != "zstd":
+                    continue
+                if recipe.get("object") in bundles:
+                    continue
+                try:
+                    members = recipe["members"]
+                    bases = [self._local_source(index, b) for b in recipe["bases"]]
+                    if not members or any(b is None for b in bases):
+                        continue  # we lack (an intact copy of) a base
+                    bundles[recipe["object"]] = {**recipe, "base_paths": [str(b) for b in bases]}
+                except (KeyError, TypeError):
+                    continue
+        if not bundles:
+            return
+        usable = list(bundles.values())
+        cover = choose_cover(need, [({m["blake3"] for m in b["members"]}, int(b["size"])) for b in usable])
+        for i in cover.bundles:
+            covered = {m["blake3"] for m in usable[i]["members"]}
+            for plan in plans:
+                if plan.local is None and plan.bundle is None and plan.entry["blake3"] in covered:
+                    plan.bundle = usable[i]
 
     # ------------------------------------------------------------------ fetch + apply
     async def _materialise(self, fetcher: Fetcher, plan: _FilePlan, dest: Path) -> None:
         entry = plan.entry
         mode = installed_mode(entry)
+        if plan.local is None and plan.bundle is not None:
+            built = self._bundled.get(plan.entry["blake3"])
+            if built is not None and built.is_file():
+                os.chmod(built, mode)  # a verified member in downloads/: link it like a raw object
+                plan.local = built
         if plan.local is not None:
             place_file(plan.local, dest, mode, link=True)
             if not dest.stat().st_nlink > 1:
@@ -301,8 +349,10 @@ class Updater:
         remove_tree(staging)
         staging.mkdir(parents=True)
         self._written: list[Path] = []
-        # Download the first choice of every file in parallel; fallbacks happen per file.
-        wanted = {p.recipes[0]["object"]: int(p.recipes[0]["size"]) for p in plans if p.local is None}
+        self._bundled: dict[str, Path] = {}
+        # Download the first choice of every file (each chosen bundle once) in parallel;
+        # fallbacks happen per file.
+        wanted = _downloads(plans)
         results = await asyncio.gather(*(fetcher.object(d, s) for d, s in wanted.items()), return_exceptions=True)
         for result in results:
             if isinstance(result, OSError) and result.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -310,6 +360,7 @@ class Updater:
             if isinstance(result, BaseException) and not isinstance(result, (DownloadError, OSError)):
                 raise result
         _crash_point("after_fetch")
+        await self._apply_bundles(fetcher, plans)
         for i, plan in enumerate(plans):
             await self._materialise(fetcher, plan, staging / plan.entry["path"])
             if i == len(plans) // 2:
@@ -324,6 +375,32 @@ class Updater:
             raise ClientError("staged tree does not match the signed manifest", detail=problems[:20])
         fsync_tree(staging, self._written)
         return staging
+
+    async def _apply_bundles(self, fetcher: Fetcher, plans: list[_FilePlan]) -> None:
+        """Rebuild the members of every chosen bundle into downloads/<blake3>, each verified.
+
+        A member that does not verify (or a bundle that cannot be fetched or decoded)
+        leaves its files to their per-file recipes; the members that verified are kept.
+        """
+        chosen = {p.bundle["object"]: p.bundle for p in plans if p.local is None and p.bundle is not None}
+        for digest, bundle in chosen.items():
+            errors: dict[str, str] = {}
+            try:
+                obj = await fetcher.object(digest, int(bundle["size"]))
+                built = apply_bundle([Path(b) for b in bundle["base_paths"]], obj, bundle["members"],
+                                     self.layout.downloads, errors=errors)
+            except (DownloadError, DeltaError, OSError, KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientSpace(f"disk full while applying a bundle: {exc}") from None
+                self.log(f"bundle {digest[:12]}: {getattr(exc, 'message', None) or exc}; "
+                         "using per-file recipes for its files")
+                if isinstance(exc, DeltaError):
+                    fetcher.final_path(digest).unlink(missing_ok=True)
+                continue
+            self._bundled.update(built)
+            for member, reason in errors.items():
+                self.log(f"bundle {digest[:12]}: member {member[:12]} failed ({reason}); "
+                         "using its per-file recipes")
 
     # ------------------------------------------------------------------ health and rollback
     def _health(self, version: str, command: str | None) -> tuple[bool, str]:
@@ -466,7 +543,7 @@ class Updater:
             self._preflight(plans)
             self.layout.write_json("journal.json", {**journal, "phase": "fetching"})
             _crash_point("after_journal")
-            self.progress_total(sum(int(p.recipes[0]["size"]) for p in plans if p.local is None))
+            self.progress_total(sum(_downloads(plans).values()))
             try:
                 staging = await self._stage(fetcher, envelope, plans)
             except BaseException:
@@ -493,7 +570,7 @@ class Updater:
             return result
 
     def _preflight(self, plans: list[_FilePlan]) -> None:
-        download = sum(int(p.recipes[0]["size"]) for p in plans if p.local is None)
+        download = sum(_downloads(plans).values())
         new_bytes = sum(int(p.entry["size"]) for p in plans if p.local is None)
         needed = int(self.config.free_space_factor * download) + new_bytes
         free = shutil.disk_usage(self.layout.root).free

@@ -29,6 +29,9 @@ class DeltaLimits:
     zstd_level: level for zstd patch-from (1..22);
         compress_level: level for the full compressed form.
     max_output_bytes: largest output apply/decompress will ever produce.
+    bundle_max_bytes: a bundle (deltagen/bundles.py) is refused, on build and on apply,
+        when its bases (the prefix) plus its targets are larger.  Build memory is about
+        3x this plus ~300 MiB of level-19 tables; apply memory about 2x this.
     """
 
     bsdiff_max_bytes: int = 64 * MiB
@@ -39,10 +42,13 @@ class DeltaLimits:
     zstd_level: int = 19
     compress_level: int = 19
     max_output_bytes: int = 4 * GiB
+    bundle_max_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         if self.zstd_patch_max_bytes > (1 << ZSTD_WINDOW_LOG_MAX):
             raise ValueError("zstd_patch_max_bytes cannot exceed 2 GiB (window log 31)")
+        if self.bundle_max_bytes > (1 << ZSTD_WINDOW_LOG_MAX):
+            raise ValueError("bundle_max_bytes cannot exceed 2 GiB (window log 31)")
         for name in ("zstd_level", "compress_level"):
             if not 1 <= getattr(self, name) <= 22:
                 raise ValueError(f"{name} must be 1..22")
