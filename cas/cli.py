@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from client.errors import DocumentError
 
-from . import channels, checkout, deltas, keys, publisher, releases, rollouts
+from . import channels, checkout, deltas, gc, keys, publisher, releases, rollouts
 from .clock import clock_from_env
 from .config import load_config
 from .errors import CasError
@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys.init_keys(Path(config.store), repo.meta)
         repo.reload_keys()
         print(f"cas: made new keys; clients trust {config.store}/root.json", file=sys.stderr)
-    if repo.root() is None and config.enforce_signatures:
+    if repo.root() is None and config.enforce_signatures and not config.mirror_of:
         print(f"cas: warning: no keys in {config.store}; run `cas keys init --store {config.store}` "
               "(publishing is refused until then)", file=sys.stderr)
     common: dict[str, Any] = dict(host=config.host, port=config.port, log_level=args.log_level,
@@ -196,6 +196,37 @@ def cmd_release_critical(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_delete(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote:
+        call(*remote, "DELETE", f"/v1/products/{args.product}/releases/{args.version}",
+             params={"reason": args.reason or ""})
+    else:
+        gc.delete_release(_repo(args), args.product, args.version, "local", args.reason or "")
+    _print(args, {"deleted": f"{args.product} {args.version}"},
+           f"deleted {args.product} {args.version}; its objects go at the next `cas gc` runs")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    body = {"dry_run": args.dry_run, "grace_seconds": args.grace, "retain": args.retain}
+    if remote:
+        data = call(*remote, "POST", "/v1/admin/gc", json=body)
+    else:
+        data = gc.collect(_repo(args), args.grace, args.dry_run, args.retain, "local").to_dict()
+    if args.dry_run:
+        human = (f"dry run: would delete {len(data['would_delete'])} objects, mark {len(data['would_mark'])} "
+                 f"unreferenced ones, delete releases: {', '.join(data['releases_deleted']) or 'none'}")
+    else:
+        human = (f"deleted {len(data['deleted'])} objects ({data['deleted_bytes']:,} bytes), marked "
+                 f"{data['marked']} unreferenced objects (deleted after {args.grace}s if still unreferenced), "
+                 f"revived {data['revived']}, pruned {data['recipes_pruned']} recipes; releases deleted: "
+                 f"{', '.join(data['releases_deleted']) or 'none'}")
+    _print(args, data, human)
+    return 0
+
+
 def cmd_release_history(args: argparse.Namespace) -> int:
     remote = _remote(args)
     if remote:
@@ -321,10 +352,14 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    import time
+    from .dashboard import record_fsck
     repo = _repo(args)
+    started = time.time()
     report = repo.objects.fsck(quarantine=not args.no_quarantine)
     missing = [d for d, _ in repo.meta.referenced_objects() if not repo.objects.exists(d)]
     data = {**report.__dict__, "missing_referenced": missing}
+    record_fsck(repo.config.store, data, started, time.time())  # STORE/fsck-last.json, shown by the dashboard
     human = (f"checked {report.checked} objects ({report.bytes:,} bytes): {len(report.corrupt)} corrupt"
              + "".join(f"\n  corrupt {d} -> quarantined" if not args.no_quarantine else f"\n  corrupt {d}"
                        for d in report.corrupt)
@@ -334,18 +369,85 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    repo = _repo(args)
-    count, stored = repo.objects.usage()
-    logical = repo.meta.logical_bytes()
-    referenced = sum(size for _, size in repo.meta.referenced_objects())
-    data = {"objects": count, "stored_bytes": stored, "logical_bytes": logical,
-            "unique_referenced_bytes": referenced,
-            "dedup_ratio": round(logical / referenced, 3) if referenced else None,
-            "releases": sum(p["releases"] for p in repo.meta.list_products())}
+    from .dashboard import store_stats
+    remote = _remote(args) if args.server or not args.store else None  # an explicit --store reads it
+    # The same figures as the dashboard's overview (GET /v1/admin/dashboard/overview -> "stats").
+    data = call(*remote, "GET", "/v1/admin/dashboard/overview")["stats"] if remote else store_stats(_repo(args))
+    count, stored, logical = data["objects"], data["stored_bytes"], data["logical_bytes"]
+    referenced = data["unique_referenced_bytes"]
     ratio = f"{data['dedup_ratio']:.2f}x" if data["dedup_ratio"] else "n/a"
     _print(args, data, f"releases      {data['releases']}\nobjects       {count}\n"
            f"logical bytes {logical:,}\nunique bytes  {referenced:,}\nstored bytes  {stored:,}\n"
            f"dedup ratio   {ratio} (logical / unique release bytes)")
+    return 0
+
+
+DASHBOARD_VIEWS = ("overview", "deltas", "channels", "health")
+
+
+def _dashboard_human(view: str, data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if view == "overview":
+        for p in data["products"]:
+            lines.append(f"{p['name']}: channels " + (", ".join(f"{c['channel']} -> {c['release']}" + (
+                f" (rolling out {c['candidate']})" if c["candidate"] else "") for c in p["channels"]) or "none"))
+            lines += [f"  {r['version']:12} {r['status']:10} {r['files']:6} files  {r['logical_bytes']:>14,} logical"
+                      f"  {r['new_bytes']:>14,} new in store  {r['deduplicated_bytes']:>14,} deduplicated"
+                      for r in p["releases"]]
+        st = data["stats"]
+        lines.append(f"store: {st['objects']} objects, {st['stored_bytes']:,} bytes stored, "
+                     f"dedup ratio {st['dedup_ratio'] or 'n/a'}")
+    elif view == "deltas":
+        c = data["queue"]["counts"]
+        lines.append("builds: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        for p in data["products"]:
+            for r in p["releases"]:
+                for b in r["bases"]:
+                    kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(b["bytes"]["by_kind"].items()))
+                    lines.append(f"{p['name']} {r['version']} from {b['from']}: "
+                                 f"{'complete' if b['complete'] else 'building'}; {b['bytes']['recipes']:,} of "
+                                 f"{b['bytes']['full']:,} bytes (saves {b['savings_percent']}%): {kinds}")
+                    lines += [f"  failed {f['path'] or f['target'][:12]}: {f['error']}" for f in b["failed"]]
+    elif view == "channels":
+        for p in data["products"]:
+            for ch in p["channels"]:
+                line = f"{p['name']}/{ch['channel']} -> {ch['release']} (sequence {ch['sequence']})"
+                r = ch["rollout"]
+                if r:
+                    line += (f"; {r['strategy']} rollout of {r['release']} {r['state']} at {r['percent']}%; "
+                             + ", ".join(f"stage {st['percent']}%: {st['success']} ok, {st['failed']} failed, "
+                                         f"{st['rolled_back']} rolled back" for st in r["stage_reports"]))
+                lines.append(line)
+    else:
+        st, f, rq = data["store"], data["fsck"], data["requests"]
+        lines.append(f"store: {st['objects']} objects, {st['stored_bytes']:,} bytes; quarantined {st['quarantined']}")
+        lines.append("last fsck: " + ("never" if not f else f.get("error") or
+                                      f"{'ok' if f['ok'] else 'PROBLEMS'} at {f['finished']} ({f['checked']} objects)"))
+        lines.append("gc: " + data["gc"]["message"])
+        lines.append("delta builds: " + ", ".join(f"{k} {v}" for k, v in data["deltas"].items()))
+        if rq:
+            lines.append(f"requests: {rq['total']} ({rq['client_errors']} 4xx, {rq['server_errors']} 5xx), "
+                         f"{rq['average_per_second']}/s on average")
+    return "\n".join(lines) or "nothing yet"
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    remote = _remote(args) if args.server or not args.store else None  # an explicit --store reads it
+    if remote:
+        query = f"?product={args.product}" if args.product and args.view in ("deltas", "channels") else ""
+        data = call(*remote, "GET", f"/v1/admin/dashboard/{args.view}{query}")
+    else:  # the same documents from the local store (no request counters: those live in the server)
+        from . import dashboard
+        repo, figures = _repo(args), dashboard.Figures()
+        if args.view == "overview":
+            data = dashboard.overview(repo, figures)
+        elif args.view == "deltas":
+            data = dashboard.deltas(repo, figures, args.product)
+        elif args.view == "channels":
+            data = dashboard.channels_view(repo, clock_from_env(), args.product)
+        else:
+            data = dashboard.health(repo, figures)
+    _print(args, data, _dashboard_human(args.view, data))
     return 0
 
 
@@ -400,6 +502,31 @@ def cmd_deltas_worker(args: argparse.Namespace) -> int:
         os._exit(0)
     signal.signal(signal.SIGTERM, stop)
     builder.run_forever()
+    return 0
+
+
+def cmd_mirror_sync(args: argparse.Namespace) -> int:
+    from .mirror import MirrorSync
+    repo = _repo(args)
+    upstream = args.upstream or repo.config.mirror_of
+    if not upstream:
+        raise CasError("name the upstream: cas mirror sync --upstream URL", code="bad_request")
+    trusted = Path(args.root).read_bytes() if args.root else None
+    sync = MirrorSync(repo, upstream, trusted, args.product, jobs=args.jobs,
+                      token=args.token or os.environ.get("CAS_UPSTREAM_TOKEN"),
+                      log=lambda m: print(f"cas mirror: {m}", file=sys.stderr))
+    stats = sync.run()
+    _print(args, stats.__dict__, f"mirrored {upstream}: {stats.documents_updated} documents updated, "
+           f"{stats.documents_unchanged} unchanged, {stats.objects_fetched} objects fetched "
+           f"({stats.object_bytes:,} bytes), {stats.requests} requests, {stats.bytes_downloaded:,} bytes")
+    return 0
+
+
+def cmd_mirror_export(args: argparse.Namespace) -> int:
+    from .mirror import export
+    stats = export(_repo(args), Path(args.dest))
+    _print(args, stats.__dict__, f"exported to {args.dest}: {stats.documents} documents, {stats.objects} objects "
+           f"({stats.linked} hardlinked, {stats.copied} copied); serve it with docs/nginx-mirror.conf")
     return 0
 
 
@@ -465,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None)
     p.add_argument("--move-channel-to", default=None, metavar="VERSION",
                    help="first point every channel on this release at VERSION")
+    remote(p)
+    p = add("delete", cmd_release_delete, r, help="delete a draft or deprecated release")
+    p.add_argument("product")
+    p.add_argument("version")
+    p.add_argument("--reason", default=None)
     remote(p)
     p = add("critical", cmd_release_critical, r, help="mark a release critical (applied outside windows)")
     p.add_argument("product")
@@ -542,14 +674,37 @@ def build_parser() -> argparse.ArgumentParser:
     remote(p)
     add("worker", cmd_deltas_worker, d, help="build queued deltas until stopped (run by cas serve)")
 
+    mi = sub.add_parser("mirror", help="read-only mirrors of another server").add_subparsers(
+        dest="mirror_command", required=True)
+    p = add("sync", cmd_mirror_sync, mi, help="copy releases, channels, roots, deltas and objects, verified")
+    p.add_argument("--upstream", default=None, help="upstream server URL (default: mirror_of in config.toml)")
+    p.add_argument("--product", action="append", default=None, help="only this product (repeatable)")
+    p.add_argument("--root", default=None, help="trusted root.json (default: trust on first use, with a warning)")
+    p.add_argument("--jobs", type=int, default=4, help="parallel object downloads")
+    p.add_argument("--token", default=None, help="read token for the upstream (default $CAS_UPSTREAM_TOKEN)")
+    p.add_argument("--config", default=None)
+    p = add("export", cmd_mirror_export, mi, help="write a static tree of the read API (docs/nginx-mirror.conf)")
+    p.add_argument("dest")
+
     p = sub.add_parser("demo", help="start a server, publish, update a client, roll back; then clean up")
     p.set_defaults(func=cmd_demo)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--dir", default=None, help="work here instead of a new temporary directory")
 
+    p = add("gc", cmd_gc, help="delete unreferenced objects (mark, tombstone, sweep)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    p.add_argument("--grace", type=int, default=6 * 3600, help="seconds an object stays tombstoned first")
+    p.add_argument("--retain", type=int, default=None, help="keep the last N released versions per product")
+    remote(p)
+
     p = add("fsck", cmd_fsck, help="re-hash every object, quarantine corrupt ones")
     p.add_argument("--no-quarantine", action="store_true")
-    add("stats", cmd_stats, help="logical and stored bytes, dedup ratio")
+    p = add("stats", cmd_stats, help="logical and stored bytes, dedup ratio")
+    remote(p)
+    p = add("dashboard", cmd_dashboard, help="the operator dashboard's views (the JSON the web page at / renders)")
+    p.add_argument("view", choices=list(DASHBOARD_VIEWS))
+    p.add_argument("--product", default=None, help="deltas and channels: only this product")
+    remote(p)
     return parser
 
 

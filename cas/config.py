@@ -1,7 +1,8 @@
 """Server configuration: every limit is named here with its default.
 
 Read from ``STORE/config.toml`` (or ``--config FILE``); environment variables
-override the file: CAS_STORE, CAS_ADMIN_TOKEN, CAS_PUBLISH_TOKEN, CAS_READ_TOKEN.
+override the file: CAS_STORE, CAS_ADMIN_TOKEN, CAS_PUBLISH_TOKEN, CAS_READ_TOKEN,
+CAS_METADATA_URL.
 """
 from __future__ import annotations
 
@@ -69,7 +70,11 @@ class Config:
     delta_bsdiff_max_bytes: int = 64 << 20
     delta_tiny_bytes: int = 512
     delta_max_attempts: int = 3
+    delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
     delta_poll_seconds: float = 1.0
+    # Metadata (cas/metadata.py): empty for SQLite at STORE/meta.db (the embedded default),
+    # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata_postgres.py).
+    metadata_url: str = ""
     # Object store (cas/objectstore.py): "filesystem" (STORE/objects, the default) or "s3".
     # S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
     object_store: str = "filesystem"
@@ -145,5 +150,7 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     config = replace(config, token_hashes=hashes)
     config = config.with_tokens(admin=env.get("CAS_ADMIN_TOKEN"), publish=env.get("CAS_PUBLISH_TOKEN"),
                                 read=env.get("CAS_READ_TOKEN"))
+    if env.get("CAS_METADATA_URL"):
+        config = replace(config, metadata_url=env["CAS_METADATA_URL"])
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(config, **overrides) if overrides else config

@@ -12,8 +12,14 @@ import pytest
 import deltagen
 from deltagen.digests import blake3_file
 
-pytestmark = pytest.mark.skipif(not (shutil.which("bspatch") and shutil.which("zstd")),
-                                reason="stock bspatch/zstd not installed")
+# The stock tools are the point of these tests: without them they fail (.ci/run installs
+# Debian's bsdiff and zstd packages).
+
+
+@pytest.fixture(autouse=True)
+def _stock_tools() -> None:
+    missing = [tool for tool in ("bspatch", "zstd") if shutil.which(tool) is None]
+    assert not missing, f"{missing} not installed: apt-get install bsdiff zstd (.ci/run does)"
 
 
 def _pair(tmp_path: Path, size: int = 600_000) -> tuple[Path, Path]:

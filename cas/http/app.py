@@ -20,7 +20,7 @@ from ..errors import CasError
 from ..repo import Repo
 from ..uploads import Uploads
 from .deltaworker import DeltaWorkerProcess
-from . import objects, releases, reports, rollouts
+from . import dashboard, objects, releases, reports, rollouts
 from .errors import handle_cas_error, handle_http_exception, handle_unexpected
 from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
@@ -50,6 +50,9 @@ async def _every(seconds: float, job, name: str) -> None:
 
 
 def create_app(repo: Repo) -> Starlette:
+    if repo.config.mirror_of:  # read-only mirror: serves what `cas mirror sync` copied (cas/http/mirror.py)
+        from .mirror import create_mirror_app
+        return create_mirror_app(repo)
     metrics_ = Metrics()
     uploads = Uploads(repo)
 
@@ -101,6 +104,9 @@ def create_app(repo: Repo) -> Starlette:
         Route(p + "/releases/{version}/history", releases.get_history, methods=["GET"]),
         Route(p + "/releases/{version}/delta", releases.get_delta, methods=["GET"]),
         Route(p + "/releases/{version}/critical", releases.post_critical, methods=["POST"]),
+        Route(p + "/releases/{version}", releases.delete_release, methods=["DELETE"]),
+        Route("/v1/admin/gc", releases.run_gc, methods=["POST"]),
+        Route("/v1/admin/gc", releases.gc_status, methods=["GET"]),
         Route(p + "/reports", reports.post_report, methods=["POST"]),
         Route(p + "/reports", reports.list_reports, methods=["GET"]),
         Route("/v1/admin/deltas", releases.deltas_status, methods=["GET"]),
@@ -120,6 +126,7 @@ def create_app(repo: Repo) -> Starlette:
         Route("/v1/uploads/{upload_id}", objects.append_upload, methods=["PATCH"]),
         Route("/v1/uploads/{upload_id}", objects.complete_upload, methods=["PUT"]),
         Route("/v1/uploads/{upload_id}", objects.cancel_upload, methods=["DELETE"]),
+        *dashboard.routes(),  # operator page at / and /v1/admin/dashboard/* (cas/http/dashboard.py)
     ]
     app = Starlette(
         routes=routes,
@@ -136,4 +143,5 @@ def create_app(repo: Repo) -> Starlette:
     app.state.clock = clock
     app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
+    app.state.dashboard = dashboard.DashboardState()
     return app

@@ -9,7 +9,7 @@ from client.documents import canonical_bytes, parse_json
 from client.errors import DocumentError
 from deltagen.digests import blake3_bytes
 
-from .. import channels, deltas, releases
+from .. import channels, deltas, gc, releases
 from ..errors import BadRequest, Invalid, NotFound
 from .auth import require
 from .conditional import etag_matches, read_body
@@ -197,3 +197,31 @@ async def post_critical(request: Request) -> Response:
                                       request.path_params["product"], request.path_params["version"],
                                       critical, actor, reason)
     return JSONResponse({"product": release.product, **release.summary()})
+
+
+async def delete_release(request: Request) -> Response:
+    actor = require(request, "admin")
+    reason = request.query_params.get("reason", "")
+    await run_in_threadpool(gc.delete_release, request.app.state.repo, request.path_params["product"],
+                            request.path_params["version"], actor, reason)
+    return Response(status_code=204)
+
+
+async def run_gc(request: Request) -> Response:
+    actor = require(request, "admin")
+    body = await _json_body(request)
+    dry_run, grace, retain = body.get("dry_run", False), body.get("grace_seconds", 6 * 3600), body.get("retain")
+    if (not isinstance(dry_run, bool) or not isinstance(grace, int) or isinstance(grace, bool)
+            or (retain is not None and (not isinstance(retain, int) or isinstance(retain, bool)))):
+        raise Invalid('send {"dry_run": bool, "grace_seconds": int, "retain": int|null}', code="bad_request")
+    report = await run_in_threadpool(gc.collect, request.app.state.repo, grace, dry_run, retain, actor)
+    return JSONResponse(report.to_dict())
+
+
+async def gc_status(request: Request) -> Response:
+    require(request, "admin")
+    repo = request.app.state.repo
+    last = await run_in_threadpool(repo.meta.last_gc_run)
+    tombs = await run_in_threadpool(repo.meta.tombstones)
+    return JSONResponse({"last_run": last, "tombstones": len(tombs),
+                         "deleting": sum(1 for state, _ in tombs.values() if state == "deleting")})
