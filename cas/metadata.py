@@ -18,6 +18,7 @@ transactions, the migration bookkeeping and two lock clauses:
 """
 from __future__ import annotations
 
+import abc
 import json
 import sqlite3
 import threading
@@ -318,7 +319,7 @@ class Connection(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
 
 
-class Metadata:
+class Metadata(abc.ABC):
     """Every query, once.  Rows read by name or index (``row["x"]``, ``row[0]``, ``dict(row)``)."""
 
     #: appended to a SELECT whose rows the transaction goes on to change
@@ -329,25 +330,29 @@ class Metadata:
     INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
 
     # -- what a backend supplies
+    @abc.abstractmethod
     def _conn(self) -> Connection:
-        raise NotImplementedError
+        """This thread's connection."""
 
+    @abc.abstractmethod
     def _tx(self) -> Any:
         """A context manager: a write transaction on this thread's connection."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close this thread's connection."""
 
+    @abc.abstractmethod
     def schema_version(self) -> int:
-        raise NotImplementedError
+        """The migration the store is at."""
 
+    @abc.abstractmethod
     def migrate(self) -> None:
-        raise NotImplementedError
+        """Apply the migrations the store lacks; refuse a store newer than this program."""
 
+    @abc.abstractmethod
     def data_version(self) -> int:
         """A number that changes whenever a channel may have changed (cheap cache check)."""
-        raise NotImplementedError
 
     # -- roots
     def put_root(self, version: int, document: bytes) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from deltagen.digests import CHUNK, hash_stream, is_digest
+from deltagen.output import fsync_dir
 
 from .errors import Invalid, NotFound
 from .objectstore import FsckReport, Ingested, ObjectStore, ObjectWriter, StagedObjectStore
@@ -26,14 +27,6 @@ __all__ = ["OBJECT_MODE", "FilesystemObjectStore", "FsckReport", "Ingested", "Ob
            "fsync_dir", "link_or_copy"]
 
 OBJECT_MODE = 0o444
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FilesystemObjectStore(StagedObjectStore):

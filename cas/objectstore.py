@@ -16,6 +16,8 @@ before it is complete and verified.
 """
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import os
 import tempfile
@@ -130,17 +132,19 @@ class ObjectWriter:
             self.temp_path.unlink(missing_ok=True)
 
 
-class StagedObjectStore:
+class StagedObjectStore(abc.ABC):
     """Writing, ingest and temp sweeping shared by the backends; they add ``install`` and reads."""
 
     tmp_dir: Path
     max_object_bytes: int
 
+    @abc.abstractmethod
     def exists(self, digest: str) -> bool:
-        raise NotImplementedError
+        """Whether the object is stored."""
 
+    @abc.abstractmethod
     def install(self, temp_path: Path, digest: str) -> bool:
-        raise NotImplementedError
+        """Move a complete, fsynced, verified temp file into place; False if already present."""
 
     def missing(self, digests: list[str]) -> list[str]:
         return [d for d in dict.fromkeys(digests) if not self.exists(d)]

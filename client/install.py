@@ -15,8 +15,6 @@ from typing import Any, Iterable, Mapping
 
 from deltagen.digests import blake3_file
 
-from .installroot import fsync_dir
-
 FSYNC_THREADS = 16
 
 

@@ -20,18 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from client.paths import check_name
+from deltagen.output import fsync_dir
 
 from .errors import UpdateInProgress
 
 LINKS = ("current", "previous", "factory")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

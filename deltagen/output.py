@@ -19,17 +19,24 @@ from .errors import SizeExceeded
 StrPath = str | os.PathLike[str]
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+def fsync_dir(directory: StrPath) -> None:
+    """Make a directory's entries durable (after a create, rename or unlink in it).
+
+    The one place deltacas fsyncs a directory: the server's store, the client's
+    install root and deltagen's outputs all call it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best effort, for outputs that may sit on a filesystem without directory fsync."""
+    try:
+        fsync_dir(directory)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
-import os
 from typing import BinaryIO
 
 CHUNK = 1 << 20

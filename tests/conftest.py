@@ -127,3 +127,15 @@ def store_snapshot(store: Path) -> dict[str, Any]:
         conn.close()
     uploads = sorted(p.name for p in (store / "uploads").iterdir()) if (store / "uploads").exists() else []
     return {"objects": objects, "rows": rows, "uploads": uploads}
+
+
+def wait_for_builds(http: httpx.Client, timeout: float = 120) -> dict[str, Any]:
+    """Poll the server's delta queue until nothing is queued or running; its summary."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = http.get("/v1/admin/deltas").json()
+        if status["counts"]["queued"] == 0 and status["counts"]["running"] == 0:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"delta builds did not finish: {status.get('counts')}")

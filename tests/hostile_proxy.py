@@ -42,6 +42,8 @@ from typing import Any, Callable
 
 import httpx
 
+from conftest import wait_for_builds  # noqa: F401  (re-exported for the network tests)
+
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "te",
        "trailer", "upgrade", "proxy-connection", "host", "accept-encoding"}
 REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
@@ -302,14 +304,3 @@ VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 
 # Small timeouts and backoff so that faults cost tenths of a second, not minutes.
 FAST_CLIENT = dict(backoff_s=0.05, max_backoff_s=2.0, read_timeout_s=2.0, connect_timeout_s=2.0, attempts=3)
-
-
-def wait_for_builds(http: httpx.Client, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = http.get("/v1/admin/deltas").json()
-        if status["counts"]["queued"] == 0 and status["counts"]["running"] == 0:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"builds did not finish: {status.get('counts')}")

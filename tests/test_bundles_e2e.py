@@ -10,7 +10,7 @@ import pytest
 from client.updater import Updater
 from deltagen.digests import blake3_file
 
-from conftest import Server, start_server
+from conftest import start_server
 
 FILES = 16
 

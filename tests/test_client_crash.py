@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 
 from client.install import tree_problems
 from client.updater import CRASH_ENV
 from fixtures import write_release
 
-from conftest import Server, start_server
+from conftest import Server, start_server, wait_for_builds
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = "delta_poll_seconds = 0.2\n"
@@ -34,16 +33,6 @@ GOOD_POINTS = ["after_journal", "after_fetch", "mid_stage", "after_manifest_cach
                "after_staged_journal", "after_previous_link", "after_current_swap", "before_health",
                "after_health"]
 BAD_POINTS = ["before_health", "mid_rollback", "after_rollback"]
-
-
-def wait_for_builds(http: httpx.Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = http.get("/v1/admin/deltas").json()["counts"]
-        if counts["queued"] == 0 and counts["running"] == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("delta builds did not finish")
 
 
 def cli(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from cas.keys import load_private_key, root_signed
 from cas.metadata import SqliteMetadata
 from client.documents import (canonical_bytes, document_digest, format_time, generate_key, private_to_pem,
                               sign, utc_now)
-from client.errors import ClientError, DocumentError, ExpiredDocument, RollbackAttack, SignatureError
+from client.errors import DocumentError, ExpiredDocument, RollbackAttack, SignatureError
 from client.updater import Updater
 
 from conftest import Server, start_server

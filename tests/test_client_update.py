@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 
 from client import cli as client_cli
@@ -27,23 +26,12 @@ from client.installroot import InstallRoot
 from client.updater import Updater
 from fixtures import write_release
 
-from conftest import Server, start_server
+from conftest import Server, start_server, wait_for_builds
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = "delta_poll_seconds = 0.2\n"
 GOOD = ["1.0.0", "1.1.0", "1.2.0"]
 BAD = "1.3.0"
-
-
-def wait_for_builds(http: httpx.Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = http.get("/v1/admin/deltas").json()["counts"]
-        if counts["queued"] == 0 and counts["running"] == 0:
-            assert counts["failed"] == 0
-            return
-        time.sleep(0.2)
-    raise AssertionError("delta builds did not finish")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +45,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory, release_trees: list[Path]) -> 
         server.cas("publish", str(tree), "--product", "app", "--version", version, "--key", key,
                    "--status", "released")
     with server.client() as http:
-        wait_for_builds(http)
+        assert wait_for_builds(http)["counts"]["failed"] == 0
         # The deltas the tests rely on are complete (every recipe built), not just planned.
         deadline = time.monotonic() + 60
         for base, target in (("1.0.0", "1.2.0"), ("1.1.0", "1.2.0")):

@@ -7,7 +7,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from client.deltas import rebuild_target
@@ -16,7 +15,7 @@ from client.roots import verify_first_root
 from deltagen import apply_bundle, apply_patch, decompress_file
 from deltagen.digests import blake3_bytes, blake3_file
 
-from conftest import Server, start_server
+from conftest import Server, start_server, wait_for_builds
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 FAST = "delta_poll_seconds = 0.2\n"
@@ -27,16 +26,6 @@ def publish_all(server: Server, trees: list[Path]) -> None:
     for version, tree in zip(VERSIONS, trees):
         server.cas("publish", str(tree), "--product", "app", "--version", version, "--key", key,
                    "--status", "released")
-
-
-def wait_for_builds(http: httpx.Client, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = http.get("/v1/admin/deltas").json()
-        if status["counts"]["queued"] == 0 and status["counts"]["running"] == 0:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"builds did not finish: {status['counts']}")
 
 
 @pytest.fixture(scope="module")

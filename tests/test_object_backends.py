@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
 from cas.errors import DigestMismatch, NotFound, TooLarge
@@ -19,7 +18,7 @@ from client.deltas import rebuild_target
 from client.documents import document_digest
 from deltagen.digests import blake3_bytes
 
-from conftest import Server, start_server
+from conftest import Server, start_server, wait_for_builds
 from s3_fixture import S3Server
 
 MiB = 1 << 20
@@ -202,16 +201,6 @@ def test_sweep_removes_temp_files_and_stale_multipart_uploads(store: ObjectStore
 VERSIONS = ["1.0.0", "1.1.0"]
 
 
-def _wait_for_builds(http: httpx.Client, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = http.get("/v1/admin/deltas").json()
-        if status["counts"]["queued"] == 0 and status["counts"]["running"] == 0:
-            return status
-        time.sleep(0.2)
-    raise AssertionError("delta builds did not finish")
-
-
 def test_server_on_s3_end_to_end(s3_server: S3Server, tmp_path: Path, release_trees: list[Path]) -> None:
     bucket = s3_server.new_bucket()
     store = tmp_path / "store"
@@ -269,7 +258,7 @@ def test_server_on_s3_end_to_end(s3_server: S3Server, tmp_path: Path, release_tr
 
         # The delta worker builds patches from objects it reads out of S3.
         with server.client() as admin:
-            status = _wait_for_builds(admin)
+            status = wait_for_builds(admin)
             assert status["counts"]["done"] > 0 and status["counts"]["failed"] == 0, status
             response = admin.get("/v1/products/app/releases/1.1.0/delta", params={"from": "1.0.0"})
             delta = response.json()
