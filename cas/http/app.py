@@ -8,22 +8,18 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import channels, rollouts as rollout_gate, webhooks
 from ..clock import clock_from_env
-from ..errors import CasError
 from ..repo import Repo
 from ..uploads import Uploads
 from .deltaworker import DeltaWorkerProcess
 from . import dashboard, objects, releases, reports, rollouts
-from .errors import handle_cas_error, handle_http_exception, handle_unexpected
-from .fastpath import FastPath
-from .metrics import Metrics, MetricsMiddleware
+from .metrics import Metrics
+from .stack import build_app
 from .ratelimit import SlidingWindow
 
 log = logging.getLogger("cas.http")
@@ -128,17 +124,7 @@ def create_app(repo: Repo) -> Starlette:
         Route("/v1/uploads/{upload_id}", objects.cancel_upload, methods=["DELETE"]),
         *dashboard.routes(),  # operator page at / and /v1/admin/dashboard/* (cas/http/dashboard.py)
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(FastPath, repo=repo, metrics=metrics_),
-                    Middleware(MetricsMiddleware, metrics=metrics_)],
-        exception_handlers={CasError: handle_cas_error, HTTPException: handle_http_exception,
-                            Exception: handle_unexpected},
-        lifespan=lifespan,
-    )
-    app.state.repo = repo
-    app.state.config = repo.config
-    app.state.metrics = metrics_
+    app = build_app(routes, repo, metrics_, lifespan)
     app.state.uploads = uploads
     app.state.clock = clock
     app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)

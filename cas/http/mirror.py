@@ -13,23 +13,20 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from client.errors import DocumentError
 
-from ..errors import BadRequest, CasError, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden, NotFound
 from ..mirror import docs_dir, mirror_dir, relpath_for
 from ..repo import Repo
 from . import objects
 from .auth import require
 from .conditional import etag_matches
-from .errors import handle_cas_error, handle_http_exception, handle_unexpected
-from .fastpath import FastPath
-from .metrics import Metrics, MetricsMiddleware
+from .metrics import Metrics
+from .stack import build_app
 
 
 class MirrorDocuments:
@@ -145,15 +142,6 @@ def create_mirror_app(repo: Repo) -> Starlette:
         Route("/v1/objects/{digest}", objects.get_object, methods=["GET", "HEAD"]),
         Route("/{path:path}", read_only, methods=writes),
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(FastPath, repo=repo, metrics=metrics_),
-                    Middleware(MetricsMiddleware, metrics=metrics_)],
-        exception_handlers={CasError: handle_cas_error, HTTPException: handle_http_exception,
-                            Exception: handle_unexpected},
-    )
-    app.state.repo = repo
-    app.state.config = repo.config
-    app.state.metrics = metrics_
+    app = build_app(routes, repo, metrics_)
     app.state.documents = MirrorDocuments(Path(repo.config.store))
     return app
