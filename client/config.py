@@ -36,6 +36,7 @@ class ClientConfig:
     max_delta_bytes: int = 128 << 20
     max_root_rotations: int = 32
     free_space_factor: float = 2.0
+    fresh_install_delta: bool = True        # first install: ask for the delta from nothing (compressed forms)
     report_timeout_s: float = 10.0          # reports are best effort and never hold an update longer
     keep_partial_downloads: bool = True
     # Enterprise CMS signing (client/cms.py): X.509 trust anchors as inline PEM or an absolute PEM

@@ -183,6 +183,10 @@ class Updater:
         """(envelope, recipes, used_delta) for the target, verified before any use."""
         config = self.config
         base_envelope = self._cached_manifest(base) if base else None
+        if base_envelope is None and config.fresh_install_delta:
+            # A fresh install asks for the delta from nothing (``?from=``): every file with its
+            # compressed form, where the full manifest would only lead to raw objects.
+            base, base_envelope = "", {"signed": {"files": []}}
         if base_envelope is not None and base != version:
             try:
                 _, body, _ = await fetcher.document(
@@ -196,9 +200,9 @@ class Updater:
                 self._check_identity(signed, version)
                 return envelope, delta.get("recipes", {}), True
             except NotAvailable:
-                self.log(f"no delta from {base}; using the full manifest")
-            except (DocumentError, KeyError, TypeError, ValueError) as exc:
-                self.log(f"delta from {base} refused ({exc}); using the full manifest")
+                self.log(f"no delta from {base or 'nothing'}; using the full manifest")
+            except (DocumentError, DownloadError, KeyError, TypeError, ValueError) as exc:
+                self.log(f"delta from {base or 'nothing'} refused ({exc}); using the full manifest")
         _, body, _ = await fetcher.document(f"/v1/products/{config.product}/releases/{version}/manifest",
                                             config.max_manifest_bytes)
         envelope = parse_json(body, max_bytes=config.max_manifest_bytes)

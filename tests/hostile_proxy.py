@@ -303,4 +303,7 @@ class HostileProxy:
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 
 # Small timeouts and backoff so that faults cost tenths of a second, not minutes.
-FAST_CLIENT = dict(backoff_s=0.05, max_backoff_s=2.0, read_timeout_s=2.0, connect_timeout_s=2.0, attempts=3)
+# Fresh installs here take the full manifest and raw objects, which the faults aim at
+# (the delta-from-nothing path is tested in test_client_update.py).
+FAST_CLIENT = dict(backoff_s=0.05, max_backoff_s=2.0, read_timeout_s=2.0, connect_timeout_s=2.0, attempts=3,
+                   fresh_install_delta=False)
