@@ -20,7 +20,6 @@ FAKE_CLOCK_ENV = "CAS_FAKE_CLOCK_FILE"
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the epoch."""
-        ...
 
 
 class SystemClock:

@@ -252,3 +252,37 @@ def test_client_updates_through_nginx_serving_an_export(upstream: Server, tmp_pa
         proc.terminate()
         proc.wait(10)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_client_fails_over_to_upstream_when_the_mirror_stops_mid_download(upstream: Server,
+                                                                          tmp_path: Path) -> None:
+    """Servers [mirror, upstream]: the mirror dies while an object is half sent; the client
+    finishes from the upstream (same digests, so the partial download is resumed there)."""
+    import threading
+    mirror_store = tmp_path / "mirror"
+    set_channel(upstream, "failover", "1.2.0")
+    sync(mirror_store, upstream.url, upstream.store / "root.json")
+    mirror = start_server(mirror_store, config=f'mirror_of = "{upstream.url}"\n', init_keys=False)
+    proxy = HostileProxy(mirror.url).start()   # stands for the mirror's network path
+    try:
+        proxy.fault(r"^/v1/objects/", "slow", rate=50_000)
+        root = tmp_path / "client"
+        Updater.init(root, [proxy.url, upstream.url], "app", "failover",
+                     (upstream.store / "root.json").read_bytes(), **FAST_CLIENT)
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: outcome.update(result=Updater(root).update()))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s.sent > 0 for s in proxy.seen(r"^/v1/objects/")):
+            time.sleep(0.02)
+        half_sent = [s for s in proxy.seen(r"^/v1/objects/") if s.sent > 0]
+        assert half_sent, "no object download started through the mirror"
+        mirror.stop()
+        proxy.stop()                             # the mirror is gone, mid-body
+        worker.join(120)
+        result = outcome["result"]
+        assert (result.outcome, result.current) == ("updated", "1.2.0")
+        assert Updater(root).verify()["ok"]
+    finally:
+        proxy.stop()
+        mirror.stop()
