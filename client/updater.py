@@ -374,7 +374,7 @@ class Updater:
                 path = staging / entry["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(entry["target"], path)
-        problems = tree_problems(staging, signed["files"])
+        problems = tree_problems(staging, signed["files"], hashed=True)  # each file verified as placed
         if problems:
             raise ClientError("staged tree does not match the signed manifest", detail=problems[:20])
         fsync_tree(staging, self._written)
