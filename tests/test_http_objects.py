@@ -236,6 +236,13 @@ def test_malformed_range_is_json_400(srv: Server) -> None:
     assert response.status_code == 400 and error(response)["code"] == "bad_range"
 
 
+def test_range_in_an_unknown_unit_is_ignored(srv: Server) -> None:
+    """RFC 9110: a Range in a unit the server does not support is ignored: 200, whole object."""
+    with srv.client(None) as http:
+        response = http.get(f"/v1/objects/{DIGEST}", headers={"Range": "items=0-3"})
+    assert response.status_code == 200 and response.content == DATA
+
+
 def _parse_byteranges(response: httpx.Response) -> list[tuple[str, bytes]]:
     match = re.fullmatch(r"multipart/byteranges; boundary=(\S+)", response.headers["content-type"])
     assert match, response.headers["content-type"]

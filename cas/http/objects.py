@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from typing import Any
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -26,9 +27,21 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 class ObjectResponse(FileResponse):
     """Starlette's FileResponse (Range, If-Range, multipart, 416) with 1 MiB reads:
-    16x fewer thread-pool hops than its 64 KiB default on large objects."""
+    16x fewer thread-pool hops than its 64 KiB default on large objects.
+
+    ``whole``: send the whole object whatever the Range header says (RFC 9110: a range
+    unit the server does not support is ignored, not an error)."""
 
     chunk_size = 1 << 20
+
+    def __init__(self, *args: Any, whole: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.whole = whole
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.whole:
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
+        await super().__call__(scope, receive, send)
 
 
 class StreamedObjectResponse(Response):
@@ -116,7 +129,8 @@ async def get_object(request: Request) -> Response:
     if isinstance(ranges, Response):
         return ranges
     if path is not None:
-        return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream")
+        return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream",
+                              whole=not ranges)
     if request.method == "GET" and len(ranges) <= 1 and repo.config.s3_presign_downloads:
         # S3 answers one range itself; several (multipart/byteranges) it does not, so those stay here.
         url = await run_in_threadpool(store.presigned_url, digest)
@@ -134,6 +148,8 @@ def _requested_ranges(request: Request, etag: str, size: int) -> list[tuple[int,
     if_range = request.headers.get("if-range")
     if header is None or (if_range is not None and if_range != etag):
         return []  # no range, or If-Range says send the whole object
+    if header.partition("=")[0].strip().lower() != "bytes":
+        return []  # a unit we do not support is ignored (RFC 9110 14.2)
     try:
         return FileResponse._parse_range_header(header, size)
     except RangeNotSatisfiable:
