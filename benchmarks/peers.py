@@ -54,17 +54,9 @@ TINY_BYTES = 512  # cas config delta_tiny_bytes default
 
 
 def tree_entries(tree: Path) -> list[dict[str, Any]]:
-    from deltagen.digests import file_digest
-    out: list[dict[str, Any]] = []
-    for path in sorted(tree.rglob("*")):
-        rel = path.relative_to(tree).as_posix()
-        if path.is_symlink():
-            out.append({"path": rel, "type": "symlink", "target": os.readlink(path)})
-        elif path.is_file():
-            d = file_digest(path)
-            out.append({"path": rel, "type": "file", "mode": path.stat().st_mode & 0o777,
-                        "size": d.size, "blake3": d.blake3, "sha256": d.sha256})
-    return out
+    """Manifest entries of an unpacked tree, exactly as `cas publish` makes them."""
+    from cas.trees import scan_tree
+    return scan_tree(tree).entries
 
 
 def peak_rss() -> int:

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from cas import channels, keys, publisher, releases  # noqa: E402
 from cas.config import load_config  # noqa: E402
+from cas.processes import stop_process  # noqa: E402
 from cas.repo import Repo, open_repo  # noqa: E402
 from cas.trees import scan_tree  # noqa: E402
 from client.installroot import InstallRoot  # noqa: E402
@@ -185,12 +186,7 @@ class Server:
 
     def stop(self) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -25,6 +25,7 @@ from fixtures import write_release
 
 from . import channels, keys, publisher, releases
 from .config import load_config
+from .processes import stop_process
 from .repo import open_repo
 from .trees import scan_tree
 
@@ -120,11 +121,7 @@ def run_demo(keep: bool = False, workdir: str | None = None) -> int:
         return 0 if ok else 1
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server)
         if keep:
             _say(f"== kept {base}")
         else:

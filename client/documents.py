@@ -121,7 +121,7 @@ def parse_json(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES, max_depth: int 
     except ValueError as exc:  # e.g. an integer beyond Python's int conversion digit limit
         raise DocumentError(f"malformed JSON: {exc}"[:200]) from exc
     if "\\u" in text:
-        # \uXXXX escapes can decode to lone surrogates, which have no canonical (UTF-8) bytes.
+        # A \u escape can decode to a lone surrogate, which has no canonical (UTF-8) bytes.
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from cas.processes import stop_process
 from fixtures import write_release
 # The moto S3 server (session fixture) for the S3 object-store backend.
 from s3_fixture import s3_server  # noqa: F401,E402
@@ -54,13 +55,7 @@ class Server:
         return run_cas(*args, env={"CAS_STORE": str(self.store), **self.env}, check=check)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_server(store: Path, config: str = "", init_keys: bool = True, extra_args: tuple[str, ...] = ()

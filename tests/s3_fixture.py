@@ -41,7 +41,7 @@ class S3Server:
 
     def config(self, bucket: str, prefix: str = "deltacas", **extra: Any) -> str:
         """``config.toml`` lines for a store on this server."""
-        lines = [f'object_store = "s3"', f's3_endpoint = "{self.endpoint}"', f's3_bucket = "{bucket}"',
+        lines = ['object_store = "s3"', f's3_endpoint = "{self.endpoint}"', f's3_bucket = "{bucket}"',
                  f's3_prefix = "{prefix}"', f's3_region = "{self.region}"']
         for key, value in extra.items():
             lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}")

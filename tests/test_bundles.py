@@ -18,23 +18,16 @@ from client.updater import Updater, _downloads
 from deltagen import (DeltaLimits, SizeExceeded, apply_bundle, build_bundle, bundle_candidates, choose_cover,
                       compress_file)
 from deltagen.bundles import file_kind
-from deltagen.digests import blake3_file, file_digest
+from deltagen.digests import blake3_file
+from cas.trees import scan_tree
 from fixtures import write_release
 
 
 # ---------------------------------------------------------------------------- helpers
 
 def entries(tree: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for path in sorted(tree.rglob("*")):
-        rel = path.relative_to(tree).as_posix()
-        if path.is_symlink():
-            out.append({"path": rel, "type": "symlink", "target": os.readlink(path)})
-        elif path.is_file():
-            d = file_digest(path)
-            out.append({"path": rel, "type": "file", "mode": path.stat().st_mode & 0o777, "size": d.size,
-                        "blake3": d.blake3, "sha256": d.sha256})
-    return out
+    """Manifest entries of a tree, exactly as `cas publish` makes them."""
+    return scan_tree(tree).entries
 
 
 def changed(old: Path, new: Path) -> list[tuple[Path | None, Path]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 import socket
@@ -36,16 +37,15 @@ def _device(tree: Path) -> None:
     try:
         os.mknod(tree / "share" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     except PermissionError:
-        pytest.skip("creating device nodes needs privileges")
+        pytest.fail("creating a device node needs root; the suite runs as root, as CI does")
 
 
 def _socket(tree: Path) -> None:
-    path = tree / "s"
-    if len(str(path)) > 100:
-        pytest.skip("path too long for a unix socket")
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.close()
+    # Bound by a relative name: a unix socket path is limited to ~108 bytes, tmp paths are not.
+    with contextlib.chdir(tree):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("s")
+        sock.close()
 
 
 def _link(target: str, where: str = "lib/escape") -> object:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from ..processes import stop_process
 from ..repo import Repo
 
 log = logging.getLogger("cas.deltas")
@@ -36,11 +37,5 @@ class DeltaWorkerProcess:
             self.start()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
