@@ -69,7 +69,8 @@ def peak_rss() -> int:
 
 def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
     """Everything the server builds for this pair, then the manifest delta's choice."""
-    from cas.deltaplan import offered, plan_pairs, with_bundles
+    from cas.deltaplan import plan_pairs
+    from casformat.manifest_delta import offered, with_bundles
     from deltagen import DEFAULT_LIMITS, best_recipes, build_bundle, bundle_candidates, compress_file
     from deltagen.digests import blake3_file
 

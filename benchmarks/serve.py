@@ -138,7 +138,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{port}"
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=self.log,
                                      start_new_session=True, env=self.env)
@@ -455,7 +455,7 @@ def versions() -> dict[str, Any]:
     nginx_v = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
     wrk_v = (subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout.splitlines() or [""])[0] if WRK else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "uvicorn": v("uvicorn"), "starlette": v("starlette"),
             "uvloop": v("uvloop"), "httptools": v("httptools"), "nginx": nginx_v, "wrk": wrk_v,

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.documents import parse_json
+from casformat.canonical import parse_json
 
 from .errors import Conflict
 from .objects import OBJECT_MODE, fsync_dir, link_or_copy

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from client.errors import DocumentError
+from casformat.errors import DocumentError
 
 from . import channels, checkout, deltas, gc, keys, publisher, releases, rollouts
 from .clock import clock_from_env
@@ -39,9 +39,8 @@ def _progress(total: int, label: str, enabled: bool):
     """A rich progress bar (bytes, rate, ETA) on stderr, or a no-op."""
     if not enabled or total == 0:
         return None, (lambda n: None)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                               TransferSpeedColumn)
     from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
     task = bar.add_task(label, total=total)
@@ -353,6 +352,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     import time
+
     from .dashboard import record_fsck
     repo = _repo(args)
     started = time.time()

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Protocol
 
+from deltagen.output import write_atomic
+
 FAKE_CLOCK_ENV = "CAS_FAKE_CLOCK_FILE"
 
 
@@ -40,9 +42,7 @@ class FileClock:
             return time.time()
 
     def set(self, moment: float) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(repr(float(moment)))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, repr(float(moment)).encode())
 
     def advance(self, seconds: float) -> float:
         moment = self.now() + seconds

@@ -89,7 +89,7 @@ class Config:
     # Read-only mirror (cas/mirror.py): serve what `cas mirror sync` copied from this upstream.
     mirror_of: str = ""
 
-    def with_tokens(self, **scoped: str | None) -> "Config":
+    def with_tokens(self, **scoped: str | None) -> Config:
         hashes = dict(self.token_hashes)
         for scope, token in scoped.items():
             if token:

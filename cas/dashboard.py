@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from pathlib import Path
 from typing import Any, Callable
 
-from client.documents import parse_json
+from casformat.canonical import parse_json
+from deltagen.output import write_atomic
 
 from . import rollouts
 from .clock import Clock
@@ -373,9 +373,7 @@ def record_fsck(store: Path, data: dict[str, Any], started: float, finished: flo
               "missing_count": len(data.get("missing_referenced", [])),
               "stray_temp": data.get("stray_temp")}
     path = fsck_path(store)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
     return record
 
 

@@ -23,11 +23,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from client.documents import parse_json
-from deltagen import (DeltaError, DeltaLimits, best_recipes, build_bundle, bundle_candidates, compress_file,
-                      verify_compressed)
+from casformat.canonical import parse_json
+from casformat.manifest_delta import manifest_delta, offered, with_bundles
+from deltagen import (
+    DeltaError,
+    DeltaLimits,
+    best_recipes,
+    build_bundle,
+    bundle_candidates,
+    compress_file,
+    verify_compressed,
+)
 
-from .deltaplan import manifest_delta, offered, plan_pairs, with_bundles
+from .deltaplan import plan_pairs
 from .errors import NotFound
 from .metadata import Release
 from .repo import Repo

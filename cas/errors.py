@@ -6,7 +6,7 @@ reason.  Document errors from ``client.errors`` map here via ``from_document``.
 """
 from __future__ import annotations
 
-from client.errors import DocumentError, DocumentTooLarge, SignatureError
+from casformat.errors import DocumentError, DocumentTooLarge, SignatureError
 
 
 class CasError(Exception):

@@ -15,12 +15,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.documents import (canonical_bytes, format_time, generate_key, key_id, parse_json,
-                              private_from_pem, private_to_pem, public_entry, sign, utc_now)
-from client.roots import Root, verify_first_root, verify_next_root
+from casformat.canonical import canonical_bytes, parse_json
+from casformat.roots import Root, verify_first_root, verify_next_root
+from casformat.signatures import key_id
+from casformat.times import format_time, utc_now
+from deltagen.output import write_atomic
 
 from .errors import Conflict, NotFound
 from .metadata import SqliteMetadata
+from .signing import generate_key, private_from_pem, private_to_pem, public_entry, sign
 
 ROOT_TTL = timedelta(days=365)
 KEY_ROLES = ("root", "release", "channel")
@@ -85,10 +88,7 @@ def init_keys(store: Path, meta: SqliteMetadata) -> dict[str, Any]:
 
 
 def publish_root_file(store: Path, document: bytes) -> None:
-    target = Path(store) / "root.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_bytes(document)
-    os.replace(tmp, target)
+    write_atomic(Path(store) / "root.json", document)
 
 
 def trusted_root(meta: SqliteMetadata) -> Root | None:

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 STATUSES = ("draft", "testing", "released", "deprecated")
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
@@ -1001,7 +1001,7 @@ class SqliteMetadata(Metadata):
             conn.close()
             self._local.conn = None
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self._conn())
 
     def schema_version(self) -> int:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,13 +42,15 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from client.deltas import rebuild_target
-from client.documents import document_digest, parse_json, split_envelope
-from client.errors import DocumentError
-from client.paths import check_name
-from client.roots import Root, verify_first_root, verify_next_root
-from client.trust import ChannelState, accept_channel, accept_manifest
+from casformat.canonical import document_digest, parse_json
+from casformat.errors import DocumentError
+from casformat.manifest_delta import rebuild_target
+from casformat.paths import check_name
+from casformat.roots import Root, verify_first_root, verify_next_root
+from casformat.signatures import split_envelope
+from casformat.trust import ChannelState, accept_channel, accept_manifest
 from deltagen.digests import CHUNK, blake3_bytes, is_digest
+from deltagen.output import write_atomic
 
 from .errors import CasError
 from .objects import link_or_copy
@@ -103,17 +104,7 @@ def relpath_for(kind: str, product: str = "", name: str = "", base: str | None =
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o644)
 
 
 class MirrorState:

@@ -17,7 +17,6 @@ before it is complete and verified.
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import os
 import tempfile
@@ -67,7 +66,7 @@ class ObjectStore(Protocol):
     def local_copy(self, digest: str) -> ContextManager[Path]:
         """A verified local file with the object's bytes for the duration of the block."""
     def presigned_url(self, digest: str) -> str | None: ...
-    def writer(self) -> "ObjectWriter": ...
+    def writer(self) -> ObjectWriter: ...
     def install(self, temp_path: Path, digest: str) -> bool: ...
     def ingest_stream(self, fh: BinaryIO, expected: str | None = None) -> Ingested: ...
     def ingest_file(self, path: Path, expected: str | None = None) -> Ingested: ...
@@ -82,7 +81,7 @@ class ObjectStore(Protocol):
 class ObjectWriter:
     """Streams bytes into a temp file while hashing; ``commit`` verifies and installs them."""
 
-    def __init__(self, store: "StagedObjectStore", max_bytes: int) -> None:
+    def __init__(self, store: StagedObjectStore, max_bytes: int) -> None:
         self._store = store
         self._max = max_bytes
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="obj-")
@@ -194,7 +193,7 @@ class StagedObjectStore(abc.ABC):
 BACKENDS = ("filesystem", "s3")
 
 
-def open_object_store(config: "Config") -> ObjectStore:
+def open_object_store(config: Config) -> ObjectStore:
     """The backend ``config.object_store`` names; S3 is imported only when used."""
     store = Path(config.store)
     if config.object_store == "s3":

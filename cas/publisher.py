@@ -18,11 +18,13 @@ from typing import Any, Callable
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.documents import canonical_bytes, document_digest, sign
+from casformat.canonical import canonical_bytes, document_digest
+from deltagen.output import write_atomic
 
 from . import releases
 from .remote import RemoteError, make_client, request
 from .repo import Repo
+from .signing import sign
 from .trees import ScannedTree, manifest_signed
 
 SMALL_OBJECT = 8 << 20
@@ -97,9 +99,7 @@ class UploadState:
             self.data = {}
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data).encode(), 0o600)
 
     def get(self, digest: str) -> str | None:
         return self.data.get(digest)

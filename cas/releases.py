@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from client.documents import canonical_bytes, document_digest, parse_json, split_envelope, verify
-from client.errors import DocumentError, SignatureError
-from client.manifests import manifest_problems
-from client.paths import check_name
+from casformat.canonical import canonical_bytes, document_digest, parse_json
+from casformat.errors import DocumentError, SignatureError
+from casformat.manifests import manifest_problems
+from casformat.paths import check_name
+from casformat.signatures import split_envelope, verify
 
 from . import cms_signing, deltas
 from .errors import Conflict, Invalid, NotFound, from_document

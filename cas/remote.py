@@ -45,7 +45,7 @@ async def request(client: httpx.AsyncClient, method: str, url: str, attempts: in
     for attempt in range(attempts):
         try:
             response = await client.request(method, url, **kwargs)
-        except (httpx.TransportError,) as exc:
+        except httpx.TransportError as exc:
             if attempt == attempts - 1:
                 raise RemoteError(0, "connection_failed", f"{method} {url}: {exc}") from None
         else:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from client.roots import Root
+from casformat.roots import Root
 
 from .config import Config
 from .keys import ServerKeys, load_server_keys, trusted_root

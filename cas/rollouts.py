@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
 
-from client.documents import canonical_bytes, parse_json
+from casformat.canonical import canonical_bytes, parse_json
 
 from . import channels, webhooks
 from .clock import Clock
@@ -146,7 +146,7 @@ class Rollout:
     actor: str
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Rollout":
+    def from_row(cls, row: dict[str, Any]) -> Rollout:
         return cls(row["id"], row["product"], row["channel"], row["strategy"], row["release"], row["manifest"],
                    row["previous"], row["previous_manifest"], row["salt"], tuple(json.loads(row["stages"])),
                    row["stage"], row["stage_started"], row["stage_seconds"], row["max_failure_bp"],

@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, cast
 
@@ -71,7 +71,7 @@ class S3ObjectStore(StagedObjectStore):
                                                           config=boto_config)
 
     @classmethod
-    def from_config(cls, config: "Config") -> "S3ObjectStore":
+    def from_config(cls, config: Config) -> S3ObjectStore:
         return cls(Path(config.store), config.s3_bucket, config.s3_prefix, config.s3_endpoint or None,
                    config.s3_region or None, config.max_object_bytes, config.s3_multipart_threshold_bytes,
                    config.s3_multipart_chunk_bytes,
@@ -236,7 +236,7 @@ class S3ObjectStore(StagedObjectStore):
     def sweep_temp(self, older_than: float = 3600.0) -> int:
         """Local temp files, and multipart uploads that a killed writer never completed."""
         removed = super().sweep_temp(older_than)
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than)
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}objects/"):
             for upload in page.get("Uploads", ()):

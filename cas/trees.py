@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from client.documents import format_time, utc_now
-from client.errors import DocumentError
-from client.manifests import check_manifest
-from client.paths import check_path, resolve_symlink
+from casformat.errors import DocumentError
+from casformat.manifests import check_manifest
+from casformat.paths import check_path, resolve_symlink
+from casformat.times import format_time, utc_now
 from deltagen.digests import file_digest
 
 

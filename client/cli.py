@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ClientError, DocumentError
-from .updater import UpdateResult, Updater
+from casformat.errors import DocumentError
+
+from .errors import ClientError
+from .updater import Updater, UpdateResult
 
 
 def _human_bytes(n: int) -> str:
@@ -28,8 +30,7 @@ def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
     if not with_progress or args.json or not sys.stderr.isatty():
         return Updater(args.root, log=log)
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
     task = bar.add_task("downloading", total=None)

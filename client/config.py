@@ -39,7 +39,7 @@ class ClientConfig:
     fresh_install_delta: bool = True        # first install: ask for the delta from nothing (compressed forms)
     report_timeout_s: float = 10.0          # reports are best effort and never hold an update longer
     keep_partial_downloads: bool = True
-    # Enterprise CMS signing (client/cms.py): X.509 trust anchors as inline PEM or an absolute PEM
+    # Enterprise CMS signing (casformat/cms.py): X.509 trust anchors as inline PEM or an absolute PEM
     # file path; require_cms refuses any manifest without a valid CMS code-signing signature.
     cms_trust_anchors: str | None = None
     require_cms: bool = False
@@ -47,7 +47,7 @@ class ClientConfig:
 
     def cms_policy(self) -> Any:
         """The CMS policy for ``trust.accept_manifest`` (``None`` when not configured); fails closed."""
-        from .cms import policy_from_settings
+        from casformat.cms import policy_from_settings
         return policy_from_settings(self.cms_trust_anchors, self.require_cms)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class ClientConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClientConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ClientConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["servers"] = tuple(values["servers"])

@@ -108,14 +108,14 @@ class Fetcher:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "Fetcher":
+    async def __aenter__(self) -> Fetcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     # ------------------------------------------------------------------ retry core
-    async def _with_retries(self, what: str, attempt_once: Callable[[str], "asyncio.Future[object]"]) -> object:
+    async def _with_retries(self, what: str, attempt_once: Callable[[str], asyncio.Future[object]]) -> object:
         """Run ``attempt_once(server)`` over every server with retries; first success wins."""
         errors: list[str] = []
         not_found = 0

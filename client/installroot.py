@@ -19,22 +19,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from client.paths import check_name
-from deltagen.output import fsync_dir
+from casformat.paths import check_name
+from deltagen.output import fsync_dir, write_atomic
 
 from .errors import UpdateInProgress
 
 LINKS = ("current", "previous", "factory")
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class InstallRoot:
@@ -118,7 +109,7 @@ class InstallRoot:
 
     def remove_version(self, version: str) -> None:
         path = self.version_dir(version)
-        for dirpath, dirnames, _ in os.walk(path):
+        for dirpath, _dirnames, _ in os.walk(path):
             os.chmod(dirpath, 0o755)
         shutil.rmtree(path)
         self.manifest_path(version).unlink(missing_ok=True)

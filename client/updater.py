@@ -18,28 +18,30 @@ import signal
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 
+from casformat import trust
+from casformat.canonical import canonical_bytes, document_digest, parse_json
+from casformat.errors import DocumentError
+from casformat.manifest_delta import rebuild_target
+from casformat.paths import check_name
+from casformat.roots import Root, verify_first_root, verify_next_root
+from casformat.signatures import split_envelope
+from client import windows
 from deltagen import DeltaError, apply_bundle, apply_patch, choose_cover, decompress_file
 from deltagen.digests import blake3_file
+from deltagen.output import write_atomic
 
-from . import trust, windows
 from .config import ClientConfig
-from .deltas import rebuild_target
-from .documents import canonical_bytes, document_digest, parse_json, split_envelope
-from .errors import (ClientError, DocumentError, DownloadError, HealthCheckFailed, InsufficientSpace,
-                     NeedsIntervention, NotAvailable)
+from .errors import ClientError, DownloadError, HealthCheckFailed, InsufficientSpace, NeedsIntervention, NotAvailable
 from .fetcher import Fetcher
-from .install import (finish_file, fsync_tree, installed_mode, place_file, remove_tree,
-                      tree_problems)
-from .installroot import InstallRoot, fsync_dir, write_atomic
-from .paths import check_name
-from .roots import Root, verify_first_root, verify_next_root
+from .install import finish_file, fsync_tree, installed_mode, place_file, remove_tree, tree_problems
+from .installroot import InstallRoot, fsync_dir
 
 Log = Callable[[str], None]
 
@@ -102,7 +104,7 @@ class Updater:
     # ------------------------------------------------------------------ init
     @classmethod
     def init(cls, root: str | Path, servers: list[str], product: str, channel: str, root_document: bytes,
-             client_id: str | None = None, health_cmd: str | None = None, **limits: Any) -> "Updater":
+             client_id: str | None = None, health_cmd: str | None = None, **limits: Any) -> Updater:
         check_name("product", product)
         check_name("channel", channel)
         if not servers:
@@ -476,7 +478,7 @@ class Updater:
         # A report is best effort: it never holds a finished update for long.
         try:
             await asyncio.wait_for(send(), timeout=config.report_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log("could not deliver the report in time; giving up on it")
 
     # ------------------------------------------------------------------ update
@@ -494,7 +496,7 @@ class Updater:
 
     def next_window(self, now: datetime | None = None) -> datetime | None:
         """When updates may next be applied (now, if inside a window)."""
-        return windows.next_opening(self._schedule(), now or datetime.now(timezone.utc))
+        return windows.next_opening(self._schedule(), now or datetime.now(UTC))
 
     async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool = False) -> UpdateResult:
         started = time.monotonic()
@@ -516,7 +518,7 @@ class Updater:
                 return UpdateResult("up_to_date", current, version, current,
                                     seconds=time.monotonic() - started)
             schedule = self._schedule()
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             critical = to is None and version in channel.get("critical", [])
             if not (ignore_window or critical or windows.is_open(schedule, now)):
                 opening = windows.next_opening(schedule, now)
@@ -688,7 +690,7 @@ class Updater:
         if not self._schedule().unrestricted:
             opening = self.next_window()
             data["next_window"] = opening.isoformat() if opening else None
-            data["window_open"] = bool(opening and opening <= datetime.now(timezone.utc))
+            data["window_open"] = bool(opening and opening <= datetime.now(UTC))
         if online:
             try:
                 check = self.check()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ClientError
@@ -135,7 +135,7 @@ def next_opening(s: Schedule, moment: datetime) -> datetime | None:
             candidate = end
             continue
         if not s.windows or _window_at(s, candidate) is not None:
-            return candidate.astimezone(timezone.utc)
+            return candidate.astimezone(UTC)
         starts = []
         local = candidate.astimezone(s.tz)
         for offset in range(8):

@@ -13,13 +13,36 @@ Usable on its own (it imports neither ``cas`` nor ``client``).  Public surface:
 """
 from __future__ import annotations
 
-from .errors import (BudgetExceeded, CorruptPatch, DeltaError, DigestMismatch, SizeExceeded,
-                     SizeMismatch, UnknownAlgorithm)
-from .bundles import (BundleInfo, BundleMember, Candidate, Cover, apply_bundle, build_bundle,
-                      bundle_candidates, choose_cover)
+from .bundles import (
+                     BundleInfo,
+                     BundleMember,
+                     Candidate,
+                     Cover,
+                     apply_bundle,
+                     build_bundle,
+                     bundle_candidates,
+                     choose_cover,
+)
+from .errors import (
+                     BudgetExceeded,
+                     CorruptPatch,
+                     DeltaError,
+                     DigestMismatch,
+                     SizeExceeded,
+                     SizeMismatch,
+                     UnknownAlgorithm,
+)
 from .limits import DEFAULT_LIMITS, DeltaLimits
-from .patches import (ALGORITHMS, Algorithm, apply_patch, compress_file, decompress_file,
-                      make_patch, verify_compressed, verify_patch)
+from .patches import (
+                     ALGORITHMS,
+                     Algorithm,
+                     apply_patch,
+                     compress_file,
+                     decompress_file,
+                     make_patch,
+                     verify_compressed,
+                     verify_patch,
+)
 from .recipes import Attempt, Recipe, best_recipes
 
 __all__ = [

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _declared_size(algorithm: str, patch_path: str) -> int:
     """The output size a patch declares (used only when --size is not given)."""
-    from . import bsdiff_format, zstd_frames  # noqa: PLC0415 - only needed here
+    from . import bsdiff_format, zstd_frames
     with open(patch_path, "rb") as fh:
         if algorithm == "bsdiff4":
             return bsdiff_format.parse_header(fh.read(bsdiff_format.HEADER_SIZE),

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 
 class DeltaError(Exception):
-    """Base class of every deltagen failure."""
+    """Base class of every deltagen failure: a stable ``code``, a ``message`` and a ``detail``."""
 
     code = "delta_error"
+
+    def __init__(self, message: str = "", detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
 
 
 class CorruptPatch(DeltaError):

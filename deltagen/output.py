@@ -40,8 +40,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: StrPath) -> Iterator[BinaryIO]:
-    """Yield a file to write; it appears at ``path`` only if the block succeeds."""
+def atomic_output(path: StrPath, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Yield a file to write; it appears at ``path`` only if the block succeeds.
+
+    ``mode``: the permission bits of the result (default: 0600, as ``mkstemp`` makes it)."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -49,12 +51,21 @@ def atomic_output(path: StrPath) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def write_atomic(path: StrPath, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: the one atomic writer of small files
+    (client state, mirror documents, the server's root file, fsck records, clocks)."""
+    with atomic_output(path, mode) as fh:
+        fh.write(data)
 
 
 class HashingSink:

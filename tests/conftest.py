@@ -14,12 +14,14 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+# A throwaway PostgreSQL (session fixture) and the metadata backends to parametrize over.
+from pg_fixture import metadata_url, postgres_server, postgres_url  # noqa: F401
+
+# The moto S3 server (session fixture) for the S3 object-store backend.
+from s3_fixture import s3_server  # noqa: F401
+
 from cas.processes import stop_process
 from fixtures import write_release
-# The moto S3 server (session fixture) for the S3 object-store backend.
-from s3_fixture import s3_server  # noqa: F401,E402
-# A throwaway PostgreSQL (session fixture) and the metadata backends to parametrize over.
-from pg_fixture import metadata_url, postgres_server, postgres_url  # noqa: F401,E402
 
 ADMIN, PUBLISH, READ = "admin-token-t", "publish-token-t", "read-token-t"
 

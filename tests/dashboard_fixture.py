@@ -15,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ADMIN, Server, run_cas, start_server
 
 from cas.clock import FileClock
 from cas.metadata import SqliteMetadata
 from fixtures import write_release
-
-from conftest import ADMIN, Server, run_cas, start_server
 
 CONFIG = "delta_builder = false\nreports_per_client_per_minute = 1000\n"
 INJECTED_ERROR = "DeltaError: injected failure for the dashboard test"

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
-
 from conftest import wait_for_builds  # noqa: F401  (re-exported for the network tests)
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "te",
@@ -90,7 +89,7 @@ class HostileProxy:
         self._ready = threading.Event()
 
     # ------------------------------------------------------------------ control (test thread)
-    def start(self) -> "HostileProxy":
+    def start(self) -> HostileProxy:
         self._thread = threading.Thread(target=self._run, name="hostile-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -110,7 +109,7 @@ class HostileProxy:
         self._thread.join(10)
         self._loop = None
 
-    def __enter__(self) -> "HostileProxy":
+    def __enter__(self) -> HostileProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -170,7 +169,7 @@ class HostileProxy:
         finally:
             try:
                 writer.close()
-            except Exception:  # noqa: BLE001 - the peer may be gone already
+            except Exception:
                 pass
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

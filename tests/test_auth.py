@@ -7,10 +7,9 @@ from typing import Iterator
 
 import httpx
 import pytest
+from conftest import ADMIN, PUBLISH, READ, Server, start_server
 
 from deltagen.digests import blake3_bytes
-
-from conftest import ADMIN, PUBLISH, READ, Server, start_server
 
 DATA = b"auth test object"
 DIGEST = blake3_bytes(DATA)

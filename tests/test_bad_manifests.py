@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-
-from client.documents import canonical_bytes, generate_key, private_from_pem, sign
-from deltagen.digests import blake3_bytes
-
 from conftest import PUBLISH, Server, start_server, store_snapshot
+
+from cas.signing import generate_key, private_from_pem, sign
+from casformat.canonical import canonical_bytes
+from deltagen.digests import blake3_bytes
 
 CONTENT = {"bin/app": b"#!/bin/sh\necho app\n", "lib/libx.so.1": b"\x7fELF fake library\x00" * 10,
            "share/doc/README": b"read me\n"}

@@ -11,17 +11,23 @@ from typing import Any
 
 import pytest
 
-from cas.deltaplan import with_bundles
+from cas.trees import scan_tree
+from casformat.manifest_delta import with_bundles
 from client.install import tree_problems
 from client.installroot import InstallRoot
 from client.updater import Updater, _downloads
-from deltagen import (DeltaLimits, SizeExceeded, apply_bundle, build_bundle, bundle_candidates, choose_cover,
-                      compress_file)
+from deltagen import (
+    DeltaLimits,
+    SizeExceeded,
+    apply_bundle,
+    build_bundle,
+    bundle_candidates,
+    choose_cover,
+    compress_file,
+)
 from deltagen.bundles import file_kind
 from deltagen.digests import blake3_file
-from cas.trees import scan_tree
 from fixtures import write_release
-
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -6,11 +6,10 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import start_server
 
 from client.updater import Updater
 from deltagen.digests import blake3_file
-
-from conftest import start_server
 
 FILES = 16
 

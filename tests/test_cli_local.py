@@ -1,8 +1,8 @@
 """`cas publish` refuses trees a manifest cannot hold, with a one-line reason and exit 1."""
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cas, store_snapshot
 
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import Server, start_server
+from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 from client.config import ClientConfig
 from client.errors import ClientError, DownloadError
 from client.fetcher import Fetcher
 from client.updater import Updater
-
-from conftest import Server, start_server
-from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 REPO = Path(__file__).resolve().parent.parent
 CHANNEL = r"^/v1/products/app/channels/stable$"

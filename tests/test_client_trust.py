@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import Server, start_server
+from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 from cas.keys import load_private_key, root_signed
 from cas.metadata import SqliteMetadata
-from client.documents import (canonical_bytes, document_digest, format_time, generate_key, private_to_pem,
-                              sign, utc_now)
-from client.errors import DocumentError, ExpiredDocument, RollbackAttack, SignatureError
+from cas.signing import generate_key, private_to_pem, sign
+from casformat.canonical import canonical_bytes, document_digest
+from casformat.errors import DocumentError, ExpiredDocument, RollbackAttack, SignatureError
+from casformat.times import format_time, utc_now
 from client.updater import Updater
-
-from conftest import Server, start_server
-from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 CHANNEL = r"^/v1/products/app/channels/stable$"
 
@@ -204,7 +204,7 @@ def test_corrupt_patch_object_uses_next_recipe(world: World, proxy: HostileProxy
     up = at_base(world, tmp_path / "c")
     result = up.update()
     assert result.current == "1.2.0" and up.verify()["ok"]
-    for target, recipe in patches.items():
+    for _target, recipe in patches.items():
         assert proxy.seen(rf"^/v1/objects/{recipe['object']}$")
     # Every patched target came from another recipe instead.
     fetched = {s.path.rsplit("/", 1)[1] for s in proxy.seen(r"^/v1/objects/") if s.status == 200 and not s.fault}

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import Server, start_server, wait_for_builds
 
 from client import cli as client_cli
 from client.install import tree_problems
 from client.installroot import InstallRoot
 from client.updater import Updater
 from fixtures import write_release
-
-from conftest import Server, start_server, wait_for_builds
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = "delta_poll_seconds = 0.2\n"

@@ -17,21 +17,23 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import PUBLISH, start_server, store_snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cas.deltaplan import manifest_delta
-from client import cms, trust
+from cas import cms_signing
+from cas.signing import generate_key, sign
+from casformat import cms, trust
+from casformat.canonical import canonical_bytes, document_digest
+from casformat.errors import DocumentError
+from casformat.manifest_delta import manifest_delta
+from casformat.roots import Root
+from casformat.signatures import Role, key_id, split_envelope
 from client.config import ClientConfig
-from client.documents import canonical_bytes, document_digest, generate_key, key_id, sign, split_envelope
-from client.errors import DocumentError
-from client.roots import Root
-from client.documents import Role
-from conftest import PUBLISH, start_server, store_snapshot
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
@@ -121,7 +123,7 @@ def _manifest(version: str = "1.0.0") -> dict[str, Any]:
 
 def _signed_by(pki: Pki, which: str, envelope: dict[str, Any] | None = None) -> dict[str, Any]:
     cert, key, chain = pki.signers[which]
-    return cms.sign_manifest(envelope or _manifest(), cert, key, chain)
+    return cms_signing.sign_manifest(envelope or _manifest(), cert, key, chain)
 
 
 def _policy(pki: Pki, require: bool = True) -> cms.CmsPolicy:
@@ -242,7 +244,7 @@ def test_openssl_made_signatures_interoperate(pki: Pki, tmp_path: Path) -> None:
 def test_rsa_pss_from_cryptography(pki: Pki) -> None:
     cert, key, chain = pki.signers["good_rsa"]
     envelope = _manifest()
-    der = cms.sign_detached(canonical_bytes(envelope["signed"]), cert, key, chain,
+    der = cms_signing.sign_detached(canonical_bytes(envelope["signed"]), cert, key, chain,
                             rsa_padding=padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH))
     assert cms.verify_manifest({**envelope, "cms": base64.b64encode(der).decode()}, _policy(pki)) is not None
 
@@ -336,7 +338,7 @@ def test_server_requires_cms_end_to_end(pki: Pki, tmp_path: Path, release_trees:
 
         # A tampered manifest (good signature, changed content) PUT directly: 422, unchanged.
         manifest_key = (store / "keys" / "release.pem").read_bytes()
-        from client.documents import private_from_pem
+        from cas.signing import private_from_pem
         from cas.trees import manifest_signed, scan_tree
         signed = manifest_signed("app", "1.0.0", scan_tree(release_trees[0]))
         envelope = _signed_by(pki, "good", sign(signed, [private_from_pem(manifest_key)]))

@@ -12,12 +12,11 @@ from typing import Iterator
 
 import httpx
 import pytest
-
-from cas.dashboard import GC_STATUS
-from client.documents import parse_json
-
 from conftest import ADMIN, PUBLISH, READ, Server
 from dashboard_fixture import INJECTED_ERROR, ROLLOUT, local, make_server, report, start_rollout_with_reports
+
+from cas.dashboard import GC_STATUS
+from casformat.canonical import parse_json
 
 VIEWS = ["overview", "deltas", "channels", "health"]
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import ADMIN, READ, Server
 from dashboard_fixture import ROLLOUT, local, make_server, start_rollout_with_reports
 

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Server, start_server, wait_for_builds
 
-from client.deltas import rebuild_target
-from client.documents import document_digest, verify
-from client.roots import verify_first_root
+from casformat.canonical import document_digest
+from casformat.manifest_delta import rebuild_target
+from casformat.roots import verify_first_root
+from casformat.signatures import verify
 from deltagen import apply_bundle, apply_patch, decompress_file
 from deltagen.digests import blake3_bytes, blake3_file
-
-from conftest import Server, start_server, wait_for_builds
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 FAST = "delta_poll_seconds = 0.2\n"

@@ -1,4 +1,4 @@
-"""client/documents.py: canonical JSON, bounded parsing, Ed25519 signatures."""
+"""casformat/canonical.py: canonical JSON, bounded parsing, Ed25519 signatures."""
 from __future__ import annotations
 
 import base64
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.documents import (MAX_DEPTH, Role, add_signature, canonical_bytes, document_digest,
-                              generate_key, key_id, parse_json, private_from_pem, private_to_pem, sign,
-                              verify)
-from client.errors import DocumentError, DocumentTooLarge, SignatureError
+from cas.signing import add_signature, generate_key, private_from_pem, private_to_pem, sign
+from casformat.canonical import MAX_DEPTH, canonical_bytes, document_digest, parse_json
+from casformat.errors import DocumentError, DocumentTooLarge, SignatureError
+from casformat.signatures import Role, key_id, verify
 
 # ------------------------------------------------------------------ canonical bytes
 
@@ -22,7 +22,7 @@ def test_canonical_sorts_keys_without_whitespace() -> None:
 
 
 def test_canonical_keeps_utf8_unescaped() -> None:
-    assert canonical_bytes({"k": "é€😀"}) == '{"k":"é€😀"}'.encode("utf-8")
+    assert canonical_bytes({"k": "é€😀"}) == '{"k":"é€😀"}'.encode()
     # Order is by code point, independent of insertion order.
     assert canonical_bytes({"é": 1, "z": 2, "Z": 3}) == canonical_bytes({"Z": 3, "z": 2, "é": 1})
 

@@ -11,13 +11,12 @@ from typing import Iterator
 
 import httpx
 import pytest
+from conftest import Server, start_server
 
 from cas.clock import FileClock
-from client.trust import in_cohort
+from casformat.trust import in_cohort
 from client.updater import Updater
 from fixtures import write_release
-
-from conftest import Server, start_server
 
 FLEET = 24
 HOUR = 3600

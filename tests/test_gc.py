@@ -6,17 +6,16 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import Server
 
 from cas import gc, publisher, releases
 from cas.config import load_config
 from cas.errors import CasError, Conflict
-from cas.keys import init_keys, load_private_key, key_path
+from cas.keys import init_keys, key_path, load_private_key
 from cas.repo import Repo, open_repo
 from cas.trees import scan_tree
 from deltagen.digests import blake3_file
 from fixtures import write_release
-
-from conftest import Server
 
 
 @pytest.fixture
@@ -137,7 +136,7 @@ def test_gc_racing_publishes_never_loses_a_referenced_object(repo: Repo, release
     try:
         for i in range(12):
             version = f"2.0.{i}"
-            for attempt in range(3):
+            for _attempt in range(3):
                 try:
                     publish(repo, release_trees[i % 3], version)
                     break

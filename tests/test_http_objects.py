@@ -13,10 +13,9 @@ from typing import Iterator
 
 import httpx
 import pytest
+from conftest import PUBLISH, READ, Server, start_server, store_snapshot
 
 from deltagen.digests import blake3_bytes, blake3_file
-
-from conftest import PUBLISH, READ, Server, start_server, store_snapshot
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable mod 256

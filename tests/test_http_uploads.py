@@ -8,10 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import PUBLISH, Server, start_server, store_snapshot
 
 from deltagen.digests import blake3_bytes
-
-from conftest import PUBLISH, Server, start_server, store_snapshot
 
 DATA = os.urandom(30_000)
 DIGEST = blake3_bytes(DATA)

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from client.documents import parse_json
-from client.errors import DocumentError
-from client.roots import verify_first_root, verify_next_root
-from client.updater import Updater
-
 from conftest import Server
+
+from casformat.canonical import parse_json
+from casformat.errors import DocumentError
+from casformat.roots import verify_first_root, verify_next_root
+from client.updater import Updater
 
 
 def publish(server: Server, tree: Path, version: str, *keys: str, check: bool = True):
@@ -100,8 +99,9 @@ def test_release_threshold_needs_enough_keys(server: Server, release_trees: list
 
 def test_rotated_root_refuses_lowered_threshold_without_old_keys(server: Server) -> None:
     """A forged v2 signed only by a new key (not the v1 root key) is refused by clients."""
-    from client.documents import canonical_bytes, generate_key, sign
     from cas.keys import root_signed
+    from cas.signing import generate_key, sign
+    from casformat.canonical import canonical_bytes
     v1 = verify_first_root(parse_json((server.store / "root.json").read_bytes()))
     intruder = generate_key()
     forged = sign(root_signed(2, {"root": [intruder], "release": [intruder], "channel": [intruder]}), [intruder])

@@ -13,12 +13,11 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+from conftest import Server, free_port, run_cas, start_server
+from hostile_proxy import FAST_CLIENT, HostileProxy, wait_for_builds
 
 from client.updater import Updater
 from deltagen.digests import blake3_bytes
-
-from conftest import Server, free_port, run_cas, start_server
-from hostile_proxy import FAST_CLIENT, HostileProxy, wait_for_builds
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 NGINX = Path("/usr/sbin/nginx")

@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import Server, start_server, wait_for_builds
+from s3_fixture import S3Server
 
 from cas.errors import DigestMismatch, NotFound, TooLarge
 from cas.objects import FilesystemObjectStore
 from cas.objectstore import ObjectStore
 from cas.s3store import S3ObjectStore
-from client.deltas import rebuild_target
-from client.documents import document_digest
+from casformat.canonical import document_digest
+from casformat.manifest_delta import rebuild_target
 from deltagen.digests import blake3_bytes
-
-from conftest import Server, start_server, wait_for_builds
-from s3_fixture import S3Server
 
 MiB = 1 << 20
 

@@ -1,14 +1,14 @@
-"""client/paths.py, client/manifests.py and client/roots.py: pure validation rules."""
+"""casformat/paths.py, casformat/manifests.py and casformat/roots.py: pure validation rules."""
 from __future__ import annotations
 
 import pytest
 
 from cas.keys import root_signed
-from client.documents import add_signature, generate_key, sign
-from client.errors import DocumentError, InvalidPath, RollbackAttack, SignatureError
-from client.manifests import manifest_problems
-from client.paths import check_name, check_path, check_tree, resolve_symlink
-from client.roots import verify_first_root, verify_next_root
+from cas.signing import add_signature, generate_key, sign
+from casformat.errors import DocumentError, InvalidPath, RollbackAttack, SignatureError
+from casformat.manifests import manifest_problems
+from casformat.paths import check_name, check_path, check_tree, resolve_symlink
+from casformat.roots import verify_first_root, verify_next_root
 
 D = "a" * 64
 

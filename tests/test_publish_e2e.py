@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from client.documents import document_digest, verify
-from client.roots import verify_first_root
-from deltagen.digests import blake3_file
-
 from conftest import PUBLISH, Server, start_server
+
+from casformat.canonical import document_digest
+from casformat.roots import verify_first_root
+from casformat.signatures import verify
+from deltagen.digests import blake3_file
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from typing import Iterator
 import httpx
 import psycopg
 import pytest
-
 from conftest import Server, start_server
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]

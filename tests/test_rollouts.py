@@ -10,18 +10,17 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import store_snapshot
 
-from client.documents import parse_json
-from client.manifests import check_channel
-from client.trust import choose_release, in_cohort
 from cas import channels, keys, publisher, releases, rollouts
 from cas.clock import FileClock
 from cas.config import load_config
 from cas.errors import CasError
 from cas.repo import Repo, open_repo
 from cas.trees import scan_tree
-
-from conftest import store_snapshot
+from casformat.canonical import parse_json
+from casformat.manifests import check_channel
+from casformat.trust import choose_release, in_cohort
 
 HOUR = 3600
 

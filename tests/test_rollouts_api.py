@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import PUBLISH, READ, Server, run_cas, start_server, store_snapshot
 
 ROLLOUT = "/v1/products/app/channels/{}/rollout"

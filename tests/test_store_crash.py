@@ -13,13 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ADMIN, Server, run_cas, start_server
 
 from cas.objects import OBJECT_MODE, FilesystemObjectStore
 from cas.trees import scan_tree
 from deltagen.digests import blake3_bytes, blake3_file
 from fixtures import write_release
-
-from conftest import ADMIN, Server, run_cas, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = os.urandom(3 << 20) + b"tail"  # several CHUNKs, so writers interleave
@@ -61,7 +60,7 @@ def test_threads_and_processes_ingest_the_same_object(tmp_path: Path) -> None:
         barrier.wait()
         try:
             results.append(store.ingest_bytes(DATA))
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import start_server
 
 from cas import webhooks
 from cas.clock import FileClock
 from cas.config import load_config
 from cas.repo import open_repo
-
-from conftest import start_server
 
 SECRET = "hook-secret"
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import Server
 
 from client.errors import ClientError
 from client.updater import Updater
 from client.windows import is_open, next_opening, schedule
 
-from conftest import Server
-
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(text: str) -> datetime:

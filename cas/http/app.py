@@ -12,15 +12,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import channels, rollouts as rollout_gate, webhooks
+from .. import channels, webhooks
+from .. import rollouts as rollout_gate
 from ..clock import clock_from_env
 from ..repo import Repo
 from ..uploads import Uploads
-from .deltaworker import DeltaWorkerProcess
 from . import dashboard, objects, releases, reports, rollouts
+from .deltaworker import DeltaWorkerProcess
 from .metrics import Metrics
-from .stack import build_app
 from .ratelimit import SlidingWindow
+from .stack import build_app
 
 log = logging.getLogger("cas.http")
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from client.errors import DocumentError
+from casformat.errors import DocumentError
 
 from ..errors import BadRequest, Forbidden, NotFound
 from ..mirror import docs_dir, mirror_dir, relpath_for

@@ -8,12 +8,18 @@ from typing import Any
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import (FileResponse, JSONResponse, MalformedRangeHeader, RangeNotSatisfiable,
-                                 RedirectResponse, Response)
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    MalformedRangeHeader,
+    RangeNotSatisfiable,
+    RedirectResponse,
+    Response,
+)
 from starlette.types import Receive, Scope, Send
 
-from client.documents import parse_json
-from client.errors import DocumentError
+from casformat.canonical import parse_json
+from casformat.errors import DocumentError
 from deltagen.digests import is_digest
 
 from ..errors import BadRequest, Invalid, NotFound, TooLarge

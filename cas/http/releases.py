@@ -5,8 +5,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from client.documents import canonical_bytes, parse_json
-from client.errors import DocumentError
+from casformat.canonical import canonical_bytes, parse_json
+from casformat.errors import DocumentError
 from deltagen.digests import blake3_bytes
 
 from .. import channels, deltas, gc, releases

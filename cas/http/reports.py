@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from client.documents import parse_json
-from client.errors import DocumentError
+from casformat.canonical import parse_json
+from casformat.errors import DocumentError
 
 from .. import releases, rollouts
 from ..errors import BadRequest, Invalid, TooManyRequests, Unauthorized

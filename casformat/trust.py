@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from deltagen.digests import blake3_bytes
 
-from .documents import check_not_expired, document_digest, split_envelope, verify
+from .canonical import document_digest
 from .errors import DocumentError, RollbackAttack
 from .manifests import check_channel, check_manifest
 from .roots import Root
+from .signatures import check_not_expired, split_envelope, verify
 
 if TYPE_CHECKING:
     from .cms import CmsPolicy
@@ -48,13 +49,13 @@ def accept_channel(root: Root, envelope: Any, product: str, channel: str, seen: 
 
 
 def accept_manifest(root: Root, envelope: Any, expected_digest: str,
-                    cms_policy: "CmsPolicy | None" = None) -> dict[str, Any]:
+                    cms_policy: CmsPolicy | None = None) -> dict[str, Any]:
     signed, _ = split_envelope(envelope)
     digest = document_digest(signed)
     if digest != expected_digest:
         raise DocumentError(f"manifest digest {digest[:16]} does not match the signed {expected_digest[:16]}")
     verify(envelope, root.role("release"))
-    if cms_policy is not None:  # enterprise CMS signature (client/cms.py), fail closed
+    if cms_policy is not None:  # enterprise CMS signature (casformat/cms.py), fail closed
         from .cms import verify_manifest
         verify_manifest(envelope, cms_policy)
     return check_manifest(signed)

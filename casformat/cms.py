@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -44,16 +43,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from cryptography.x509.verification import (Criticality, ExtensionPolicy, PolicyBuilder, Store,
-                                            VerificationError)
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_modules import rfc4055, rfc5280, rfc5480, rfc5652
 
-from .documents import canonical_bytes, split_envelope, utc_now
+from .canonical import canonical_bytes
 from .errors import DocumentError, SignatureError
+from .signatures import split_envelope
+from .times import utc_now
 
 CMS_FIELD = "cms"
 MAX_CMS_BYTES = 256 << 10        # a SignedData with a long chain is a few KiB
@@ -154,31 +154,6 @@ def policy_from_settings(anchors: str | None, require: bool, base: Path | None =
             raise CmsSignatureError("CMS signatures are required but no CMS trust anchors are configured")
         return None
     return CmsPolicy(tuple(load_anchors(anchors, base)), require=require)
-
-
-# --------------------------------------------------------------------------- signing
-
-def sign_detached(content: bytes, certificate: x509.Certificate, key: Any,
-                  chain: Iterable[x509.Certificate] = (),
-                  hash_algorithm: hashes.HashAlgorithm | None = None,
-                  rsa_padding: Any = None) -> bytes:
-    """DER of a detached CMS SignedData over ``content`` (binary: no MIME canonicalisation)."""
-    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise CmsSignatureError("a CMS signing key must be RSA or ECDSA")
-    builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(
-        certificate, key, hash_algorithm or hashes.SHA256(), rsa_padding=rsa_padding)
-    for extra in chain:
-        builder = builder.add_certificate(extra)
-    return builder.sign(serialization.Encoding.DER,
-                        [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
-
-
-def sign_manifest(envelope: Mapping[str, Any], certificate: x509.Certificate, key: Any,
-                  chain: Iterable[x509.Certificate] = ()) -> dict[str, Any]:
-    """The envelope with a ``cms`` field: a detached signature over ``canonical_bytes(signed)``."""
-    signed, signatures = split_envelope(dict(envelope))
-    der = sign_detached(canonical_bytes(signed), certificate, key, chain)
-    return {"signed": signed, "signatures": signatures, CMS_FIELD: base64.b64encode(der).decode("ascii")}
 
 
 # --------------------------------------------------------------------------- verification
@@ -361,7 +336,7 @@ def verify_detached(der: bytes, content: bytes, anchors: Sequence[x509.Certifica
         raise CmsSignatureError("no CMS trust anchors configured")
     if len(der) > MAX_CMS_BYTES:
         raise CmsSignatureError(f"CMS signature of {len(der)} bytes exceeds {MAX_CMS_BYTES}")
-    now = (now or utc_now()).astimezone(timezone.utc)
+    now = (now or utc_now()).astimezone(UTC)
     info = _decode(der, rfc5652.ContentInfo(), "CMS ContentInfo")
     if info["contentType"] != rfc5652.id_signedData:
         raise CmsSignatureError(f"CMS content type is {info['contentType']}, not signed-data")
@@ -427,18 +402,3 @@ def verify_manifest(envelope: Any, policy: CmsPolicy, now: datetime | None = Non
             raise CmsSignatureError("manifest carries no CMS signature, and one is required")
         return None
     return verify_detached(der, canonical_bytes(signed), policy.anchors, now, policy.max_chain_depth)
-
-
-def load_signing_material(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
-                          chain_file: str | os.PathLike[str] | None = None,
-                          password: bytes | None = None) -> tuple[x509.Certificate, Any, list[x509.Certificate]]:
-    """(certificate, private key, extra chain certificates) from PEM/DER files."""
-    certs = load_certificates(Path(cert_file).read_bytes())
-    data = Path(key_file).read_bytes()
-    try:
-        key = (serialization.load_pem_private_key(data, password) if b"-----BEGIN" in data
-               else serialization.load_der_private_key(data, password))
-    except (ValueError, TypeError) as exc:
-        raise CmsSignatureError(f"cannot read CMS signing key {key_file}: {exc}") from None
-    chain = certs[1:] + (load_certificates(Path(chain_file).read_bytes()) if chain_file else [])
-    return certs[0], key, chain

@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 from deltagen.digests import is_digest
 
-from .documents import parse_time
 from .errors import DocumentError, InvalidPath
 from .paths import check_name, check_tree
+from .times import parse_time
 
 MANIFEST_FIELDS = {"schema", "product", "version", "created", "files"}
 FILE_FIELDS = {"path", "type", "mode", "size", "blake3", "sha256"}

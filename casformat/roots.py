@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .documents import Role, key_id, public_from_hex, split_envelope, verify
 from .errors import DocumentError, RollbackAttack, SignatureError
+from .signatures import Role, key_id, public_from_hex, split_envelope, verify
 
 ROLES = ("root", "release", "channel")
 

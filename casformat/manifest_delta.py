@@ -1,0 +1,129 @@
+"""The manifest delta: the document that takes a client from one release to another (pure).
+
+Producer and rebuilder side by side: the server assembles it (``manifest_delta``,
+``offered``, ``with_bundles``) from two manifests and the recipes built so far, offering
+a recipe only when it is smaller than the next cheaper way to get the same bytes; the
+client and the mirror rebuild the target manifest from it (``rebuild_target``) and check
+that it hashes to the signed digest.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+
+def _files(entries: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {e["path"]: e for e in entries}
+
+
+def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
+            base_digests: set[str]) -> list[dict[str, Any]]:
+    """The recipes worth offering for one target, cheapest first, raw last.
+
+    A compressed form is offered when smaller than raw; a patch (from a base the
+    client has) when smaller than the compressed form or raw.
+    """
+    compressed = [r for r in recipes if r["kind"] == "compressed" and r["size"] < raw_size]
+    bar = min([raw_size] + [r["size"] for r in compressed])
+    patches = [r for r in recipes if r["kind"] == "patch" and r["base"] in base_digests and r["size"] < bar]
+    out: list[dict[str, Any]] = []
+    for r in sorted(patches, key=lambda r: (r["size"], r["algorithm"], r["base"])):
+        out.append({"kind": "patch", "base": r["base"], "algorithm": r["algorithm"],
+                    "object": r["object"], "size": r["size"]})
+    for r in sorted(compressed, key=lambda r: r["size"])[:1]:
+        out.append({"kind": "compressed", "algorithm": r["algorithm"], "object": r["object"],
+                    "size": r["size"]})
+    out.append({"kind": "raw", "object": target, "size": raw_size})
+    return out
+
+
+def manifest_delta(product: str, base_version: str | None, base_manifest: Mapping[str, Any],
+                   target_envelope: Mapping[str, Any], target_digest: str,
+                   recipes: Mapping[str, list[Mapping[str, Any]]], complete: bool,
+                   base_digest: str | None) -> dict[str, Any]:
+    """The manifest delta document from a base release (None: from nothing) to a target release."""
+    target = target_envelope["signed"]
+    base = _files(base_manifest["files"])
+    tfiles = _files(target["files"])
+    removed = sorted(p for p in base if p not in tfiles)
+    upserted = [e for p, e in sorted(tfiles.items()) if base.get(p) != e]
+    have = {e["blake3"] for e in base.values() if e["type"] == "file"}
+    wanted: dict[str, int] = {}
+    for e in upserted:
+        if e["type"] == "file":
+            wanted[e["blake3"]] = e["size"]
+    recipe_doc: dict[str, list[dict[str, Any]]] = {}
+    download = 0
+    changed_raw = 0
+    for digest, size in sorted(wanted.items()):
+        offers = offered(recipes.get(digest, []), digest, size, have)
+        recipe_doc[digest] = offers
+        if digest not in have:
+            download += offers[0]["size"]
+            changed_raw += size
+    full = sum({e["blake3"]: e["size"] for e in tfiles.values() if e["type"] == "file"}.values())
+    return {
+        "product": product,
+        "from": {"version": base_version, "manifest": base_digest},
+        "to": {"version": target["version"], "manifest": target_digest, "created": target["created"],
+               "signatures": target_envelope["signatures"],
+               # the detached CMS signature (casformat/cms.py) rides along when the target has one
+               **({"cms": target_envelope["cms"]} if "cms" in target_envelope else {})},
+        "complete": complete,
+        "removed": removed,
+        "upserted": upserted,
+        "recipes": recipe_doc,
+        "bytes": {"recipes": download, "full": full, "changed_raw": changed_raw},
+    }
+
+
+# --------------------------------------------------------------------------- bundles
+# (deltagen/bundles.py, docs/deltagen.md "Bundles"): one object rebuilding several targets.
+
+def with_bundles(delta: Mapping[str, Any], bundles: Iterable[Mapping[str, Any]],
+                 base_digests: set[str]) -> dict[str, Any]:
+    """``delta`` with each usable bundle listed under every target it covers.
+
+    ``bundles``: rows ``{"object", "size", "bases": [...], "members": [{"blake3",
+    "offset", "size"}]}`` built for this release pair.  A bundle is usable when the
+    client has all its bases (``base_digests``: the base release's files) and the
+    delta lists every member.  ``choose_cover`` (deltagen.bundles) picks the cheapest
+    cover of the targets the client lacks by per-file first choices and bundles; a
+    chosen bundle goes first in each of its members' lists and is counted once in
+    ``bytes.recipes``; bundles outside the cover are not offered.
+    """
+    from deltagen.bundles import choose_cover
+
+    recipes = {t: list(r) for t, r in delta["recipes"].items()}
+    usable: list[dict[str, Any]] = []
+    for row in bundles:
+        members = [{"blake3": m["blake3"], "offset": m["offset"], "size": m["size"]} for m in row["members"]]
+        if not members or not set(row["bases"]) <= base_digests:
+            continue
+        if any(m["blake3"] not in recipes for m in members):
+            continue
+        usable.append({"kind": "bundle", "algorithm": "zstd", "object": row["object"], "size": row["size"],
+                       "bases": list(row["bases"]), "members": members})
+    if not usable:
+        return dict(delta)
+    need = {t: r[0]["size"] for t, r in recipes.items() if t not in base_digests and r}
+    cover = choose_cover(need, [({m["blake3"] for m in b["members"]}, b["size"]) for b in usable])
+    # Only the bundles of the cheapest cover are offered (first, for each member): a
+    # bundle outside it costs more than the per-file recipes of its members.
+    for i in cover.bundles:
+        for member in {m["blake3"] for m in usable[i]["members"]}:
+            recipes[member].insert(0, usable[i])
+    out = dict(delta)
+    out["recipes"] = recipes
+    out["bytes"] = {**delta["bytes"], "recipes": cover.total}
+    return out
+
+
+def rebuild_target(base_manifest: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's ``signed`` part from a base manifest and a delta (for checking)."""
+    files = {e["path"]: e for e in base_manifest["files"]}
+    for path in delta["removed"]:
+        files.pop(path, None)
+    for entry in delta["upserted"]:
+        files[entry["path"]] = entry
+    return {"schema": 1, "product": delta["product"], "version": delta["to"]["version"],
+            "created": delta["to"]["created"], "files": [files[p] for p in sorted(files)]}
