@@ -75,12 +75,12 @@ _HASHES: dict[univ.ObjectIdentifier, type[hashes.HashAlgorithm]] = {
     rfc4055.id_sha384: hashes.SHA384,
     rfc4055.id_sha512: hashes.SHA512,
 }
-_RSA_PKCS1 = {
+_RSA_PKCS1: dict[univ.ObjectIdentifier, type[hashes.HashAlgorithm]] = {
     rfc4055.sha256WithRSAEncryption: hashes.SHA256,
     rfc4055.sha384WithRSAEncryption: hashes.SHA384,
     rfc4055.sha512WithRSAEncryption: hashes.SHA512,
 }
-_ECDSA = {
+_ECDSA: dict[univ.ObjectIdentifier, type[hashes.HashAlgorithm]] = {
     rfc5480.ecdsa_with_SHA256: hashes.SHA256,
     rfc5480.ecdsa_with_SHA384: hashes.SHA384,
     rfc5480.ecdsa_with_SHA512: hashes.SHA512,
@@ -230,7 +230,7 @@ def _signed_attributes_bytes(signer_info: Any, digest: bytes) -> bytes:
     as_set = univ.SetOf(componentType=rfc5652.Attribute())
     for i, attr in enumerate(attrs):
         as_set.setComponentByPosition(i, attr)
-    return der_encoder.encode(as_set)
+    return bytes(der_encoder.encode(as_set))
 
 
 def _check_signature(public: Any, signer_info: Any, data: bytes, digest_hash: hashes.HashAlgorithm) -> None:

@@ -6,7 +6,7 @@ list.  Signatures are checked by ``documents.verify`` against a root role.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from deltagen.digests import is_digest
 
@@ -47,7 +47,7 @@ def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
         return problems + ["files must be a list"]
     if len(files) > MAX_FILES:
         return problems + [f"more than {MAX_FILES} files"]
-    tree: list[tuple[str, str, str | None]] = []
+    tree: list[tuple[object, str, object]] = []
     for index, entry in enumerate(files):
         where = f"files[{index}]"
         if not isinstance(entry, dict):
@@ -90,7 +90,7 @@ def check_manifest(signed: Any, casefold: bool = False) -> dict[str, Any]:
     problems = manifest_problems(signed, casefold=casefold)
     if problems:
         raise DocumentError("invalid manifest", detail=problems)
-    return signed
+    return cast(dict[str, Any], signed)
 
 
 def file_entries(signed: Mapping[str, Any]) -> list[dict[str, Any]]:

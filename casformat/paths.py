@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Sequence
 
 from .errors import InvalidPath
 
@@ -106,7 +107,7 @@ def _chain_problem(link_path: str, links: dict[str, str]) -> str | None:
     return None
 
 
-def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = False) -> list[str]:
+def check_tree(entries: Sequence[tuple[object, str, object]], casefold: bool = False) -> list[str]:
     """Problems with a whole tree of (path, type, symlink target) entries.
 
     Finds duplicates, (optionally case-folded) collisions, files used as
@@ -118,9 +119,9 @@ def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = Fals
     folded: dict[str, str] = {}
     kinds: dict[str, str] = {}
     links: dict[str, str] = {}
-    for path, kind, target in entries:
+    for raw_path, kind, target in entries:
         try:
-            check_path(path)
+            path = check_path(raw_path)
         except InvalidPath as exc:
             problems.append(exc.message)
             continue
@@ -137,7 +138,8 @@ def check_tree(entries: list[tuple[str, str, str | None]], casefold: bool = Fals
         if kind == "symlink":
             try:
                 resolve_symlink(path, target)
-                links[path] = target  # type: ignore[assignment]
+                if isinstance(target, str):  # resolve_symlink refused anything else
+                    links[path] = target
             except InvalidPath as exc:
                 problems.append(exc.message)
     if casefold:  # on a case-insensitive filesystem 'A' and 'a/b' clash too

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -195,7 +195,7 @@ def _members(members: Iterable[BundleMember | Mapping[str, Any]]) -> list[Bundle
 
 def _decoded(prefix: bytes | bytearray | mmap.mmap, bundle_path: StrPath, total: int) -> Iterator[bytes]:
     """The frame's content in chunks, never more than ``total`` bytes in all."""
-    dict_data = (zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    dict_data = (zstandard.ZstdCompressionDict(cast(bytes, prefix), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
                  if len(prefix) else None)
     dctx = zstandard.ZstdDecompressor(dict_data=dict_data, max_window_size=_MAX_WINDOW)
     produced = 0
@@ -352,9 +352,9 @@ def build_bundle(bases: Sequence[StrPath], targets: Sequence[StrPath], out: StrP
                     write_content_size=True, write_checksum=True, write_dict_id=False)
                 with _prefix_bytes([b[0] for b in base_list]) if base_list else contextlib.nullcontext(b"") as pre:
                     cctx = zstandard.ZstdCompressor(
-                        dict_data=zstandard.ZstdCompressionDict(pre, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+                        dict_data=zstandard.ZstdCompressionDict(cast(bytes, pre), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
                         if len(pre) else None, compression_params=params)
-                    cctx.copy_stream(src, dst, size=total, read_size=CHUNK, write_size=CHUNK)
+                    cctx.copy_stream(cast(BinaryIO, src), dst, size=total, read_size=CHUNK, write_size=CHUNK)
     finally:
         src.close()
     try:
@@ -458,10 +458,10 @@ def choose_cover(per_file_best: Mapping[str, int],
             chosen.append(pick)
             best_cost -= saving
         best = tuple(chosen)
-    covered: set[str] = set()
-    for _, c, _ in best:
-        covered |= c
-    return Cover(tuple(sorted(i for i, _, _ in best)), tuple(sorted(t for t in need if t not in covered)),
+    left = set(need)
+    for _, members, _ in best:
+        left -= members
+    return Cover(tuple(sorted(i for i, _, _ in best)), tuple(sorted(left)),
                  best_cost, exhaustive)
 
 

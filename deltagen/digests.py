@@ -7,9 +7,9 @@ bounded chunks, never read whole.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import blake3 as _blake3
@@ -72,12 +72,12 @@ def hash_stream(fh: BinaryIO, sha256: bool = False) -> StreamHasher:
         h.update(chunk)
 
 
-def blake3_file(path: str | Path) -> str:
+def blake3_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as fh:
         return hash_stream(fh).blake3
 
 
-def file_digest(path: str | Path) -> FileDigest:
+def file_digest(path: str | os.PathLike[str]) -> FileDigest:
     with open(path, "rb") as fh:
         h = hash_stream(fh, sha256=True)
     return FileDigest(h.blake3, h.sha256, h.size)

@@ -12,7 +12,7 @@ import mmap
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -45,7 +45,8 @@ def _mapped(path: StrPath) -> Iterator[bytes | mmap.mmap]:
 
 
 def _prefix_dict(old: bytes | mmap.mmap) -> zstandard.ZstdCompressionDict:
-    return zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    # an mmap is a buffer like bytes (the stubs name only bytes, bytearray and memoryview)
+    return zstandard.ZstdCompressionDict(cast(bytes, old), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
 def make_zstd_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath,

@@ -12,7 +12,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+
+class Readable(Protocol):
+    """Anything with ``read(n) -> bytes`` (a file, or several files back to back)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
 
 CHUNK = 1 << 20
 
@@ -79,7 +86,7 @@ def _check(result: int) -> int:
     return result
 
 
-def compress_with_prefix(old_fd: int, old_size: int, src: BinaryIO, src_size: int,
+def compress_with_prefix(old_fd: int, old_size: int, src: Readable, src_size: int,
                          dst: BinaryIO, level: int, window_log: int) -> None:
     """One frame of ``src`` with the old file (mapped from ``old_fd``) as prefix."""
     if _LIB is None:
