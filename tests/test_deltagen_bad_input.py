@@ -205,3 +205,67 @@ def test_unknown_algorithm(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     old, new = pair
     with pytest.raises(deltagen.UnknownAlgorithm):
         deltagen.make_patch("xdelta", old, new, tmp_path / "p")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- issue 13, D7
+
+def test_bsdiff_control_of_zeros_24x_the_target_stays_small(tmp_path: Path) -> None:
+    """D7: a patch whose control block is bz2-compressed zeros, 24x the target size (the most
+    the header allows), is refused while memory stays small: the control block is streamed,
+    never decompressed whole (before: all of it in memory, 1.2 GiB for a 16 MiB file)."""
+    import tracemalloc
+    size = 4 << 20
+    old = tmp_path / "old"
+    old.write_bytes(random.Random(7).randbytes(size))
+    patch = _bsdiff_patch(size, [], b"", b"", raw_control=bytes(24 * size))
+    assert len(patch) < 4096
+    (tmp_path / "p").write_bytes(patch)
+    tracemalloc.start()
+    try:
+        _apply_fails(tmp_path, "bsdiff4", old, tmp_path / "p", size, None, CorruptPatch)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size + (8 << 20), f"peak {peak} bytes for a {size}-byte target"
+
+
+def test_bsdiff_many_one_byte_entries_apply_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               pair: tuple[Path, Path]) -> None:
+    """Entries are split across batches at any byte (tiny BATCH): the output is still exact."""
+    from deltagen import bsdiff_format
+    old, new = pair
+    patch = tmp_path / "p"
+    deltagen.make_patch("bsdiff4", old, new, patch)
+    expected = blake3_file(new)
+    for batch in (1, 7, 4096, 1 << 20):
+        monkeypatch.setattr(bsdiff_format, "BATCH", batch)
+        assert deltagen.apply_patch("bsdiff4", old, patch, tmp_path / "out", SIZE, expected) == expected
+    # a hand-made patch of seeks, copies and adds, split every 3 bytes
+    monkeypatch.setattr(bsdiff_format, "BATCH", 3)
+    data = old.read_bytes()
+    control = [(5, 2, 10), (0, 0, -3), (4, 0, 100), (0, 6, 0), (7, 1, -50)]
+    want = bytearray()
+    pos = 0
+    diff = bytes(range(1, 17))
+    extra = b"EXTRA-BYTES"
+    d = e = 0
+    for x, y, z in control:
+        want += bytes((data[pos + i] + diff[d + i]) & 0xFF for i in range(x))
+        d += x
+        pos += x
+        want += extra[e:e + y]
+        e += y
+        pos += z
+    (tmp_path / "h").write_bytes(_bsdiff_patch(len(want), control, diff[:d], extra[:e]))
+    deltagen.apply_patch("bsdiff4", old, tmp_path / "h", tmp_path / "out", len(want))
+    assert (tmp_path / "out").read_bytes() == bytes(want)
+
+
+def test_bsdiff_old_file_above_the_cap_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    from deltagen.limits import DeltaLimits
+    old, new = pair
+    deltagen.make_patch("bsdiff4", old, new, tmp_path / "p")
+    with pytest.raises(SizeExceeded):
+        deltagen.apply_patch("bsdiff4", old, tmp_path / "p", tmp_path / "out", SIZE,
+                             limits=DeltaLimits(bsdiff_max_bytes=SIZE - 1))
+    assert _leftovers(tmp_path) == []

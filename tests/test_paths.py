@@ -192,3 +192,65 @@ def test_malformed_roots_refused(mutate) -> None:
     mutate(signed)
     with pytest.raises(DocumentError):
         verify_first_root(sign(signed, [k]))
+
+
+# --------------------------------------------------------------------------- issue 13: D2, D13, D14
+
+def test_overlong_symlink_target_refused() -> None:
+    """D2: a target of 150,000 segments is refused by its length, before any chain is followed."""
+    target = "/".join(["a"] * 150_000)
+    with pytest.raises(InvalidPath, match="longer than 1024"):
+        resolve_symlink("s", target)
+    problems = check_tree([("s", "symlink", target), ("a", "symlink", ".")])
+    assert len(problems) == 1 and "longer than 1024" in problems[0]
+
+
+@pytest.mark.timeout(60)
+def test_symlink_chain_work_is_bounded_per_tree() -> None:
+    """D2: many links that each expand through each other cannot make the check run away:
+    the whole tree gets MAX_CHAIN_STEPS of resolution work, then is refused with a reason."""
+    deep = "/".join(["d"] * 500)            # 500 real directories: no hop limit ends the walk early
+    entries: list[tuple[object, str, object]] = [(deep + "/f", "file", None)]
+    entries += [(f"l{i:05d}", "symlink", deep + "/f") for i in range(5000)]
+    problems = check_tree(entries)
+    assert problems and all("too long to check" in p for p in problems)
+    # A realistic tree with chains (lib/x.so -> x.so.1 -> ...) is nowhere near the budget.
+    fine = [(f"lib/l{i}.so", "symlink", f"l{i}.so.1") for i in range(2000)]
+    fine += [(f"lib/l{i}.so.1", "file", None) for i in range(2000)]
+    assert check_tree(fine) == []
+
+
+def test_casefold_treats_nfc_and_nfd_as_one_name() -> None:
+    """D13: on a case-insensitive, normalising file system these two entries are one file."""
+    nfc, nfd = "caf\u00e9.txt", "cafe\u0301.txt"
+    assert check_tree([(nfc, "file", None), (nfd, "file", None)]) == []
+    problems = check_tree([(nfc, "file", None), (nfd, "file", None)], casefold=True)
+    assert any("collides" in p for p in problems)
+    assert any("collides" in p for p in check_tree([("A/ß", "file", None), ("a/SS", "file", None)], casefold=True))
+
+
+def test_casefold_resolves_symlink_chains_case_insensitively() -> None:
+    """D13: d/x -> .. and t -> d/X/../.. : through d/X (= d/x there) t leaves the tree."""
+    chain = [("d/x", "symlink", ".."), ("t", "symlink", "d/X/../..")]
+    assert check_tree(chain) == []   # case-sensitive: d/X is no link, t stays inside
+    assert any("through other symlinks" in p for p in check_tree(chain, casefold=True))
+
+
+@pytest.mark.parametrize("char", ["\x7f", "\x85", "\x9b", "\u2028", "\u2029", "\x1b"])
+def test_control_characters_refused_in_paths_and_targets(char: str) -> None:
+    """D14: DEL, the C1 controls (U+0085 NEL, U+009B CSI) and line separators are controls too."""
+    with pytest.raises(InvalidPath, match="control"):
+        check_path(f"a{char}b")
+    with pytest.raises(InvalidPath, match="control"):
+        resolve_symlink("s", f"a{char}b")
+
+
+def test_path_length_leaves_room_for_the_install_root() -> None:
+    """D14: a path every client can install; 4096 bytes is refused (ENAMETOOLONG under any root)."""
+    from casformat.paths import MAX_PATH_BYTES, MAX_ROOT_BYTES
+    ok = "/".join(["d" * 200] * 10) + "/" + "f" * (MAX_PATH_BYTES - 2010)
+    assert len(ok.encode()) == MAX_PATH_BYTES and check_path(ok) == ok
+    for bad in (ok + "x", "/".join(["d" * 200] * 20)):
+        with pytest.raises(InvalidPath, match="longer than"):
+            check_path(bad)
+    assert MAX_ROOT_BYTES + MAX_PATH_BYTES + 160 < 4096
