@@ -47,7 +47,8 @@ from .output import StrPath, _fsync_dir, atomic_output
 from .zstd_frames import _MAX_WINDOW, CHUNK, _check_frame, patch_window_log
 
 #: above this many candidate bundles choose_cover is greedy instead of exhaustive
-EXHAUSTIVE_MAX = 16
+EXHAUSTIVE_MAX = 10           # all subsets of at most this many candidates (1,024)
+MAX_BUNDLE_CANDIDATES = 32    # candidates considered at all (the best on their own)
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,7 @@ class Cover:
     per_file: tuple[str, ...]          # targets served by their own cheapest recipe
     total: int                         # bytes to download
     exhaustive: bool = True
+    steps: int = 0                     # target lookups spent (bounded, see choose_cover)
 
 
 def choose_cover(per_file_best: Mapping[str, int],
@@ -421,25 +423,38 @@ def choose_cover(per_file_best: Mapping[str, int],
     chosen bundles' sizes (each once) + the per-file sizes of targets no chosen bundle
     covers.  Targets a candidate rebuilds that are not needed add nothing.  Candidates
     that cover nothing needed, or cost at least the per-file sum of what they cover,
-    can never lower the cost and are dropped; the rest are searched exhaustively (all
-    subsets) up to ``exhaustive_max`` of them, else greedily (largest saving first,
-    while it saves).  Ties keep per-file recipes.
+    can never lower the cost and are dropped; of the rest only the
+    ``MAX_BUNDLE_CANDIDATES`` with the largest saving on their own are kept (the
+    candidates come from an unsigned document: a forged list must not make planning
+    expensive).  Those are searched exhaustively (all subsets) up to ``exhaustive_max``
+    of them, else greedily (largest saving first, while it saves).  The work is bounded
+    either way: at most 2**exhaustive_max subsets, or MAX_BUNDLE_CANDIDATES greedy
+    rounds, each costing the candidates' sizes, never the number of needed targets.
+    Ties keep per-file recipes.
     """
     need = dict(per_file_best)
-    useful: list[tuple[int, frozenset[str], int]] = []
+    steps = 0
+    useful: list[tuple[int, frozenset[str], int, int]] = []    # (index, covered, size, saving alone)
     for i, (targets, size) in enumerate(bundle_candidates):
         covered = frozenset(t for t in targets if t in need)
-        if covered and size < sum(need[t] for t in covered):
-            useful.append((i, covered, size))
+        steps += len(covered)
+        saving = sum(need[t] for t in covered) - size
+        if covered and saving > 0:
+            useful.append((i, covered, size, saving))
+    useful.sort(key=lambda u: (-u[3], u[0]))
+    useful = useful[:MAX_BUNDLE_CANDIDATES]
+    total_need = sum(need.values())
 
-    def cost(chosen: Sequence[tuple[int, frozenset[str], int]]) -> int:
+    def cost(chosen: Sequence[tuple[int, frozenset[str], int, int]]) -> int:
+        nonlocal steps
         covered: set[str] = set()
-        for _, c, _ in chosen:
+        for _, c, _, _ in chosen:
             covered |= c
-        return sum(s for _, _, s in chosen) + sum(v for t, v in need.items() if t not in covered)
+            steps += len(c)
+        return total_need + sum(u[2] for u in chosen) - sum(need[t] for t in covered)
 
-    best: tuple[tuple[int, frozenset[str], int], ...] = ()
-    best_cost = cost(())
+    best: tuple[tuple[int, frozenset[str], int, int], ...] = ()
+    best_cost = total_need
     exhaustive = len(useful) <= exhaustive_max
     if exhaustive:
         for r in range(1, len(useful) + 1):
@@ -448,21 +463,27 @@ def choose_cover(per_file_best: Mapping[str, int],
                 if c < best_cost:
                     best, best_cost = combo, c
     else:
-        chosen: list[tuple[int, frozenset[str], int]] = []
+        chosen: list[tuple[int, frozenset[str], int, int]] = []
+        taken: set[str] = set()
         while True:
-            options = [(best_cost - cost(chosen + [u]), u) for u in useful if u not in chosen]
-            options = [o for o in options if o[0] > 0]
-            if not options:
+            pick, pick_saving = None, 0
+            for u in useful:
+                if u in chosen:
+                    continue
+                steps += len(u[1])
+                saving = sum(need[t] for t in u[1] - taken) - u[2]
+                if saving > pick_saving:
+                    pick, pick_saving = u, saving
+            if pick is None:
                 break
-            saving, pick = max(options, key=lambda o: (o[0], -o[1][0]))
             chosen.append(pick)
-            best_cost -= saving
+            taken |= pick[1]
+            best_cost -= pick_saving
         best = tuple(chosen)
     left = set(need)
-    for _, members, _ in best:
+    for _, members, _, _ in best:
         left -= members
-    return Cover(tuple(sorted(i for i, _, _ in best)), tuple(sorted(left)),
-                 best_cost, exhaustive)
+    return Cover(tuple(sorted(i for i, _, _, _ in best)), tuple(sorted(left)), best_cost, exhaustive, steps)
 
 
 _NATIVE = (".so", ".pyd", ".dll", ".dylib", ".a", ".o")

@@ -394,3 +394,21 @@ def test_client_skips_a_bundle_whose_base_it_lacks(trees: tuple[Path, Path], tmp
     staging = asyncio.run(updater._stage(fetcher, envelope, plans))
     assert tree_problems(staging, envelope["signed"]["files"]) == []
     assert bundle["object"] not in fetcher.fetched
+
+
+def test_cover_planner_work_is_bounded_for_forged_bundle_lists() -> None:
+    """Issue 13, D6: sixteen (or ten thousand) forged bundles in an unsigned delta cannot make
+    the planner exponential: candidates are capped, the exhaustive search is small, the
+    greedy search costs the candidates' sizes; the answer still never costs more than
+    per-file recipes."""
+    from deltagen.bundles import EXHAUSTIVE_MAX, MAX_BUNDLE_CANDIDATES
+    per_file = {f"t{i}": 1000 for i in range(2000)}
+    forged = [({f"t{j}" for j in range(i, 2000, 16)}, 100 * 1000 - i) for i in range(16)]
+    cover = choose_cover(per_file, forged)
+    assert not cover.exhaustive and cover.total <= 2000 * 1000
+    assert cover.steps <= (MAX_BUNDLE_CANDIDATES + 2) * 2000
+    many = [({f"t{i}", f"t{(i + 1) % 2000}"}, 1500 + i % 7) for i in range(10_000)]
+    cover = choose_cover(per_file, many)
+    assert cover.total < 2000 * 1000 and len(cover.bundles) <= MAX_BUNDLE_CANDIDATES
+    assert cover.steps <= 2 * 10_000 + MAX_BUNDLE_CANDIDATES ** 2 * 2
+    assert 2 ** EXHAUSTIVE_MAX <= 1024
