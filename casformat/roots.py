@@ -84,3 +84,19 @@ def verify_next_root(trusted: Root, envelope: Any) -> Root:
         raise SignatureError(f"root v{candidate.version} is not signed by the v{trusted.version} root keys: {exc}") from exc
     verify(envelope, candidate.role("root"))
     return candidate
+
+
+def rotated_roles(old: Root, new: Root) -> frozenset[str]:
+    """Roles whose trusted keys or threshold differ between ``old`` and ``new``.
+
+    TUF's client workflow (spec 5.3.11): when a new root rotates a role's keys, the
+    client forgets what it trusted of that role (its sequence or version), so an
+    operator recovers from a stolen key that signed a far-future sequence (a
+    fast-forward attack) by rotating that role's keys through a new root.
+    """
+    changed = set()
+    for name in ROLES:
+        a, b = old.role(name), new.role(name)
+        if set(a.keys) != set(b.keys) or a.threshold != b.threshold:
+            changed.add(name)
+    return frozenset(changed)

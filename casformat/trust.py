@@ -17,7 +17,7 @@ from deltagen.digests import blake3_bytes
 from .canonical import document_digest
 from .errors import DocumentError, RollbackAttack
 from .manifests import check_channel, check_manifest
-from .roots import Root
+from .roots import Root, rotated_roles
 from .signatures import check_not_expired, split_envelope, verify
 
 if TYPE_CHECKING:
@@ -73,3 +73,10 @@ def choose_release(signed: Mapping[str, Any], client_id: str) -> tuple[str, str]
                     or client_id in rollout.get("clients", ())):  # batches: an explicit allow-list
         return rollout["release"], rollout["manifest"]
     return signed["release"], signed["manifest"]
+
+
+def after_root_update(seen: ChannelState, old: Root, new: Root) -> ChannelState:
+    """What the client still trusts of its channel after moving from root ``old`` to ``new``:
+    nothing, when the new root rotated the channel role's keys (fast-forward recovery,
+    ``roots.rotated_roles``); else the same."""
+    return ChannelState() if "channel" in rotated_roles(old, new) else seen

@@ -254,3 +254,20 @@ def test_path_length_leaves_room_for_the_install_root() -> None:
         with pytest.raises(InvalidPath, match="longer than"):
             check_path(bad)
     assert MAX_ROOT_BYTES + MAX_PATH_BYTES + 160 < 4096
+
+
+def test_rotated_roles_and_channel_trust_after_rotation() -> None:
+    """Issue 13, D8 (the pure part): a new root that rotates the channel key makes the client
+    forget its channel sequence; one that rotates only the release key does not."""
+    from casformat.roots import parse_root, rotated_roles
+    from casformat.trust import ChannelState, after_root_update
+    root_k, rel, ch, ch2, rel2 = (generate_key() for _ in range(5))
+    v1 = parse_root(root_signed(1, {"root": [root_k], "release": [rel], "channel": [ch]}))
+    v2 = parse_root(root_signed(2, {"root": [root_k], "release": [rel], "channel": [ch2]}))
+    v3 = parse_root(root_signed(3, {"root": [root_k], "release": [rel2], "channel": [ch2]}))
+    v4 = parse_root(root_signed(4, {"root": [root_k], "release": [rel2], "channel": [ch2]}, {"root": 1}))
+    assert rotated_roles(v1, v2) == {"channel"} and rotated_roles(v2, v3) == {"release"}
+    assert rotated_roles(v3, v4) == frozenset()
+    stuck = ChannelState(10**12, "f" * 64)
+    assert after_root_update(stuck, v1, v2) == ChannelState()
+    assert after_root_update(stuck, v2, v3) == stuck
