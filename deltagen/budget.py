@@ -1,8 +1,9 @@
 """Run one build (a patch or a compressed form) in a worker process under a deadline.
 
-The worker is a fresh ``python -m deltagen.budget`` in its own session: when the
-deadline passes it is killed with SIGKILL, so a slow suffix sort or a level-19 pass
-over a huge file never holds the caller past its budget.  The worker writes through
+The worker is a fresh ``python -m deltagen.budget`` in its own session that dies with
+its parent (``deltagen.children``): when the deadline passes it is killed with SIGKILL,
+so a slow suffix sort or a level-19 pass over a huge file never holds the caller past
+its budget, and a killed caller leaves no build running.  The worker writes through
 ``atomic_output``; a killed worker can leave only a temp file, so callers give it a
 private directory and remove that directory afterwards.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import errors
+from .children import child_env, die_with_parent
 from .limits import DeltaLimits
 from .output import StrPath
 from .patches import compress_file, make_patch
@@ -50,7 +52,7 @@ def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
         raise errors.BudgetExceeded("no time left in the budget")
     spec = {"job": job, "old": os.fspath(old_path) if old_path is not None else None,
             "new": os.fspath(new_path), "out": os.fspath(out_path), "limits": limits.to_dict()}
-    env = dict(os.environ)
+    env = child_env()   # the worker dies with this process (deltagen.children)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "deltagen.budget", json.dumps(spec)],
@@ -103,6 +105,7 @@ def build_before(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
 
 
 def _worker(argv: list[str]) -> int:
+    die_with_parent()
     spec = json.loads(argv[0])
     limits = DeltaLimits.from_dict(spec["limits"])
     try:
