@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from deltagen.digests import is_digest
+
 
 def _files(entries: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return {e["path"]: e for e in entries}
@@ -127,3 +129,109 @@ def rebuild_target(base_manifest: Mapping[str, Any], delta: Mapping[str, Any]) -
         files[entry["path"]] = entry
     return {"schema": 1, "product": delta["product"], "version": delta["to"]["version"],
             "created": delta["to"]["created"], "files": [files[p] for p in sorted(files)]}
+
+
+# --------------------------------------------------------------------------- the client's side
+# The recipes of a delta are not signed (only the rebuilt manifest is): every recipe is checked
+# against the signed manifest before use, and a bad one is dropped, never fatal.
+
+MAX_RECIPES_PER_TARGET = 16
+MAX_BUNDLE_MEMBERS = 100_000
+MAX_BUNDLE_BASES = 10_000
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _bundle(recipe: Mapping[str, Any], signed_sizes: Mapping[str, int]) -> dict[str, Any] | str:
+    members, bases = recipe.get("members"), recipe.get("bases")
+    if not isinstance(members, list) or not 0 < len(members) <= MAX_BUNDLE_MEMBERS:
+        return "bundle members must be a non-empty list"
+    if not isinstance(bases, list) or len(bases) > MAX_BUNDLE_BASES or not all(is_digest(b) for b in bases):
+        return "bundle bases must be a list of digests"
+    out_members: list[dict[str, Any]] = []
+    offset = total = 0
+    for m in members:
+        if not isinstance(m, dict):
+            return "bundle member is not an object"
+        digest, at, size = m.get("blake3"), _int(m.get("offset")), _int(m.get("size"))
+        if not isinstance(digest, str) or digest not in signed_sizes or size != signed_sizes[digest]:
+            return "bundle member is not a file of the signed manifest with its signed size"
+        if at != offset:
+            return "bundle members do not tile the bundle"
+        offset += size
+        total += size
+        out_members.append({"blake3": digest, "offset": at, "size": size})
+    bundle_size = _int(recipe.get("size"))
+    if bundle_size is None or not 0 < bundle_size < total:
+        return "bundle size must be below its members' signed sizes (it is offered only when it saves)"
+    return {"kind": "bundle", "algorithm": "zstd", "object": recipe.get("object"), "size": bundle_size,
+            "bases": list(bases), "members": out_members}
+
+
+def check_recipe(recipe: object, target: str, target_size: int, signed_sizes: Mapping[str, int],
+                 algorithms: Iterable[str]) -> dict[str, Any] | str:
+    """One recipe of an unsigned delta checked against the signed manifest: the recipe (only
+    its known fields) or the reason it is dropped.
+
+    Sizes are bounded by signed data, as the server's offer rule (``offered``) justifies: a
+    raw object has exactly the signed size; a compressed form or a patch is offered only
+    when smaller than the file; a bundle only when smaller than its members."""
+    if not isinstance(recipe, dict):
+        return "recipe is not an object"
+    kind, obj, size = recipe.get("kind"), recipe.get("object"), _int(recipe.get("size"))
+    if not is_digest(obj):
+        return "recipe object is not a digest"
+    if kind == "raw":
+        if obj != target or size != target_size:
+            return "raw recipe must name the file itself with its signed size"
+        return {"kind": "raw", "object": obj, "size": size}
+    if kind == "bundle":
+        if recipe.get("algorithm") != "zstd":
+            return "bundle algorithm must be zstd"
+        return _bundle(recipe, signed_sizes)
+    if size is None or not 0 < size < target_size:
+        return f"{kind} recipe size must be a positive integer below the file's signed size"
+    if kind == "compressed":
+        if recipe.get("algorithm") != "zstd":
+            return "compressed recipe algorithm must be zstd"
+        return {"kind": "compressed", "algorithm": "zstd", "object": obj, "size": size}
+    if kind == "patch":
+        algorithm, base = recipe.get("algorithm"), recipe.get("base")
+        if algorithm not in set(algorithms):
+            return f"unknown patch algorithm {str(algorithm)[:20]!r}"
+        if not is_digest(base):
+            return "patch base is not a digest"
+        return {"kind": "patch", "algorithm": algorithm, "base": base, "object": obj, "size": size}
+    return f"unknown recipe kind {str(kind)[:20]!r}"
+
+
+def usable_recipes(recipes: object, files: Iterable[Mapping[str, Any]], algorithms: Iterable[str]
+                   ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """The recipes of an unsigned delta that may be used for the files of a verified manifest,
+    and the problems found (for the log).  Targets not in the manifest are ignored; at most
+    ``MAX_RECIPES_PER_TARGET`` recipes per target are looked at; a malformed document or
+    entry drops only what is malformed, and the client falls back to the raw object."""
+    sizes = {e["blake3"]: e["size"] for e in files if e.get("type") == "file"}
+    known = tuple(algorithms)
+    problems: list[str] = []
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not isinstance(recipes, dict):
+        return out, ["recipes is not an object"] if recipes is not None else []
+    for target, size in sizes.items():
+        offers = recipes.get(target)
+        if offers is None:
+            continue
+        if not isinstance(offers, list):
+            problems.append(f"{target[:12]}: recipes is not a list")
+            continue
+        kept: list[dict[str, Any]] = []
+        for recipe in offers[:MAX_RECIPES_PER_TARGET]:
+            checked = check_recipe(recipe, target, size, sizes, known)
+            if isinstance(checked, str):
+                problems.append(f"{target[:12]}: {checked}")
+            else:
+                kept.append(checked)
+        out[target] = kept
+    return out, problems
