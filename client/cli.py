@@ -4,24 +4,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from casformat.errors import DocumentError
 
 from .errors import ClientError
 from .updater import Updater, UpdateResult
 
+Command = Callable[[argparse.Namespace], int]
+
 
 def _human_bytes(n: int) -> str:
+    value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return str(value)
 
 
-def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+def _emit(args: argparse.Namespace, data: Mapping[str, object], human: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else human)
 
 
@@ -121,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cas-client", description="deltacas update client")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Any, **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, **kw)
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
         p.add_argument("root", help="install root")
         p.add_argument("--json", action="store_true")
@@ -156,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    func: Command = args.func
     try:
-        return args.func(args)
+        return func(args)
     except ClientError as exc:
         print(f"cas-client: error: {exc.message}", file=sys.stderr)
         for line in (exc.detail if isinstance(exc.detail, list) else [])[:10]:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from casformat.cms import CmsPolicy
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class ClientConfig:
     require_cms: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def cms_policy(self) -> Any:
+    def cms_policy(self) -> CmsPolicy | None:
         """The CMS policy for ``trust.accept_manifest`` (``None`` when not configured); fails closed."""
         from casformat.cms import policy_from_settings
         return policy_from_settings(self.cms_trust_anchors, self.require_cms)

@@ -17,8 +17,9 @@ import email.utils
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Callable
+from typing import TypeVar
 
 import httpx
 
@@ -29,6 +30,8 @@ from .errors import DownloadError, NotAvailable
 
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 CHUNK = 256 << 10
+
+T = TypeVar("T")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -115,7 +118,7 @@ class Fetcher:
         await self.aclose()
 
     # ------------------------------------------------------------------ retry core
-    async def _with_retries(self, what: str, attempt_once: Callable[[str], asyncio.Future[object]]) -> object:
+    async def _with_retries(self, what: str, attempt_once: Callable[[str], Awaitable[T]]) -> T:
         """Run ``attempt_once(server)`` over every server with retries; first success wins."""
         errors: list[str] = []
         not_found = 0
@@ -172,7 +175,7 @@ class Fetcher:
             except httpx.HTTPError as exc:
                 raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None
 
-        return await self._with_retries(path, once)  # type: ignore[return-value]
+        return await self._with_retries(path, once)
 
     def _check_status(self, response: httpx.Response, what: str) -> None:
         status = response.status_code
@@ -203,7 +206,7 @@ class Fetcher:
                     return final
             final.unlink()
         async with self._gate:
-            return await self._with_retries(f"object {digest[:16]}", lambda s: self._fetch_object(s, digest, size))  # type: ignore[return-value]
+            return await self._with_retries(f"object {digest[:16]}", lambda s: self._fetch_object(s, digest, size))
 
     async def _fetch_object(self, server: str, digest: str, size: int) -> Path:
         part = self.partial_path(digest)

@@ -20,7 +20,7 @@ FSYNC_THREADS = 16
 
 def installed_mode(entry: Mapping[str, Any]) -> int:
     """Installed files are read-only: the manifest mode without write bits."""
-    return entry["mode"] & 0o7555
+    return int(entry["mode"]) & 0o7555
 
 
 def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:

@@ -17,8 +17,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from casformat.canonical import parse_json
 from casformat.paths import check_name
 from deltagen.output import fsync_dir, write_atomic
 
@@ -27,8 +28,9 @@ from .errors import UpdateInProgress
 LINKS = ("current", "previous", "factory")
 
 
-
 class InstallRoot:
+    """Paths, links, the lock and the small JSON state files of one install root."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
         self.cas = self.root / ".cas"
@@ -36,7 +38,7 @@ class InstallRoot:
         self.manifests = self.cas / "manifests"
         self.downloads = self.cas / "downloads"
         self.staging = self.cas / "staging"
-        self._lock_fh: Any = None
+        self._lock_fh: IO[str] | None = None
 
     def create(self) -> None:
         for d in (self.root, self.cas, self.versions, self.manifests, self.downloads, self.staging):
@@ -60,6 +62,15 @@ class InstallRoot:
     def remove_json(self, name: str) -> None:
         (self.cas / name).unlink(missing_ok=True)
         fsync_dir(self.cas)
+
+    def state(self) -> dict[str, Any]:
+        """``state.json``: root version, highest channel sequence accepted, installed versions."""
+        state: dict[str, Any] = self.read_json("state.json", {})
+        return state
+
+    def save_state(self, **changes: Any) -> None:
+        """Merge ``changes`` into ``state.json`` (only under the update lock: one writer)."""
+        self.write_json("state.json", {**self.state(), **changes})
 
     # -- lock
     def lock(self) -> None:
@@ -106,6 +117,14 @@ class InstallRoot:
 
     def manifest_path(self, version: str) -> Path:
         return self.manifests / f"{check_name('version', version)}.json"
+
+    def cached_manifest(self, version: str) -> dict[str, Any] | None:
+        """The verified manifest envelope cached for ``version``, or None."""
+        path = self.manifest_path(version)
+        if not path.exists():
+            return None
+        envelope: dict[str, Any] = parse_json(path.read_bytes())
+        return envelope
 
     def remove_version(self, version: str) -> None:
         path = self.version_dir(version)

@@ -15,7 +15,9 @@ from cas.trees import scan_tree
 from casformat.manifest_delta import with_bundles
 from client.install import tree_problems
 from client.installroot import InstallRoot
-from client.updater import Updater, _downloads
+from client.local import LocalContent
+from client.plan import Plan, plan_update
+from client.stage import StagedTree, stage_tree
 from deltagen import (
     DeltaLimits,
     SizeExceeded,
@@ -269,7 +271,8 @@ def test_manifest_delta_lists_the_bundle_and_counts_it_once() -> None:
 # ---------------------------------------------------------------------------- client
 
 class FakeFetcher:
-    """The part of client.fetcher.Fetcher the staging code uses, serving from a directory."""
+    """The part of client.fetcher.Fetcher the staging code uses (``client.stage.ObjectSource``),
+    serving from a directory."""
 
     def __init__(self, objects: Path, downloads: Path) -> None:
         self.objects, self.downloads = objects, downloads
@@ -290,7 +293,7 @@ class FakeFetcher:
 
 
 def client_setup(tmp_path: Path, old: Path, new: Path, corrupt: bool,
-                 per_file_raw_only: bool = False) -> tuple[Updater, FakeFetcher, dict[str, Any], dict[str, Any], list]:
+                 per_file_raw_only: bool = False) -> tuple[InstallRoot, FakeFetcher, dict[str, Any], dict[str, Any], list]:
     root = tmp_path / "root"
     layout = InstallRoot(root)
     layout.create()
@@ -333,21 +336,31 @@ def client_setup(tmp_path: Path, old: Path, new: Path, corrupt: bool,
     os.replace(info.path, objects / info.object)
     for m in bundle["members"]:
         recipes[m["blake3"]].insert(0, bundle)
-    updater = Updater(root)
     fetcher = FakeFetcher(objects, layout.downloads)
     envelope = {"signed": {"version": "2.0.0", "files": new_files}}
-    return updater, fetcher, envelope, recipes, [bundle, bad_member]
+    return layout, fetcher, envelope, recipes, [bundle, bad_member]
+
+
+def plan_for(layout: InstallRoot, envelope: dict[str, Any], recipes: dict[str, Any]) -> Plan:
+    return plan_update(envelope["signed"]["files"], recipes, LocalContent.scan(layout).find)
+
+
+def stage(layout: InstallRoot, fetcher: FakeFetcher, envelope: dict[str, Any], plan: Plan,
+          log: Any = lambda message: None) -> Path:
+    staged = asyncio.run(stage_tree(layout, fetcher, envelope["signed"], plan, log))
+    assert isinstance(staged, StagedTree) and staged.version == "2.0.0"
+    return staged.path
 
 
 def test_client_uses_the_bundle_once_and_rebuilds_every_member(trees: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = trees
-    updater, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
-    plans = updater._plan(envelope["signed"]["files"], recipes)
+    layout, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
+    plan = plan_for(layout, envelope, recipes)
     members = {m["blake3"] for m in bundle["members"]}
-    assert all(p.bundle is not None for p in plans if p.entry["blake3"] in members)
-    wanted = _downloads(plans)
+    assert all(p.bundle is not None for p in plan.files if p.entry["blake3"] in members)
+    wanted = plan.downloads()
     assert wanted[bundle["object"]] == bundle["size"]
-    staging = asyncio.run(updater._stage(fetcher, envelope, plans))
+    staging = stage(layout, fetcher, envelope, plan)
     assert tree_problems(staging, envelope["signed"]["files"]) == []
     assert fetcher.fetched.count(bundle["object"]) == 1
     assert not members & set(fetcher.fetched)  # no per-file recipe was needed for a member
@@ -357,11 +370,10 @@ def test_client_uses_the_bundle_once_and_rebuilds_every_member(trees: tuple[Path
 
 def test_client_corrupted_member_falls_back_others_kept(trees: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = trees
-    updater, fetcher, envelope, recipes, (bundle, bad) = client_setup(tmp_path, old, new, corrupt=True)
+    layout, fetcher, envelope, recipes, (bundle, bad) = client_setup(tmp_path, old, new, corrupt=True)
     logs: list[str] = []
-    updater.log = logs.append
-    plans = updater._plan(envelope["signed"]["files"], recipes)
-    staging = asyncio.run(updater._stage(fetcher, envelope, plans))
+    plan = plan_for(layout, envelope, recipes)
+    staging = stage(layout, fetcher, envelope, plan, logs.append)
     assert tree_problems(staging, envelope["signed"]["files"]) == []
     assert fetcher.fetched.count(bundle["object"]) == 1
     fallback = min((r for r in recipes[bad] if r["kind"] != "bundle"), key=lambda r: r["size"])
@@ -374,24 +386,24 @@ def test_client_corrupted_member_falls_back_others_kept(trees: tuple[Path, Path]
 
 def test_client_skips_a_bundle_that_does_not_pay(trees: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = trees
-    updater, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
+    layout, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
     members = {m["blake3"] for m in bundle["members"]}
     for m in members:  # per-file recipes that together cost less than the bundle
         for r in recipes[m]:
             if r["kind"] == "compressed":
                 r["size"] = 1
-    plans = updater._plan(envelope["signed"]["files"], recipes)
-    assert all(p.bundle is None for p in plans)
-    assert bundle["object"] not in _downloads(plans)
+    plan = plan_for(layout, envelope, recipes)
+    assert all(p.bundle is None for p in plan.files)
+    assert bundle["object"] not in plan.downloads()
 
 
 def test_client_skips_a_bundle_whose_base_it_lacks(trees: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = trees
-    updater, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
+    layout, fetcher, envelope, recipes, (bundle, _) = client_setup(tmp_path, old, new, corrupt=False)
     bundle["bases"][0] = "0" * 64
-    plans = updater._plan(envelope["signed"]["files"], recipes)
-    assert all(p.bundle is None for p in plans)
-    staging = asyncio.run(updater._stage(fetcher, envelope, plans))
+    plan = plan_for(layout, envelope, recipes)
+    assert all(p.bundle is None for p in plan.files)
+    staging = stage(layout, fetcher, envelope, plan)
     assert tree_problems(staging, envelope["signed"]["files"]) == []
     assert bundle["object"] not in fetcher.fetched
 

@@ -1,7 +1,7 @@
 """kill -9 the client at every step of an update, then run it again.
 
 Deterministic points come from the ``CAS_CLIENT_CRASH_AT`` fault-injection seam in
-``client/updater.py`` (the process SIGKILLs itself there); a few more kills land at
+``client/faults.py`` (the process SIGKILLs itself there); a few more kills land at
 wall-clock delays.  After every kill, ``current`` (and ``previous``/``factory``) must
 resolve to a complete version tree that matches its cached manifest; the re-run must
 finish the update (or its health rollback) and leave nothing behind.
