@@ -20,7 +20,7 @@ from deltagen.output import fsync_dir
 
 from .errors import Conflict
 from .objectstore import OBJECT_MODE, link_or_copy
-from .releases import get_release
+from .release_lookup import get_release
 from .repo import Repo
 
 
