@@ -18,8 +18,9 @@ from deltagen.digests import blake3_bytes
 
 from .errors import Conflict, Invalid, NotFound
 from .keys import channel_signing_keys
-from .metadata import STATUS_RANK, Channel, Release, StaleWrite
-from .releases import get_release
+from .metadata import Channel, Release, StaleWrite
+from .offerable import check_offerable
+from .release_lookup import get_release
 from .repo import Repo
 from .signing import sign
 
@@ -76,10 +77,7 @@ def set_channel(repo: Repo, product: str, channel: str, version: str,
     for _ in range(ATTEMPTS):
         current = repo.meta.get_channel(product, channel)
         wanted = min_status or (current.min_status if current else "released")
-        if release.status == "deprecated" or STATUS_RANK[release.status] < STATUS_RANK[wanted]:
-            raise Conflict(f"{product} {version} is {release.status}; channel {channel} takes {wanted} or later",
-                           detail={"status": release.status, "min_status": wanted},
-                           code="status_too_low")
+        check_offerable(release, channel, wanted)
         sequence = (current.sequence if current else 0) + 1
         try:
             return _write(repo, product, channel, version, release.manifest_digest, sequence, wanted)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casformat.canonical import parse_json
+from deltagen.output import fsync_dir
 
 from .errors import Conflict
-from .objects import OBJECT_MODE, fsync_dir, link_or_copy
-from .releases import get_release
+from .objectstore import OBJECT_MODE, link_or_copy
+from .release_lookup import get_release
 from .repo import Repo
 
 

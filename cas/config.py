@@ -72,10 +72,10 @@ class Config:
     delta_max_attempts: int = 3
     delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
     delta_poll_seconds: float = 1.0
-    # Metadata (cas/metadata.py): empty for SQLite at STORE/meta.db (the embedded default),
-    # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata_postgres.py).
+    # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
+    # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).
     metadata_url: str = ""
-    # Object store (cas/objectstore.py): "filesystem" (STORE/objects, the default) or "s3".
+    # Object store (cas/objectstore/): "filesystem" (STORE/objects, the default) or "s3".
     # S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
     object_store: str = "filesystem"
     s3_endpoint: str = ""                # empty: AWS's own endpoint for the region

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import Conflict, Invalid
 from .metadata import StaleWrite
-from .releases import get_release
+from .release_lookup import get_release
 from .repo import Repo
 
 DELETABLE = ("draft", "deprecated")

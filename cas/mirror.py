@@ -53,7 +53,7 @@ from deltagen.digests import CHUNK, blake3_bytes, is_digest
 from deltagen.output import write_atomic
 
 from .errors import CasError
-from .objects import link_or_copy
+from .objectstore import link_or_copy
 from .repo import Repo
 
 LAYOUT = 1

@@ -13,13 +13,16 @@ from typing import Any
 from casformat.canonical import canonical_bytes, document_digest, parse_json
 from casformat.errors import DocumentError, SignatureError
 from casformat.manifests import manifest_problems
-from casformat.paths import check_name
 from casformat.signatures import split_envelope, verify
 
-from . import cms_signing, deltas
-from .errors import Conflict, Invalid, NotFound, from_document
+from . import channels, cms_signing, deltas
+from .errors import Conflict, Invalid, from_document
 from .metadata import STATUSES, ObjectsBeingDeleted, Release, StaleWrite
+from .offerable import check_offerable
+from .release_lookup import check_release_names, get_release
 from .repo import Repo
+
+__all__ = ["TRANSITIONS", "Published", "get_release", "manifest_of", "move_status", "publish"]
 
 TRANSITIONS = {("draft", "testing"), ("testing", "released"), ("testing", "draft"),
                ("released", "deprecated")}
@@ -31,26 +34,13 @@ class Published:
     created: bool
 
 
-def _names(product: str, version: str) -> None:
-    try:
-        check_name("product", product)
-        check_name("version", version)
-    except DocumentError as exc:
-        raise from_document(exc) from None
-
-
-def get_release(repo: Repo, product: str, version: str) -> Release:
-    _names(product, version)
-    release = repo.meta.get_release(product, version)
-    if release is None:
-        if not repo.meta.product_exists(product):
-            raise NotFound(f"unknown product {product!r}", code="unknown_product")
-        raise NotFound(f"unknown release {product} {version}", code="unknown_release")
-    return release
+#: the name check as ``cas/http/dashboard.py`` imports it
+_names = check_release_names
 
 
 def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> Published:
-    _names(product, version)
+    """Validate a signed manifest completely, then record the release (a draft); nothing on failure."""
+    check_release_names(product, version)
     try:
         envelope = parse_json(body, max_bytes=repo.config.max_document_bytes)
         signed, _ = split_envelope(envelope)
@@ -106,6 +96,8 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
 
 def move_status(repo: Repo, product: str, version: str, new: str, actor: str, reason: str = "",
                 move_channel_to: str | None = None) -> Release:
+    """Move a release along its lifecycle (``TRANSITIONS``); deprecating or drafting it first
+    moves its channels to ``move_channel_to`` when given, else refuses while channels use it."""
     release = get_release(repo, product, version)
     if new not in STATUSES:
         raise Invalid(f"unknown status {new!r}; one of {', '.join(STATUSES)}", code="bad_status")
@@ -147,22 +139,17 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
 
 def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], target: str) -> None:
     """Point every channel in ``pointing`` at ``target``; all are checked before any moves."""
-    from . import channels
-    from .metadata import STATUS_RANK
     if target == version:
         raise Invalid("move_channel_to must name another release", code="bad_request")
     replacement = get_release(repo, product, target)
     for name in pointing:
         ch = repo.meta.get_channel(product, name)
-        wanted = ch.min_status if ch else "released"
-        if replacement.status == "deprecated" or STATUS_RANK[replacement.status] < STATUS_RANK[wanted]:
-            raise Conflict(f"{product} {target} is {replacement.status}; channel {name} takes {wanted} or later",
-                           detail={"status": replacement.status, "min_status": wanted, "channel": name},
-                           code="status_too_low")
+        check_offerable(replacement, name, ch.min_status if ch else "released", channel=name)
     for name in pointing:
         channels.set_channel(repo, product, name, target)
 
 
 def manifest_of(release: Release) -> dict[str, Any]:
+    """A release's signed manifest envelope, parsed."""
     return parse_json(release.manifest)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
@@ -36,10 +35,11 @@ from typing import Any, Iterable
 from casformat.canonical import canonical_bytes, parse_json
 
 from . import channels, webhooks
-from .clock import Clock
+from .clock import Clock, format_epoch
 from .errors import Conflict, Invalid, NotFound
-from .metadata import STATUS_RANK, StaleWrite
-from .releases import get_release
+from .metadata import Channel, StaleWrite
+from .offerable import check_offerable
+from .release_lookup import get_release
 from .repo import Repo
 
 STRATEGIES = ("staged", "all-at-once", "batches")
@@ -252,7 +252,7 @@ def health(repo: Repo, r: Rollout, now: float) -> Health:
 
 def describe(repo: Repo, clock: Clock, r: Rollout) -> dict[str, Any]:
     now = clock.now()
-    iso = _iso
+    iso = format_epoch
     data: dict[str, Any] = {
         "id": r.id, "product": r.product, "channel": r.channel, "strategy": r.strategy, "state": r.state,
         "reason": r.reason, "release": r.release, "previous": r.previous, "percent": r.percent,
@@ -273,10 +273,6 @@ def status(repo: Repo, clock: Clock, product: str, channel: str) -> dict[str, An
     return describe(repo, clock, _rollout(repo, product, channel, active_only=False))
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 # --------------------------------------------------------------------------- writing
 
 def _event_data(r: Rollout, event: str, reason: str, actor: str) -> dict[str, Any]:
@@ -285,7 +281,7 @@ def _event_data(r: Rollout, event: str, reason: str, actor: str) -> dict[str, An
             "event": event, "reason": reason, "actor": actor}
 
 
-def _channel_doc(repo: Repo, r: Rollout, release: str, manifest: str, rollout: dict[str, Any] | None):
+def _channel_doc(repo: Repo, r: Rollout, release: str, manifest: str, rollout: dict[str, Any] | None) -> Channel:
     ch = channels.get_channel(repo, r.product, r.channel)
     return channels.prepare(repo, r.product, r.channel, release, manifest, ch.sequence + 1, ch.min_status, rollout)
 
@@ -438,10 +434,7 @@ def start(repo: Repo, clock: Clock, product: str, channel: str, version: str, ac
                            detail={"rollout": active["id"], "release": active["release"]}, code="rollout_exists")
         if version == ch.release:
             raise Conflict(f"{product}/{channel} already points at {version}", code="same_release")
-        if release.status == "deprecated" or STATUS_RANK[release.status] < STATUS_RANK[ch.min_status]:
-            raise Conflict(f"{product} {version} is {release.status}; channel {channel} takes {ch.min_status} "
-                           "or later", detail={"status": release.status, "min_status": ch.min_status},
-                           code="status_too_low")
+        check_offerable(release, channel, ch.min_status)
         now = clock.now()
         signed = parse_json(ch.document)["signed"]
         row = {"product": product, "channel": channel, "strategy": strategy, "release": version,

@@ -16,7 +16,7 @@ from pathlib import Path
 from deltagen.digests import StreamHasher, hash_stream, is_digest
 
 from .errors import Conflict, DigestMismatch, Invalid, NotFound, RangeNotSatisfiable, TooLarge
-from .objects import Ingested
+from .objectstore import Ingested
 from .repo import Repo
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
+from cas.errors import Conflict
 from cas.metadata import MIGRATIONS, Channel, Metadata, SqliteMetadata, StaleWrite, open_metadata
 
 FILES = [{"path": "bin/app", "type": "file", "blake3": "a" * 64, "sha256": "b" * 64, "size": 10, "mode": 493},
@@ -405,8 +406,9 @@ def test_roots(meta: Metadata) -> None:
     meta.put_root(1, b"one")
     meta.put_root(2, b"two")
     assert meta.get_root() == (2, b"two") and meta.get_root(1) == (1, b"one") and meta.get_root(3) is None
-    with pytest.raises(Exception):
+    with pytest.raises(Conflict) as refused:
         meta.put_root(2, b"again")
+    assert refused.value.code == "root_exists"
     assert meta.get_root(2) == (2, b"two")
 
 

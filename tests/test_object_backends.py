@@ -13,9 +13,8 @@ from conftest import Server, start_server, wait_for_builds
 from s3_fixture import S3Server
 
 from cas.errors import DigestMismatch, NotFound, TooLarge
-from cas.objects import FilesystemObjectStore
-from cas.objectstore import ObjectStore
-from cas.s3store import S3ObjectStore
+from cas.objectstore import FilesystemObjectStore, ObjectStore
+from cas.objectstore.s3 import S3ObjectStore
 from casformat.canonical import document_digest
 from casformat.manifest_delta import rebuild_target
 from deltagen.digests import blake3_bytes

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import ADMIN, Server, run_cas, start_server
 
-from cas.objects import OBJECT_MODE, FilesystemObjectStore
+from cas.objectstore import OBJECT_MODE, FilesystemObjectStore
 from cas.trees import scan_tree
 from deltagen.digests import blake3_bytes, blake3_file
 from fixtures import write_release
@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 INGEST_SCRIPT = """
 import sys, time
 from pathlib import Path
-from cas.objects import FilesystemObjectStore
+from cas.objectstore import FilesystemObjectStore
 store = FilesystemObjectStore(Path(sys.argv[1]))
 data = Path(sys.argv[2]).read_bytes()
 go = Path(sys.argv[3])
@@ -88,7 +88,7 @@ def test_threads_and_processes_ingest_the_same_object(tmp_path: Path) -> None:
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from cas.objects import FilesystemObjectStore
+from cas.objectstore import FilesystemObjectStore
 store = FilesystemObjectStore(Path(sys.argv[1]))
 data = Path(sys.argv[2]).read_bytes()
 w = store.writer()

@@ -1,18 +1,11 @@
-"""The object store interface: immutable objects named by their BLAKE3 digest.
+"""Writing objects the one way every backend shares: stage, hash, verify, then install.
 
-Two backends implement ``ObjectStore``: ``cas.objects.FilesystemObjectStore``
-(the embedded default, ``STORE/objects/ab/cdef...``) and
-``cas.s3store.S3ObjectStore`` (any S3-compatible service, key
-``{prefix}objects/ab/cdef...``).  Callers never build a location themselves:
-they read through ``open``/``open_range``, ask for ``local_copy`` when a tool
-needs a real file (delta builds, checkouts), and use ``local_path`` only to
-take a faster route the filesystem backend allows (sendfile, hardlinks).
-
-Writing is the same for every backend (``StagedObjectStore``): bytes stream
-into a temp file under ``STORE/tmp`` while hashed (bounded memory), the digest
-is checked, and only then does the backend ``install`` the complete file (a
-rename, or one S3 PUT / complete-multipart, both atomic).  Nothing is visible
-before it is complete and verified.
+``ObjectWriter`` streams bytes into a temp file under ``STORE/tmp`` while hashing
+them (bounded memory); ``commit`` checks the digest and size against what was
+declared, fsyncs, and hands the complete file to the backend's ``install`` (a
+rename, or one S3 upload).  ``StagedObjectStore`` gives a backend the writer, the
+ingest helpers and the sweep of temp files killed writers left; a backend adds
+``install`` and the reads.
 """
 from __future__ import annotations
 
@@ -21,61 +14,13 @@ import contextlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, ContextManager, Iterator, Protocol
+from typing import BinaryIO, Iterator
 
 from deltagen.digests import CHUNK, StreamHasher
 
-from .errors import DigestMismatch, Invalid, TooLarge
-
-if TYPE_CHECKING:
-    from .config import Config
-
-
-@dataclass(frozen=True)
-class Ingested:
-    digest: str
-    size: int
-    created: bool  # False when the object was already present
-
-
-@dataclass(frozen=True)
-class FsckReport:
-    checked: int
-    bytes: int
-    corrupt: list[str]
-    quarantined: list[str]
-    stray_temp: int
-
-
-class ObjectStore(Protocol):
-    """What the server needs from a place that keeps objects."""
-
-    tmp_dir: Path          # local scratch space for writers and local copies
-    max_object_bytes: int
-
-    def exists(self, digest: str) -> bool: ...
-    def size(self, digest: str) -> int | None: ...
-    def missing(self, digests: list[str]) -> list[str]: ...
-    def open(self, digest: str) -> BinaryIO: ...
-    def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
-        """Bytes ``[start, end)`` of an object, in chunks."""
-    def local_path(self, digest: str) -> Path | None:
-        """The object's own file when the backend keeps one (filesystem), else None."""
-    def local_copy(self, digest: str) -> ContextManager[Path]:
-        """A verified local file with the object's bytes for the duration of the block."""
-    def presigned_url(self, digest: str) -> str | None: ...
-    def writer(self) -> ObjectWriter: ...
-    def install(self, temp_path: Path, digest: str) -> bool: ...
-    def ingest_stream(self, fh: BinaryIO, expected: str | None = None) -> Ingested: ...
-    def ingest_file(self, path: Path, expected: str | None = None) -> Ingested: ...
-    def ingest_bytes(self, data: bytes) -> Ingested: ...
-    def delete(self, digest: str) -> bool: ...
-    def iter_digests(self) -> Iterator[str]: ...
-    def usage(self) -> tuple[int, int]: ...
-    def fsck(self, quarantine: bool = True) -> FsckReport: ...
-    def sweep_temp(self, older_than: float = 3600.0) -> int: ...
+from ..errors import DigestMismatch, Invalid, TooLarge
+from .interface import Ingested
 
 
 class ObjectWriter:
@@ -92,9 +37,11 @@ class ObjectWriter:
 
     @property
     def size(self) -> int:
+        """Bytes written so far."""
         return self._hasher.size
 
     def write(self, data: bytes) -> None:
+        """Append bytes (TooLarge, and the writer aborted, past ``max_bytes``)."""
         if self._hasher.size + len(data) > self._max:
             self.abort()
             raise TooLarge(f"object exceeds the limit of {self._max} bytes")
@@ -102,6 +49,7 @@ class ObjectWriter:
         self._hasher.update(data)
 
     def commit(self, expected: str | None = None, expected_size: int | None = None) -> Ingested:
+        """Check the digest (and size) against what was declared, fsync, then ``install``."""
         digest = self._hasher.blake3
         try:
             if expected is not None and digest != expected:
@@ -121,6 +69,7 @@ class ObjectWriter:
                 self.abort()
 
     def abort(self) -> None:
+        """Drop the temp file; nothing is stored."""
         self._done = True
         try:
             self._fh.close()
@@ -143,12 +92,15 @@ class StagedObjectStore(abc.ABC):
         """Move a complete, fsynced, verified temp file into place; False if already present."""
 
     def missing(self, digests: list[str]) -> list[str]:
+        """Which of ``digests`` are not stored (each once, in order)."""
         return [d for d in dict.fromkeys(digests) if not self.exists(d)]
 
     def writer(self) -> ObjectWriter:
+        """A writer streaming a new object into a temp file; ``commit`` stores it."""
         return ObjectWriter(self, self.max_object_bytes)
 
     def ingest_stream(self, fh: BinaryIO, expected: str | None = None) -> Ingested:
+        """Store what ``fh`` yields, refusing it unless it hashes to ``expected`` (when given)."""
         writer = self.writer()
         try:
             while chunk := fh.read(CHUNK):
@@ -159,10 +111,12 @@ class StagedObjectStore(abc.ABC):
         return writer.commit(expected)
 
     def ingest_file(self, path: Path, expected: str | None = None) -> Ingested:
+        """Store a local file's bytes, refusing them unless they hash to ``expected`` (when given)."""
         with open(path, "rb") as fh:
             return self.ingest_stream(fh, expected)
 
     def ingest_bytes(self, data: bytes) -> Ingested:
+        """Store ``data``."""
         writer = self.writer()
         writer.write(data)
         return writer.commit()
@@ -188,18 +142,3 @@ class StagedObjectStore(abc.ABC):
             except FileNotFoundError:
                 pass
         return removed
-
-
-BACKENDS = ("filesystem", "s3")
-
-
-def open_object_store(config: Config) -> ObjectStore:
-    """The backend ``config.object_store`` names; S3 is imported only when used."""
-    store = Path(config.store)
-    if config.object_store == "s3":
-        from .s3store import S3ObjectStore
-        return S3ObjectStore.from_config(config)
-    if config.object_store != "filesystem":
-        raise ValueError(f"object_store must be one of {BACKENDS}, not {config.object_store!r}")
-    from .objects import FilesystemObjectStore
-    return FilesystemObjectStore(store, config.max_object_bytes)

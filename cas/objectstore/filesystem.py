@@ -4,7 +4,9 @@
 written to a temp file in ``tmp/`` (same filesystem), hashed while written,
 fsynced, made read-only and renamed into place, then the shard directory is
 fsynced.  Nothing is visible before it is complete and verified; a killed
-writer leaves only a temp file that ``sweep_temp`` removes.
+writer leaves only a temp file that ``sweep_temp`` removes.  ``link_or_copy``
+puts an object's file elsewhere (checkouts, mirrors): a hardlink, or a copy
+where links cannot be made.
 """
 from __future__ import annotations
 
@@ -20,16 +22,17 @@ from typing import BinaryIO, Iterator
 from deltagen.digests import CHUNK, hash_stream, is_digest
 from deltagen.output import fsync_dir
 
-from .errors import Invalid, NotFound
-from .objectstore import FsckReport, Ingested, ObjectStore, ObjectWriter, StagedObjectStore
+from ..errors import Invalid, NotFound
+from .interface import FsckReport
+from .staging import StagedObjectStore
 
-__all__ = ["OBJECT_MODE", "FilesystemObjectStore", "FsckReport", "Ingested", "ObjectStore", "ObjectWriter",
-           "fsync_dir", "link_or_copy"]
-
+#: objects are read-only files
 OBJECT_MODE = 0o444
 
 
 class FilesystemObjectStore(StagedObjectStore):
+    """Objects as read-only files under ``root/objects``; temp files in ``root/tmp``."""
+
     def __init__(self, root: Path, max_object_bytes: int = 16 << 30) -> None:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
@@ -41,26 +44,31 @@ class FilesystemObjectStore(StagedObjectStore):
 
     # -- naming: the one function from digest to location
     def path(self, digest: str) -> Path:
+        """The object's file (Invalid ``bad_digest`` for anything but a BLAKE3 hex digest)."""
         if not is_digest(digest):
             raise Invalid(f"not a BLAKE3 digest: {digest[:80]!r}", code="bad_digest")
         return self.objects_dir / digest[:2] / digest[2:]
 
     def exists(self, digest: str) -> bool:
+        """Whether the object's file is there."""
         return self.path(digest).is_file()
 
     def size(self, digest: str) -> int | None:
+        """The object's size in bytes, or None when it is not stored."""
         try:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
             return None
 
     def open(self, digest: str) -> BinaryIO:
+        """The object's file, open for reading (NotFound ``object_not_found`` when absent)."""
         try:
             return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"object {digest} not found", code="object_not_found") from None
 
     def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the object's file, in chunks."""
         with self.open(digest) as fh:
             fh.seek(start)
             left = end - start
@@ -72,6 +80,7 @@ class FilesystemObjectStore(StagedObjectStore):
                 yield chunk
 
     def local_path(self, digest: str) -> Path | None:
+        """The object's own file (sendfile, hardlinks)."""
         return self.path(digest)
 
     @contextlib.contextmanager
@@ -83,6 +92,7 @@ class FilesystemObjectStore(StagedObjectStore):
         yield path
 
     def presigned_url(self, digest: str) -> str | None:
+        """None: the server sends filesystem objects itself."""
         return None
 
     # -- writing (ObjectWriter and ingest_* come from StagedObjectStore)
@@ -102,6 +112,7 @@ class FilesystemObjectStore(StagedObjectStore):
         return True
 
     def delete(self, digest: str) -> bool:
+        """Remove the object's file; False if it was not there."""
         try:
             self.path(digest).unlink()
         except FileNotFoundError:
@@ -111,6 +122,7 @@ class FilesystemObjectStore(StagedObjectStore):
 
     # -- maintenance
     def iter_digests(self) -> Iterator[str]:
+        """Every stored object's digest, shard by shard, sorted."""
         for shard in sorted(self.objects_dir.iterdir()):
             if not shard.is_dir() or len(shard.name) != 2:
                 continue
@@ -128,6 +140,7 @@ class FilesystemObjectStore(StagedObjectStore):
         return count, total
 
     def fsck(self, quarantine: bool = True) -> FsckReport:
+        """Re-hash every object, move corrupt ones to ``quarantine/`` and make writable ones read-only."""
         checked = total = 0
         corrupt: list[str] = []
         moved: list[str] = []

@@ -3,7 +3,7 @@
 Objects keep their BLAKE3 names: key ``{s3_prefix}objects/ab/cdef...``, the
 same sharding as the filesystem backend, so a bucket can be synced to or from
 a filesystem store with any S3 tool.  Writes are staged exactly like the
-filesystem backend's (``cas.objectstore.ObjectWriter``: temp file under
+filesystem backend's (``cas/objectstore/staging.py``: temp file under
 ``STORE/tmp``, hashed while streamed, bounded memory); only a verified file is
 uploaded, as one PUT or a multipart upload above ``s3_multipart_threshold_bytes``.
 S3 makes an object visible only when its PUT or CompleteMultipartUpload
@@ -26,18 +26,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, cast
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+import boto3  # type: ignore[import-untyped]
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from deltagen.digests import CHUNK, StreamHasher, is_digest
 
-from .errors import Invalid, NotFound, StoreCorrupt
-from .objectstore import FsckReport, StagedObjectStore
+from ..errors import Invalid, NotFound, StoreCorrupt
+from .interface import FsckReport
+from .staging import StagedObjectStore
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -47,6 +48,8 @@ def _is_missing(exc: ClientError) -> bool:
 
 
 class S3ObjectStore(StagedObjectStore):
+    """Objects in ``bucket`` under ``prefix``; temp files and local copies in ``root/tmp``."""
+
     def __init__(self, root: Path, bucket: str, prefix: str = "", endpoint: str | None = None,
                  region: str | None = None, max_object_bytes: int = 16 << 30,
                  multipart_threshold: int = 64 << 20, multipart_chunk: int = 16 << 20,
@@ -72,6 +75,7 @@ class S3ObjectStore(StagedObjectStore):
 
     @classmethod
     def from_config(cls, config: Config) -> S3ObjectStore:
+        """The store the ``s3_*`` settings of ``config.toml`` describe."""
         return cls(Path(config.store), config.s3_bucket, config.s3_prefix, config.s3_endpoint or None,
                    config.s3_region or None, config.max_object_bytes, config.s3_multipart_threshold_bytes,
                    config.s3_multipart_chunk_bytes,
@@ -79,6 +83,7 @@ class S3ObjectStore(StagedObjectStore):
 
     # -- naming: the one function from digest to key
     def key(self, digest: str) -> str:
+        """The object's key (Invalid ``bad_digest`` for anything but a BLAKE3 hex digest)."""
         if not is_digest(digest):
             raise Invalid(f"not a BLAKE3 digest: {digest[:80]!r}", code="bad_digest")
         return f"{self.prefix}objects/{digest[:2]}/{digest[2:]}"
@@ -92,13 +97,16 @@ class S3ObjectStore(StagedObjectStore):
             raise
 
     def exists(self, digest: str) -> bool:
+        """Whether the bucket holds the object (one HEAD)."""
         return self._head(digest) is not None
 
     def size(self, digest: str) -> int | None:
+        """The object's size in bytes (one HEAD), or None when it is not stored."""
         head = self._head(digest)
         return None if head is None else int(head["ContentLength"])
 
     def missing(self, digests: list[str]) -> list[str]:
+        """Which of ``digests`` are not stored, HEADs run ``head_concurrency`` at a time."""
         unique = list(dict.fromkeys(digests))
         if len(unique) < 4:
             return [d for d in unique if not self.exists(d)]
@@ -116,6 +124,7 @@ class S3ObjectStore(StagedObjectStore):
             raise
 
     def open(self, digest: str) -> BinaryIO:
+        """The object's body, streamed from one GET (NotFound ``object_not_found`` when absent)."""
         return cast(BinaryIO, self._get(digest)["Body"])
 
     def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
@@ -135,6 +144,7 @@ class S3ObjectStore(StagedObjectStore):
             body.close()
 
     def local_path(self, digest: str) -> Path | None:
+        """None: S3 objects have no local file."""
         return None
 
     @contextlib.contextmanager
@@ -157,6 +167,7 @@ class S3ObjectStore(StagedObjectStore):
             yield path
 
     def presigned_url(self, digest: str) -> str | None:
+        """A presigned GET URL when ``s3_presign_downloads`` is on, else None."""
         if not self.presign_seconds:
             return None
         return cast(str, self.client.generate_presigned_url(
@@ -181,6 +192,7 @@ class S3ObjectStore(StagedObjectStore):
             temp_path.unlink(missing_ok=True)
 
     def delete(self, digest: str) -> bool:
+        """Remove the object; False if the bucket did not hold it."""
         if not self.exists(digest):
             return False
         self.client.delete_object(Bucket=self.bucket, Key=self.key(digest))
@@ -198,10 +210,12 @@ class S3ObjectStore(StagedObjectStore):
                     yield shard + name, int(item["Size"])
 
     def iter_digests(self) -> Iterator[str]:
+        """Every stored object's digest, from the bucket listing."""
         for digest, _ in self._listing():
             yield digest
 
     def usage(self) -> tuple[int, int]:
+        """(objects, bytes) stored, from the bucket listing."""
         count = total = 0
         for _, size in self._listing():
             count += 1
@@ -209,6 +223,7 @@ class S3ObjectStore(StagedObjectStore):
         return count, total
 
     def fsck(self, quarantine: bool = True) -> FsckReport:
+        """Download and re-hash every object; move corrupt ones to ``{prefix}quarantine/``."""
         checked = total = 0
         corrupt: list[str] = []
         moved: list[str] = []

@@ -2,7 +2,7 @@
 
 Several ``cas serve`` replicas (and their delta workers) may share one database.
 Transactions run at READ COMMITTED; where replicas race, the queries in
-``cas/metadata.py`` hold a row lock or let a constraint decide:
+``cas/metadata/`` hold a row lock or let a constraint decide:
 
 - two publishes of one version: the product's row is locked (``FOR UPDATE``)
   before the version is looked up, so the second sees the first and gets its row;
@@ -12,7 +12,7 @@ Transactions run at READ COMMITTED; where replicas race, the queries in
 - rollouts: ``UPDATE ... WHERE revision = ?`` (re-checked after the row lock) and
   the partial unique index on active rollouts.
 
-The schema is the one in ``MIGRATIONS`` (written for SQLite), translated here
+The schema is the one in ``MIGRATIONS`` (``cas/metadata/migrations.py``, written for SQLite), translated here
 type by type; the version lives in a one-row ``schema_version`` table, and
 migrations run under an advisory lock so that replicas starting together apply
 each one once.  ``data_version`` reads the ``channels`` counter that every
@@ -26,7 +26,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from .metadata import MIGRATIONS, Metadata
+from .interface import Metadata
+from .migrations import MIGRATIONS, check_schema
 
 try:
     import psycopg
@@ -113,6 +114,8 @@ class _Connection:
 
 
 class PostgresMetadata(Metadata):
+    """``Metadata`` in a PostgreSQL database that several replicas may share, migrated at open."""
+
     FOR_UPDATE = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
     INTEGRITY_ERRORS = (psycopg.IntegrityError,)
@@ -160,13 +163,17 @@ class PostgresMetadata(Metadata):
 
     # -- schema
     def schema_version(self) -> int:
+        """The one row of ``schema_version`` (0 before the first migration)."""
         raw = self._conn().raw
-        if not raw.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+        exists = raw.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if exists is None or not exists[0]:
             return 0
         row = raw.execute("SELECT version FROM schema_version").fetchone()
         return int(row[0]) if row else 0
 
     def migrate(self) -> None:
+        """Apply the migrations the database lacks, under an advisory lock (replicas starting
+        together apply each once); refuse a database newer than this program."""
         raw = self._conn().raw
         with raw.transaction():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -175,8 +182,7 @@ class PostgresMetadata(Metadata):
             if row is None:
                 raw.execute("INSERT INTO schema_version(version) VALUES (0)")
             current = int(row[0]) if row else 0
-            if current > len(MIGRATIONS):
-                raise RuntimeError(f"metadata schema {current} is newer than this program ({len(MIGRATIONS)})")
+            check_schema(current)
             for version in range(current, len(MIGRATIONS)):
                 for statement in postgres_ddl(MIGRATIONS[version]):
                     raw.execute(statement)

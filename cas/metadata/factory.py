@@ -1,0 +1,22 @@
+"""Opening the metadata backend ``metadata_url`` names."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .interface import Metadata
+from .sqlite import SqliteMetadata
+
+
+def open_metadata(url: str | None, store: Path) -> Metadata:
+    """The backend ``metadata_url`` names: ``postgresql://...`` (or ``postgres://``),
+    ``sqlite:///PATH``, or nothing for the embedded default ``STORE/meta.db``.
+
+    PostgreSQL's driver (psycopg) is imported only when that backend is asked for."""
+    if not url:
+        return SqliteMetadata(Path(store) / "meta.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresMetadata
+        return PostgresMetadata(url)
+    if url.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return SqliteMetadata(Path(url[len("sqlite:///"):]))
+    raise ValueError(f"metadata_url must be postgresql://... or sqlite:///PATH, not {url.split(':')[0]}:...")

@@ -1,0 +1,248 @@
+"""The schema: SQL scripts applied in order at open, written for SQLite.
+
+Each migration moves the schema from version i to i+1.  Never edit one that has
+shipped: append a new one.  ``SqliteMetadata`` runs them as they are and keeps
+the version in ``PRAGMA user_version``; ``PostgresMetadata`` translates them
+type by type (``cas/metadata/postgres.py``) and keeps it in ``schema_version``.
+"""
+from __future__ import annotations
+
+from .errors import SchemaTooNew
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE roots (
+        version INTEGER PRIMARY KEY,
+        document BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE products (
+        name TEXT PRIMARY KEY,
+        created REAL NOT NULL
+    );
+    CREATE TABLE releases (
+        product TEXT NOT NULL REFERENCES products(name),
+        version TEXT NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        manifest BLOB NOT NULL,
+        status TEXT NOT NULL,
+        file_count INTEGER NOT NULL,
+        logical_bytes INTEGER NOT NULL,
+        created REAL NOT NULL,
+        status_changed REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (product, version)
+    );
+    CREATE TABLE release_files (
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        type TEXT NOT NULL,
+        blake3 TEXT,
+        size INTEGER,
+        mode INTEGER,
+        target TEXT,
+        PRIMARY KEY (product, version, path),
+        FOREIGN KEY (product, version) REFERENCES releases(product, version) ON DELETE CASCADE
+    );
+    CREATE INDEX release_files_blake3 ON release_files(blake3);
+    CREATE TABLE release_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        from_status TEXT,
+        to_status TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX release_events_release ON release_events(product, version);
+    CREATE TABLE channels (
+        product TEXT NOT NULL REFERENCES products(name),
+        channel TEXT NOT NULL,
+        release TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        min_status TEXT NOT NULL,
+        document BLOB NOT NULL,
+        etag TEXT NOT NULL,
+        expires REAL NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (product, channel)
+    );
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
+    # 2: ahead-of-time deltas.  A job builds the recipes of one (base, target)
+    # object pair; base '' is the compress-only job of a target.  Recipes are
+    # keyed by the pair so identical pairs across releases are built once.
+    """
+    CREATE TABLE delta_jobs (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        owner TEXT,
+        lease_until REAL,
+        queued REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (base, target)
+    );
+    CREATE INDEX delta_jobs_state ON delta_jobs(state, queued);
+    CREATE TABLE recipes (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        object TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        build_seconds REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (base, target, kind, algorithm)
+    );
+    CREATE INDEX recipes_target ON recipes(target);
+    CREATE TABLE delta_plans (
+        product TEXT NOT NULL,
+        base_version TEXT NOT NULL,
+        target_version TEXT NOT NULL,
+        planned REAL NOT NULL,
+        PRIMARY KEY (product, base_version, target_version)
+    );
+    """,
+    # 3: client reports (outcomes of updates).
+    """
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        from_version TEXT,
+        to_version TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX reports_release ON reports(product, to_version, at);
+    """,
+    # 4: staged rollouts (cas/rollouts.py), versions offered to clients, webhook outbox.
+    # At most one running or halted rollout per channel (the partial unique index);
+    # ``revision`` is the compare-and-set counter of a rollout's state.
+    """
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        release TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        previous TEXT NOT NULL,
+        previous_manifest TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        stages TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        stage_started REAL NOT NULL,
+        stage_seconds INTEGER NOT NULL,
+        max_failure_bp INTEGER NOT NULL,
+        min_reports INTEGER NOT NULL,
+        auto_abort INTEGER NOT NULL,
+        clients TEXT,
+        batch_size INTEGER,
+        max_failures INTEGER,
+        max_concurrent INTEGER,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        started REAL NOT NULL,
+        updated REAL NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX rollouts_active ON rollouts(product, channel) WHERE state IN ('running', 'halted');
+    CREATE INDEX rollouts_channel ON rollouts(product, channel, id);
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout INTEGER NOT NULL REFERENCES rollouts(id),
+        event TEXT NOT NULL,
+        percent INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX rollout_events_rollout ON rollout_events(rollout, id);
+    CREATE TABLE offered (
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        first_offered REAL NOT NULL,
+        PRIMARY KEY (product, version)
+    );
+    INSERT OR IGNORE INTO offered SELECT product, release, updated FROM channels;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created REAL NOT NULL,
+        delivered REAL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_attempt);
+    """,
+    # 5: releases marked critical are applied outside clients' maintenance windows.
+    """
+    ALTER TABLE releases ADD COLUMN critical INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 6: change counters bumped in the transaction of every write they count.  'channels'
+    # lets a server's channel cache see that any replica moved a channel (cas/http/fastpath.py).
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters(name, value) VALUES ('channels', 0);
+    """,
+    # 7: garbage collection (cas/gc.py): unreferenced objects are tombstoned on one run
+    # and deleted on a later one; a publish that needs a tombstoned object revives it.
+    """
+    CREATE TABLE gc_tombstones (
+        digest TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        marked REAL NOT NULL
+    );
+    CREATE TABLE gc_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started REAL NOT NULL,
+        finished REAL NOT NULL,
+        dry_run INTEGER NOT NULL,
+        result TEXT NOT NULL
+    );
+    """,
+    # 8: bundles (deltagen/bundles.py): one zstd stream rebuilding several targets of a
+    # release pair.  A 'bundle' job is keyed by the pair's (base, target) manifest digests.
+    """
+    ALTER TABLE delta_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'files';
+    CREATE TABLE bundles (
+        base_manifest TEXT NOT NULL,
+        target_manifest TEXT NOT NULL,
+        object TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        bases TEXT NOT NULL,
+        members TEXT NOT NULL,
+        build_seconds REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (base_manifest, target_manifest, object)
+    );
+    """,
+]
+
+
+def check_schema(current: int) -> None:
+    """Refuse a store whose schema is newer than the migrations this program knows."""
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(f"metadata schema {current} is newer than this program ({len(MIGRATIONS)})",
+                           detail={"schema": current, "known": len(MIGRATIONS)})
