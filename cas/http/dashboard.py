@@ -25,7 +25,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import dashboard
+from ..dashboard import views
+from ..dashboard.figures import Figures
+from ..dashboard.rates import RequestRates
 from ..errors import NotFound, Unauthorized
 from ..releases import _names
 from .auth import caller
@@ -45,8 +47,8 @@ class DashboardState:
     """Per-app caches and the request-rate samples (one per server process)."""
 
     def __init__(self) -> None:
-        self.figures = dashboard.Figures()
-        self.rates = dashboard.RequestRates()
+        self.figures = Figures()
+        self.rates = RequestRates()
 
 
 def _state(request: Request) -> DashboardState:
@@ -78,28 +80,28 @@ def _product(request: Request) -> str | None:
 
 async def dashboard_overview(request: Request) -> Response:
     scope = _scope(request)
-    data = await run_in_threadpool(dashboard.overview, request.app.state.repo, _state(request).figures)
+    data = await run_in_threadpool(views.overview, request.app.state.repo, _state(request).figures)
     return _answer(data, scope)
 
 
 async def dashboard_deltas(request: Request) -> Response:
     scope = _scope(request)
     product = await run_in_threadpool(_product, request)
-    data = await run_in_threadpool(dashboard.deltas, request.app.state.repo, _state(request).figures, product)
+    data = await run_in_threadpool(views.deltas, request.app.state.repo, _state(request).figures, product)
     return _answer(data, scope)
 
 
 async def dashboard_channels(request: Request) -> Response:
     scope = _scope(request)
     product = await run_in_threadpool(_product, request)
-    data = await run_in_threadpool(dashboard.channels_view, request.app.state.repo, request.app.state.clock, product)
+    data = await run_in_threadpool(views.channels_view, request.app.state.repo, request.app.state.clock, product)
     return _answer(data, scope)
 
 
 async def dashboard_health(request: Request) -> Response:
     scope = _scope(request)
     state = _state(request)
-    data = await run_in_threadpool(dashboard.health, request.app.state.repo, state.figures, state.rates,
+    data = await run_in_threadpool(views.health, request.app.state.repo, state.figures, state.rates,
                                    request.app.state.metrics)
     return _answer(data, scope)
 
