@@ -22,7 +22,7 @@ from casformat.times import format_time, utc_now
 from deltagen.output import write_atomic
 
 from .errors import Conflict, NotFound
-from .metadata import SqliteMetadata
+from .metadata import Metadata
 from .signing import generate_key, private_from_pem, private_to_pem, public_entry, sign
 
 ROOT_TTL = timedelta(days=365)
@@ -72,7 +72,7 @@ class ServerKeys:
     release: Ed25519PrivateKey | None
 
 
-def init_keys(store: Path, meta: SqliteMetadata) -> dict[str, Any]:
+def init_keys(store: Path, meta: Metadata) -> dict[str, Any]:
     """Make root, release and channel keys and the signed root v1."""
     if meta.get_root() is not None or any(key_path(store, r).exists() for r in KEY_ROLES):
         raise Conflict(f"keys already exist in {store}/keys", code="keys_exist")
@@ -91,7 +91,7 @@ def publish_root_file(store: Path, document: bytes) -> None:
     write_atomic(Path(store) / "root.json", document)
 
 
-def trusted_root(meta: SqliteMetadata) -> Root | None:
+def trusted_root(meta: Metadata) -> Root | None:
     """Walk the stored chain from version 1 so a corrupted row is noticed."""
     first = meta.get_root(1)
     if first is None:
@@ -125,7 +125,7 @@ def load_role_keys(store: Path, role: str) -> list[Ed25519PrivateKey]:
     return [load_private_key(p) for p in role_key_files(store, role)]
 
 
-def rotate_keys(store: Path, meta: SqliteMetadata, role: str, count: int = 1, threshold: int = 1,
+def rotate_keys(store: Path, meta: Metadata, role: str, count: int = 1, threshold: int = 1,
                 keep_old: bool = False) -> dict[str, Any]:
     """Make new keys for ``role`` and the next root, signed by the old and new root keys.
 
