@@ -7,13 +7,12 @@ before they expire by ``resign_expiring``.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from casformat.canonical import canonical_bytes, parse_json
 from casformat.errors import DocumentError
 from casformat.paths import check_name
-from casformat.times import format_time
+from casformat.times import format_epoch
 from deltagen.digests import blake3_bytes
 
 from .errors import Conflict, Invalid, NotFound
@@ -35,7 +34,7 @@ def _document(repo: Repo, product: str, channel: str, release: str, manifest: st
         raise Invalid("the server has no channel key (run `cas keys init`)", code="no_key")
     expires = time.time() + repo.config.channel_ttl_seconds
     signed = {"schema": 1, "product": product, "channel": channel, "sequence": sequence,
-              "expires": format_time(datetime.fromtimestamp(expires, UTC)),
+              "expires": format_epoch(expires),
               "release": release, "manifest": manifest, "rollout": rollout}
     # Optional (a departure from the contract, docs/http-api.md): the named versions are
     # critical and clients apply them outside their maintenance windows.

@@ -6,26 +6,17 @@ a running server's time forward by rewriting the file; while the file is
 missing or unreadable it answers the real time.  ``clock_from_env`` picks the
 file clock when ``CAS_FAKE_CLOCK_FILE`` names a file: a test hook, never set in
 production (it only changes *when* rollout steps happen, not who may do them).
-``format_epoch`` writes a moment in seconds since the epoch the one way the
-wire does (``casformat.times.format_time``).
 """
 from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Mapping, Protocol
 
-from casformat.times import format_time
 from deltagen.output import write_atomic
 
 FAKE_CLOCK_ENV = "CAS_FAKE_CLOCK_FILE"
-
-
-def format_epoch(ts: float) -> str:
-    """Seconds since the epoch as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, fractions dropped)."""
-    return format_time(datetime.fromtimestamp(ts, UTC))
 
 
 class Clock(Protocol):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -91,7 +91,7 @@ def sign_detached(content: bytes, certificate: x509.Certificate, key: Any,
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise CmsSignatureError("a CMS signing key must be RSA or ECDSA")
     builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(
-        certificate, key, hash_algorithm or hashes.SHA256(), rsa_padding=rsa_padding)
+        certificate, key, cast("hashes.SHA256", hash_algorithm or hashes.SHA256()), rsa_padding=rsa_padding)
     for extra in chain:
         builder = builder.add_certificate(extra)
     return builder.sign(serialization.Encoding.DER,

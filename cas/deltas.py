@@ -191,9 +191,9 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     sizes = {e["blake3"]: e["size"] for e in base_files + target_files if e["type"] == "file"}
     pairs = plan_pairs(base_files, target_files, repo.config.delta_tiny_bytes)
     first_base: dict[str, str] = {}
-    for b, t in pairs:
-        if b:
-            first_base.setdefault(t, b)
+    for pair_base, t in pairs:
+        if pair_base:
+            first_base.setdefault(t, pair_base)
     recipes = repo.meta.recipes_for({t for _, t in pairs})
     files = []
     for entry in sorted((e for e in target_files if e["type"] == "file" and e["blake3"] not in have),

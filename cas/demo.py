@@ -76,11 +76,11 @@ def run_demo(keep: bool = False, workdir: str | None = None) -> int:
             write_release(trees / version, i, health_ok=version != BROKEN)
         for version in VERSIONS:
             tree = scan_tree(trees / version)
-            result = publisher.publish_local(repo, tree, publisher.signed_manifest("app", version, tree, release_key))
+            published = publisher.publish_local(repo, tree, publisher.signed_manifest("app", version, tree, release_key))
             releases.move_status(repo, "app", version, "testing", "demo", "demo")
             releases.move_status(repo, "app", version, "released", "demo", "demo")
-            _say(f"   published app {version}: {result.files} entries, {result.logical_bytes:,} bytes, "
-                 f"{result.uploaded_objects} new objects ({result.uploaded_bytes:,} bytes stored)")
+            _say(f"   published app {version}: {published.files} entries, {published.logical_bytes:,} bytes, "
+                 f"{published.uploaded_objects} new objects ({published.uploaded_bytes:,} bytes stored)")
         started = time.monotonic()
         while True:
             counts = http.get("/v1/admin/deltas").json()["counts"]
@@ -103,8 +103,8 @@ def run_demo(keep: bool = False, workdir: str | None = None) -> int:
                  f"({100 * saved / max(result.bytes_full, 1):.1f}% saved"
                  f"{', manifest delta' if result.used_delta else ''}) in {result.seconds:.2f}s")
 
-        tree = scan_tree(trees / BROKEN)
-        publisher.publish_local(repo, tree, publisher.signed_manifest("app", BROKEN, tree, release_key))
+        broken_tree = scan_tree(trees / BROKEN)
+        publisher.publish_local(repo, broken_tree, publisher.signed_manifest("app", BROKEN, broken_tree, release_key))
         releases.move_status(repo, "app", BROKEN, "testing", "demo", "demo")
         releases.move_status(repo, "app", BROKEN, "released", "demo", "demo")
         channels.set_channel(repo, "app", "stable", BROKEN)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from .errors import Conflict, Invalid
 from .metadata import StaleWrite
@@ -113,7 +114,7 @@ def collect(repo: Repo, grace_seconds: float = 6 * 3600, dry_run: bool = False, 
                 report.would_delete.append(digest)
                 continue
             size = repo.objects.size(digest) or 0
-            if repo.meta.sweep_one(digest, now - grace_seconds, lambda d=digest: repo.objects.delete(d)):
+            if repo.meta.sweep_one(digest, now - grace_seconds, partial(repo.objects.delete, digest)):
                 report.deleted.append(digest)
                 report.deleted_bytes += size
     if not dry_run:

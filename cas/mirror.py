@@ -277,7 +277,7 @@ class MirrorSync:
             rel = relpath_for("roots", name=str(n))
             body = self._stored(rel)
             fresh = body is None
-            if fresh:
+            if body is None:
                 st, body, hdrs = self._fetch(f"/v1/roots/{n}.json", rel, max_bytes=1 << 20)
                 if body is None:
                     raise MirrorError(f"upstream has no root version {n}", code="bad_root_chain")

@@ -145,7 +145,7 @@ async def _upload_large(client: httpx.AsyncClient, digest: str, path: Path, size
                 response = await request(client, "PATCH", location, content=chunk,
                                          headers={"Content-Range": f"{offset}-{end}"})
             except RemoteError as exc:
-                if exc.status != 416 or not isinstance(exc.detail, dict):
+                if exc.http_status != 416 or not isinstance(exc.detail, dict):
                     raise
                 offset = int(exc.detail["offset"])  # the server tells where it is
                 fh.seek(offset)

@@ -11,13 +11,25 @@ from typing import Any
 
 import httpx
 
+from .errors import CasError
+
 RETRY_STATUSES = {429, 502, 503, 504}
 
 
-class RemoteError(Exception):
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
-        super().__init__(f"{message} ({code}, HTTP {status})")
-        self.status, self.code, self.message, self.detail = status, code, message, detail
+class RemoteError(CasError):
+    """The server answered an error (its code, message and detail) or could not be reached.
+
+    ``http_status`` is the server's answer (0 when there was none); ``status`` stays the
+    status this error would have if it reached our own HTTP layer (502)."""
+
+    status, code = 502, "remote_error"
+
+    def __init__(self, http_status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(message, detail, code=code)
+        self.http_status = http_status
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code}, HTTP {self.http_status})"
 
 
 def raise_for_error(response: httpx.Response) -> None:

@@ -33,9 +33,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable
 
 from casformat.canonical import canonical_bytes, parse_json
+from casformat.times import format_epoch
 
 from . import channels, webhooks
-from .clock import Clock, format_epoch
+from .clock import Clock
 from .errors import Conflict, Invalid, NotFound
 from .metadata import Channel, StaleWrite
 from .offerable import check_offerable

@@ -18,9 +18,13 @@ from casformat.paths import check_path, resolve_symlink
 from casformat.times import format_time, utc_now
 from deltagen.digests import file_digest
 
+from .errors import CasError
 
-class TreeError(Exception):
-    pass
+
+class TreeError(CasError):
+    """A release tree holds something a manifest cannot (a device, an escaping symlink, a bad name)."""
+
+    status, code = 422, "bad_tree"
 
 
 def _shown(path: Path) -> str:

@@ -14,10 +14,11 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from typing import Any
 
 import httpx
+
+from casformat.times import format_epoch
 
 from .clock import Clock
 from .config import Config
@@ -34,8 +35,9 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def body_of(event: str, data: dict[str, Any], now: float) -> bytes:
-    return json.dumps({"event": event, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                       "data": data}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    """The delivery's JSON body: the event, when it happened (``now``) and its data."""
+    return json.dumps({"event": event, "at": format_epoch(now), "data": data},
+                      sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def outbox_rows(config: Config, event: str, data: dict[str, Any], now: float) -> list[tuple[str, str, bytes]]:

@@ -8,7 +8,7 @@ that it hashes to the signed digest.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from deltagen.digests import is_digest
 
@@ -40,7 +40,7 @@ def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
 
 def manifest_delta(product: str, base_version: str | None, base_manifest: Mapping[str, Any],
                    target_envelope: Mapping[str, Any], target_digest: str,
-                   recipes: Mapping[str, list[Mapping[str, Any]]], complete: bool,
+                   recipes: Mapping[str, Sequence[Mapping[str, Any]]], complete: bool,
                    base_digest: str | None) -> dict[str, Any]:
     """The manifest delta document from a base release (None: from nothing) to a target release."""
     target = target_envelope["signed"]

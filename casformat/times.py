@@ -14,6 +14,11 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_epoch(ts: float) -> str:
+    """Seconds since the epoch (``time.time()``, a clock's ``now()``) in the wire format, to the second."""
+    return format_time(datetime.fromtimestamp(ts, UTC))
+
+
 def parse_time(text: object) -> datetime:
     if not isinstance(text, str):
         raise DocumentError("timestamp must be a string")

@@ -15,7 +15,6 @@ import pytest
 from conftest import ADMIN, PUBLISH, READ, Server
 from dashboard_fixture import INJECTED_ERROR, ROLLOUT, local, make_server, report, start_rollout_with_reports
 
-from cas.dashboard import GC_STATUS
 from casformat.canonical import parse_json
 
 VIEWS = ["overview", "deltas", "channels", "health"]
@@ -27,11 +26,6 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, obj
     start_rollout_with_reports(server, clock)
     yield server, clock
     server.stop()
-
-
-def server_meta_class() -> type:
-    from cas.metadata import SqliteMetadata
-    return SqliteMetadata
 
 
 def get(server: Server, view: str, token: str | None = READ) -> dict:
@@ -275,13 +269,10 @@ def test_health_fsck_gc_and_request_rates(dash) -> None:
     (server.store / "fsck-last.json").unlink(missing_ok=True)
     first = get(server, "health")
     assert first["fsck"] is None
-    if hasattr(server_meta_class(), "last_gc_run"):   # GC exists: the last run, once `cas gc` ran
-        assert first["gc"]["implemented"] is True and first["gc"]["last_run"] is None
-        local(server.store, "gc")
-        ran = get(server, "health")["gc"]
-        assert ran["last_run"] is not None and ran["message"].startswith("last run finished")
-    else:
-        assert first["gc"] == GC_STATUS and first["gc"]["implemented"] is False
+    assert first["gc"]["implemented"] is True and first["gc"]["last_run"] is None
+    local(server.store, "gc")
+    ran = get(server, "health")["gc"]
+    assert ran["last_run"] is not None and ran["message"].startswith("last run finished")
     assert first["store"] == {**first["store"], **get(server, "overview")["stats"]}
     assert first["store"]["quarantined"] == 0
     local(server.store, "fsck")

@@ -24,8 +24,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from .. import dashboard
+from ..dashboard import views
+from ..dashboard.figures import Figures
+from ..dashboard.rates import RequestRates
 from ..errors import NotFound, Unauthorized
 from ..releases import _names
 from .auth import caller
@@ -45,8 +48,8 @@ class DashboardState:
     """Per-app caches and the request-rate samples (one per server process)."""
 
     def __init__(self) -> None:
-        self.figures = dashboard.Figures()
-        self.rates = dashboard.RequestRates()
+        self.figures = Figures()
+        self.rates = RequestRates()
 
 
 def _state(request: Request) -> DashboardState:
@@ -78,28 +81,28 @@ def _product(request: Request) -> str | None:
 
 async def dashboard_overview(request: Request) -> Response:
     scope = _scope(request)
-    data = await run_in_threadpool(dashboard.overview, request.app.state.repo, _state(request).figures)
+    data = await run_in_threadpool(views.overview, request.app.state.repo, _state(request).figures)
     return _answer(data, scope)
 
 
 async def dashboard_deltas(request: Request) -> Response:
     scope = _scope(request)
     product = await run_in_threadpool(_product, request)
-    data = await run_in_threadpool(dashboard.deltas, request.app.state.repo, _state(request).figures, product)
+    data = await run_in_threadpool(views.deltas, request.app.state.repo, _state(request).figures, product)
     return _answer(data, scope)
 
 
 async def dashboard_channels(request: Request) -> Response:
     scope = _scope(request)
     product = await run_in_threadpool(_product, request)
-    data = await run_in_threadpool(dashboard.channels_view, request.app.state.repo, request.app.state.clock, product)
+    data = await run_in_threadpool(views.channels_view, request.app.state.repo, request.app.state.clock, product)
     return _answer(data, scope)
 
 
 async def dashboard_health(request: Request) -> Response:
     scope = _scope(request)
     state = _state(request)
-    data = await run_in_threadpool(dashboard.health, request.app.state.repo, state.figures, state.rates,
+    data = await run_in_threadpool(views.health, request.app.state.repo, state.figures, state.rates,
                                    request.app.state.metrics)
     return _answer(data, scope)
 
@@ -111,7 +114,7 @@ async def dashboard_page(request: Request) -> Response:
 class _StaticFiles(StaticFiles):
     """StaticFiles with the page's security headers."""
 
-    async def get_response(self, path: str, scope):  # type: ignore[override]
+    async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-cache"

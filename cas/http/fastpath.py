@@ -81,7 +81,8 @@ class FastPath:
         return dict(scope["headers"])
 
     async def _object(self, scope: Scope, send: Send, digest: str) -> bool:
-        if not is_digest(digest) or self.repo.objects.local_path(digest) is None:
+        local = self.repo.objects.local_path(digest) if is_digest(digest) else None
+        if local is None:
             return False  # a remote backend (S3) is never read inside the event loop
         headers = self._headers(scope)
         if b"range" in headers or b"authorization" in headers:
@@ -96,14 +97,13 @@ class FastPath:
             return True
         data = self.objects.get(digest)
         if data is None:
-            path = self.repo.objects.local_path(digest)
             try:
-                size = path.stat().st_size
+                size = local.stat().st_size
             except FileNotFoundError:
                 return False  # the application answers 404 with its JSON error
             if size > self.repo.config.small_object_max_bytes:
                 return False
-            data = path.read_bytes()
+            data = local.read_bytes()
             self.objects.put(digest, data)
         body = b"" if scope["method"] == "HEAD" else data
         await self._send(send, 200, [(b"content-type", b"application/octet-stream"),

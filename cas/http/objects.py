@@ -18,14 +18,13 @@ from starlette.responses import (
 )
 from starlette.types import Receive, Scope, Send
 
-from casformat.canonical import parse_json
-from casformat.errors import DocumentError
 from deltagen.digests import is_digest
 
 from ..errors import BadRequest, Invalid, NotFound, TooLarge
 from ..objectstore import ObjectStore
 from .auth import require
-from .conditional import declared_length, etag_matches, read_body
+from .bodies import declared_length, json_body
+from .conditional import etag_matches
 from .errors import error_body
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -207,13 +206,11 @@ async def put_object(request: Request) -> Response:
 async def missing_objects(request: Request) -> Response:
     require(request, "publish")
     repo = request.app.state.repo
-    try:
-        body = parse_json(await read_body(request, repo.config.max_request_json_bytes * 16))
-    except DocumentError as exc:
-        raise BadRequest(exc.message, code="malformed_json") from None
-    objects = body.get("objects") if isinstance(body, dict) else None
+    shape = Invalid('send {"objects": [<blake3 hex>, ...]}', code="bad_request")
+    body = await json_body(request, repo.config.max_request_json_bytes * 16, not_object=shape)
+    objects = body.get("objects")
     if not isinstance(objects, list) or not all(is_digest(o) for o in objects):
-        raise Invalid('send {"objects": [<blake3 hex>, ...]}', code="bad_request")
+        raise shape
     if len(objects) > repo.config.max_missing_query:
         raise TooLarge(f"at most {repo.config.max_missing_query} objects per query")
     missing = await run_in_threadpool(repo.missing, objects)  # also spares what it finds from GC

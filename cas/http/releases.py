@@ -5,14 +5,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from casformat.canonical import canonical_bytes, parse_json
-from casformat.errors import DocumentError
+from casformat.canonical import canonical_bytes
 from deltagen.digests import blake3_bytes
 
 from .. import channels, deltas, gc, releases
 from ..errors import BadRequest, Invalid, NotFound
 from .auth import require
-from .conditional import etag_matches, read_body
+from .bodies import json_body, read_body
+from .conditional import etag_matches
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 JSON = "application/json"
@@ -23,16 +23,6 @@ def _document(request: Request, body: bytes, etag: str, cache: str) -> Response:
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=JSON, headers=headers)
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = parse_json(await read_body(request, request.app.state.config.max_request_json_bytes))
-    except DocumentError as exc:
-        raise BadRequest(exc.message, code="malformed_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object", code="bad_request")
-    return body
 
 
 async def list_products(request: Request) -> Response:
@@ -83,7 +73,7 @@ async def put_release(request: Request) -> Response:
 
 async def post_status(request: Request) -> Response:
     actor = require(request, "publish")
-    body = await _json_body(request)
+    body = await json_body(request)
     status = body.get("status")
     if not isinstance(status, str):
         raise Invalid('send {"status": "testing|released|deprecated|draft", "reason": "..."}', code="bad_status")
@@ -114,7 +104,7 @@ async def get_channel(request: Request) -> Response:
 
 async def put_channel(request: Request) -> Response:
     require(request, "admin")
-    body = await _json_body(request)
+    body = await json_body(request)
     version = body.get("release")
     if not isinstance(version, str):
         raise Invalid('send {"release": "<version>", "min_status": "released|testing"}', code="bad_request")
@@ -168,7 +158,7 @@ async def deltas_status(request: Request) -> Response:
 
 async def deltas_build(request: Request) -> Response:
     require(request, "admin")
-    body = await _json_body(request)
+    body = await json_body(request)
     repo = request.app.state.repo
     product, version = body.get("product"), body.get("version")
     if not isinstance(product, str) or not isinstance(version, str):
@@ -189,7 +179,7 @@ async def deltas_build(request: Request) -> Response:
 
 async def post_critical(request: Request) -> Response:
     actor = require(request, "admin")
-    body = await _json_body(request)
+    body = await json_body(request)
     critical, reason = body.get("critical"), body.get("reason", "")
     if not isinstance(critical, bool) or not isinstance(reason, str) or len(reason) > 1000:
         raise Invalid('send {"critical": true|false, "reason": "..."}', code="bad_request")
@@ -209,7 +199,7 @@ async def delete_release(request: Request) -> Response:
 
 async def run_gc(request: Request) -> Response:
     actor = require(request, "admin")
-    body = await _json_body(request)
+    body = await json_body(request)
     dry_run, grace, retain = body.get("dry_run", False), body.get("grace_seconds", 6 * 3600), body.get("retain")
     if (not isinstance(dry_run, bool) or not isinstance(grace, int) or isinstance(grace, bool)
             or (retain is not None and (not isinstance(retain, int) or isinstance(retain, bool)))):

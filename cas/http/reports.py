@@ -7,13 +7,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from casformat.canonical import parse_json
-from casformat.errors import DocumentError
-
 from .. import releases, rollouts
-from ..errors import BadRequest, Invalid, TooManyRequests, Unauthorized
+from ..errors import Invalid, TooManyRequests, Unauthorized
 from .auth import caller, require
-from .conditional import read_body
+from .bodies import json_body
 
 OUTCOMES = ("success", "failed", "rolled_back")
 log = logging.getLogger("cas.http")
@@ -25,12 +22,8 @@ async def post_report(request: Request) -> Response:
     if repo.config.reports_require_token and caller(request) is None:
         raise Unauthorized("reports need a read (or higher) token", code="token_required")
     product = request.path_params["product"]
-    try:
-        body = parse_json(await read_body(request, repo.config.max_report_bytes), max_depth=4)
-    except DocumentError as exc:
-        raise BadRequest(exc.message, code="malformed_json") from None
-    if not isinstance(body, dict):
-        raise Invalid("a report is a JSON object", code="bad_report")
+    body = await json_body(request, repo.config.max_report_bytes, max_depth=4,
+                           not_object=Invalid("a report is a JSON object", code="bad_report"))
     client_id, outcome = body.get("client_id"), body.get("outcome")
     from_v, to_v, detail = body.get("from"), body.get("to"), body.get("detail", "")
     problems = []
@@ -44,6 +37,7 @@ async def post_report(request: Request) -> Response:
         problems.append("detail must be a string of at most 1000 characters")
     if problems:
         raise Invalid("invalid report", detail=problems, code="bad_report")
+    assert isinstance(to_v, str)  # checked above (for the type checker)
     await run_in_threadpool(releases.get_release, repo, product, to_v)
     if from_v is not None:
         await run_in_threadpool(releases.get_release, repo, product, from_v)

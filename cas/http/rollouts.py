@@ -7,27 +7,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from casformat.canonical import parse_json
-from casformat.errors import DocumentError
-
 from .. import rollouts
-from ..errors import BadRequest, Invalid
+from ..errors import Invalid
 from .auth import require
-from .conditional import read_body
-from .releases import _json_body
+from .bodies import json_body
 
 START_FIELDS = {"release", "strategy", "stages", "stage_duration", "max_failure_rate", "min_reports",
                 "auto_abort", "clients", "batch_size", "max_failures", "max_concurrent", "salt", "reason"}
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        body = parse_json(raw)
-    except DocumentError as exc:
-        raise BadRequest(exc.message, code="malformed_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object", code="bad_request")
-    return body
 
 
 def _reason(body: dict[str, Any]) -> str:
@@ -48,7 +34,7 @@ async def get_rollout(request: Request) -> Response:
 async def start_rollout(request: Request) -> Response:
     actor = require(request, "admin")
     state = request.app.state
-    body = await _json_body(request)
+    body = await json_body(request)
     unknown = set(body) - START_FIELDS
     if unknown:
         raise Invalid(f"unknown fields {sorted(unknown)}", detail=sorted(START_FIELDS), code="bad_rollout")
@@ -68,8 +54,7 @@ async def rollout_action(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in rollouts.ACTIONS:
         raise Invalid(f"unknown action {action!r}; one of {', '.join(rollouts.ACTIONS)}", code="bad_action")
-    raw = await read_body(request, state.config.max_request_json_bytes)
-    body = _parse(raw) if raw.strip() else {}
+    body = await json_body(request, blank={})
     r = await run_in_threadpool(rollouts.act, state.repo, state.clock, request.path_params["product"],
                                 request.path_params["channel"], action, actor, _reason(body))
     return JSONResponse(await run_in_threadpool(rollouts.describe, state.repo, state.clock, r))

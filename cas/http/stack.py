@@ -1,6 +1,7 @@
 """The stack every deltacas ASGI app shares: the fast path, metrics and the error handlers."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,7 +16,7 @@ from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
 
 
-def build_app(routes: list[BaseRoute], repo: Repo, metrics: Metrics, lifespan: Any = None) -> Starlette:
+def build_app(routes: Sequence[BaseRoute], repo: Repo, metrics: Metrics, lifespan: Any = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(FastPath, repo=repo, metrics=metrics),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
+
 from .backend import Connection, MetadataBackend
 
 #: digests per ``IN (...)`` list

@@ -79,7 +79,7 @@ def _params(params: Sequence[Any]) -> list[Any]:
 def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
     index = {n: i for i, n in enumerate(names)}
 
-    class Row(tuple):  # type: ignore[type-arg]
+    class Row(tuple[Any, ...]):
         """A row read like ``sqlite3.Row``: by index, by name, and ``dict(row)``."""
         __slots__ = ()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
 
 #: a release's lifecycle, in order (a channel takes releases at or above its ``min_status``)
 STATUSES = ("draft", "testing", "released", "deprecated")

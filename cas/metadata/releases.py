@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
+
 from .backend import MetadataBackend
 from .errors import ObjectsBeingDeleted, StaleWrite
 from .gc import revive_in

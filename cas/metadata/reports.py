@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
+
 from .backend import MetadataBackend
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
+
 from .backend import Connection, MetadataBackend
 from .channels import write_channel
 from .errors import StaleWrite

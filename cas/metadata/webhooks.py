@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ..clock import format_epoch
+from casformat.times import format_epoch
+
 from .backend import Connection, MetadataBackend
 
 #: (url, event, body) of one delivery to make
