@@ -5,7 +5,7 @@ Rule (cheapest first; each kept only if it beats the next cheaper-to-serve form)
 1. ``raw``: always; the object is the target itself.
 2. ``compressed`` (zstd full file): kept if verified and smaller than raw.
 3. ``patch``: tried only when the target is at least ``tiny_bytes``, for each of
-   ``limits.patch_algorithms`` (default: hdiffpatch, then zstd; bsdiff4 on request)
+   ``limits.patch_algorithms`` (default: hdiffpatch, zstd, bsdiff4)
    within its cap: hdiffpatch when old and new are each <= ``hdiffpatch_max_bytes``,
    zstd patch-from when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and
    new are each <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is
