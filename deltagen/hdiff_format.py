@@ -39,7 +39,7 @@ import hdiffpatch
 import zstandard
 
 from . import zstd_frames
-from .errors import CorruptPatch, SizeExceeded, SizeMismatch
+from .errors import CorruptPatch, DeltaError, SizeExceeded, SizeMismatch
 from .limits import DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
 
@@ -136,6 +136,8 @@ def parse_header(head: bytes, patch_size: int) -> HDiffHeader:
     for stream in streams:
         if stream.compressed and not compressor:
             raise CorruptPatch(f"HDIFF13 {stream.name} stream is compressed but no compressor is named")
+        if stream.compressed and not stream.size:
+            raise CorruptPatch(f"HDIFF13 {stream.name} stream is empty but has compressed bytes")
         if stream.compressed > patch_size:
             raise CorruptPatch(f"HDIFF13 {stream.name} stream is larger than the patch")
     if pos + sum(s.stored for s in streams) != patch_size:
@@ -285,6 +287,8 @@ def apply_hdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink,
         new = hdiffpatch.apply(old, raw)
     except hdiffpatch.HDiffPatchError as exc:
         raise CorruptPatch(f"hdiffpatch: {exc}") from None
+    except MemoryError:   # the output buffer (sizes are capped; a small machine may still say no)
+        raise DeltaError(f"not enough memory to apply an HDIFF13 patch of {expected_size} bytes") from None
     del old, raw
     if len(new) != expected_size:
         raise SizeMismatch(f"hdiffpatch produced {len(new)} bytes, expected {expected_size}")
