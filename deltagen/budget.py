@@ -26,7 +26,7 @@ from .limits import DeltaLimits
 from .output import StrPath
 from .patches import compress_file, make_patch
 
-Job = Literal["bsdiff4", "zstd", "compressed"]
+Job = Literal["hdiffpatch", "bsdiff4", "zstd", "compressed"]
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("out")
     diff.add_argument("--level", type=int, default=DEFAULT_LIMITS.zstd_level,
                       help="zstd level (default %(default)s)")
+    diff.add_argument("--compressor", choices=("lzma", "zstd"), default=DEFAULT_LIMITS.hdiffpatch_compressor,
+                      help="hdiffpatch: compressor inside the patch (default %(default)s)")
 
     apply = sub.add_parser("apply", help="apply PATCH to OLD, writing OUT")
     apply.add_argument("--algorithm", choices=ALGORITHMS, required=True)
@@ -41,17 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("outdir")
     best.add_argument("--time-budget", type=float, default=DEFAULT_LIMITS.time_budget_s)
     best.add_argument("--bsdiff-max-bytes", type=int, default=DEFAULT_LIMITS.bsdiff_max_bytes)
+    best.add_argument("--algorithms", default=",".join(DEFAULT_LIMITS.patch_algorithms),
+                      help="patch algorithms to build, in order (default %(default)s)")
     best.add_argument("--verbose", action="store_true", help="also print why candidates were dropped")
     return parser
 
 
 def _declared_size(algorithm: str, patch_path: str) -> int:
     """The output size a patch declares (used only when --size is not given)."""
-    from . import bsdiff_format, zstd_frames
+    from . import bsdiff_format, hdiff_format, zstd_frames
     with open(patch_path, "rb") as fh:
         if algorithm == "bsdiff4":
             return bsdiff_format.parse_header(fh.read(bsdiff_format.HEADER_SIZE),
                                               os.fstat(fh.fileno()).st_size).new_size
+        if algorithm == "hdiffpatch":
+            return hdiff_format.declared_size(fh.read(hdiff_format.HEADER_MAX), os.fstat(fh.fileno()).st_size)
         return zstd_frames.declared_size(fh)
 
 
@@ -59,7 +65,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "diff":
         make_patch(args.algorithm, args.old, args.new, args.out,
-                   DeltaLimits(zstd_level=args.level))
+                   DeltaLimits(zstd_level=args.level, hdiffpatch_compressor=args.compressor))
         print(f"{args.out}: {os.path.getsize(args.out)} bytes")
     elif args.command == "apply":
         if args.blake3 is not None and not is_digest(args.blake3):
@@ -68,7 +74,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         digest = apply_patch(args.algorithm, args.old, args.patch, args.out, size, args.blake3)
         print(f"{args.out}: {size} bytes blake3 {digest}")
     else:
-        limits = DeltaLimits(time_budget_s=args.time_budget, bsdiff_max_bytes=args.bsdiff_max_bytes)
+        algorithms = tuple(a for a in args.algorithms.split(",") if a)
+        limits = DeltaLimits(time_budget_s=args.time_budget, bsdiff_max_bytes=args.bsdiff_max_bytes,
+                             patch_algorithms=algorithms)  # names checked by DeltaLimits
         attempts: list[Attempt] = []
         recipes = best_recipes(args.old, args.new, args.outdir, limits, attempts)
         doc: dict[str, object] = {"recipes": [dict(r.to_dict(), path=str(r.path)) for r in recipes]}

@@ -5,15 +5,13 @@ Every apply writes through a size-capped, hashing sink: output stops at
 """
 from __future__ import annotations
 
-from typing import Literal
-
-from . import bsdiff_format, zstd_frames
+from . import bsdiff_format, hdiff_format, zstd_frames
 from .errors import DigestMismatch, SizeExceeded, SizeMismatch, UnknownAlgorithm
-from .limits import DEFAULT_LIMITS, DeltaLimits
+from .limits import ALGORITHMS, DEFAULT_LIMITS, Algorithm, DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
 
-Algorithm = Literal["bsdiff4", "zstd"]
-ALGORITHMS: tuple[Algorithm, ...] = ("zstd", "bsdiff4")
+__all__ = ["ALGORITHMS", "Algorithm", "apply_patch", "compress_file", "decompress_file", "make_patch",
+           "verify_compressed", "verify_patch"]
 
 
 def _check_algorithm(algorithm: str) -> None:
@@ -43,6 +41,8 @@ def make_patch(algorithm: Algorithm, old_path: StrPath, new_path: StrPath, out_p
     _check_algorithm(algorithm)
     if algorithm == "bsdiff4":
         bsdiff_format.make_bsdiff_patch(old_path, new_path, out_path, limits)
+    elif algorithm == "hdiffpatch":
+        hdiff_format.make_hdiff_patch(old_path, new_path, out_path, limits)
     else:
         zstd_frames.make_zstd_patch(old_path, new_path, out_path, limits)
 
@@ -51,6 +51,8 @@ def _apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
                 sink: HashingSink, expected_size: int, limits: DeltaLimits) -> None:
     if algorithm == "bsdiff4":
         bsdiff_format.apply_bsdiff_patch(old_path, patch_path, sink, expected_size, limits)
+    elif algorithm == "hdiffpatch":
+        hdiff_format.apply_hdiff_patch(old_path, patch_path, sink, expected_size, limits)
     else:
         zstd_frames.apply_zstd_patch(old_path, patch_path, sink, expected_size)
 

@@ -4,13 +4,15 @@ Rule (cheapest first; each kept only if it beats the next cheaper-to-serve form)
 
 1. ``raw``: always; the object is the target itself.
 2. ``compressed`` (zstd full file): kept if verified and smaller than raw.
-3. ``patch``: tried only when the target is at least ``tiny_bytes``; zstd patch-from
-   when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and new are each
-   <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is smaller
-   than the compressed form (or raw when there is no compressed form).
+3. ``patch``: tried only when the target is at least ``tiny_bytes``, for each of
+   ``limits.patch_algorithms`` (default: hdiffpatch, zstd, bsdiff4)
+   within its cap: hdiffpatch when old and new are each <= ``hdiffpatch_max_bytes``,
+   zstd patch-from when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and
+   new are each <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is
+   smaller than the compressed form (or raw when there is no compressed form).
 
-Builds run under one per-file ``time_budget_s`` (compressed, then zstd patch, then
-bsdiff4, each with what is left), in a killable worker process unless old + new is
+Builds run under one per-file ``time_budget_s`` (compressed, then the patch algorithms
+in order, each with what is left), in a killable worker process unless old + new is
 at most ``inprocess_max_bytes``; a build over a cap, over the
 budget, or failing verification is dropped and the next rule applies.  Every object
 kept has been decoded once and matched against the target's BLAKE3.
@@ -71,16 +73,18 @@ class Attempt:
 
 
 def _candidates(old_size: int, new_size: int, limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
-    """Patch algorithms to try, each with a reason it is skipped (None: try it)."""
-    out: list[tuple[Algorithm, str | None]] = []
+    """Patch algorithms to try (``limits.patch_algorithms``, in order), each with a reason
+    it is skipped (None: try it)."""
     tiny = f"target below tiny_bytes ({limits.tiny_bytes})" if new_size < limits.tiny_bytes else None
-    zstd_skip = tiny or (f"old + new above zstd_patch_max_bytes ({limits.zstd_patch_max_bytes})"
-                         if old_size + new_size > limits.zstd_patch_max_bytes else None)
-    bsdiff_skip = tiny or (f"old or new above bsdiff_max_bytes ({limits.bsdiff_max_bytes})"
-                           if max(old_size, new_size) > limits.bsdiff_max_bytes else None)
-    out.append(("zstd", zstd_skip))
-    out.append(("bsdiff4", bsdiff_skip))
-    return out
+    over = {
+        "zstd": (f"old + new above zstd_patch_max_bytes ({limits.zstd_patch_max_bytes})"
+                 if old_size + new_size > limits.zstd_patch_max_bytes else None),
+        "bsdiff4": (f"old or new above bsdiff_max_bytes ({limits.bsdiff_max_bytes})"
+                    if max(old_size, new_size) > limits.bsdiff_max_bytes else None),
+        "hdiffpatch": (f"old or new above hdiffpatch_max_bytes ({limits.hdiffpatch_max_bytes})"
+                       if max(old_size, new_size) > limits.hdiffpatch_max_bytes else None),
+    }
+    return [(algorithm, tiny or over[algorithm]) for algorithm in limits.patch_algorithms]
 
 
 def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,

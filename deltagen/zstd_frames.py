@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, cast
 
@@ -83,6 +83,48 @@ def compress_file(src_path: StrPath, out_path: StrPath, level: int = 19) -> None
         cctx.copy_stream(src, dst, size=size, read_size=CHUNK, write_size=CHUNK)
 
 
+def _frame_end(read_at: Callable[[int, int], bytes], position: int, has_checksum: bool,
+               size: int, what: str) -> int:
+    """Walk the block headers from ``position`` (without decompressing); where the frame ends."""
+    while True:
+        block = read_at(position, 3)
+        if len(block) != 3:
+            raise CorruptPatch(f"{what} is truncated")
+        value = int.from_bytes(block, "little")
+        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+        if block_type == 3:
+            raise CorruptPatch(f"{what} has a reserved block type")
+        position += 3 + (1 if block_type == 1 else block_size)
+        if position > size:
+            raise CorruptPatch(f"{what} is truncated")
+        if last:
+            break
+    position += 4 if has_checksum else 0
+    if position > size:
+        raise CorruptPatch(f"{what} is truncated")
+    return position
+
+
+def _check_params(header: bytes, expected_size: int, max_window: int,
+                  what: str) -> tuple[zstandard.FrameParameters, int]:
+    """The frame header must declare exactly ``expected_size`` bytes and a window <= ``max_window``."""
+    try:
+        params = zstandard.get_frame_parameters(header)
+        position = zstandard.frame_header_size(header)
+    except zstandard.ZstdError as exc:
+        raise CorruptPatch(f"{what}: not a zstd frame: {exc}") from None
+    declared = params.content_size
+    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise CorruptPatch(f"{what} does not declare its content size")
+    if declared > expected_size:
+        raise SizeExceeded(f"{what} declares {declared} bytes, expected {expected_size}")
+    if declared != expected_size:
+        raise SizeMismatch(f"{what} declares {declared} bytes, expected {expected_size}")
+    if params.window_size > max_window:
+        raise CorruptPatch(f"{what}: window {params.window_size} is above {max_window}")
+    return params, position
+
+
 def _check_frame(fh: BinaryIO, expected_size: int) -> None:
     """Refuse anything but exactly one complete frame declaring ``expected_size`` bytes.
 
@@ -90,41 +132,24 @@ def _check_frame(fh: BinaryIO, expected_size: int) -> None:
     trailing bytes are caught up front: zstd's stream reader would just stop early.
     """
     file_size = os.fstat(fh.fileno()).st_size
-    header = fh.read(_FRAME_HEADER_MAX)
-    try:
-        params = zstandard.get_frame_parameters(header)
-        position = zstandard.frame_header_size(header)
-    except zstandard.ZstdError as exc:
-        raise CorruptPatch(f"not a zstd frame: {exc}") from None
-    declared = params.content_size
-    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
-        raise CorruptPatch("zstd frame does not declare its content size")
-    if declared > expected_size:
-        raise SizeExceeded(f"frame declares {declared} bytes, expected {expected_size}")
-    if declared != expected_size:
-        raise SizeMismatch(f"frame declares {declared} bytes, expected {expected_size}")
-    if params.window_size > _MAX_WINDOW:
-        raise CorruptPatch(f"frame window {params.window_size} is above 2 GiB")
-    while True:
-        fh.seek(position)
-        block = fh.read(3)
-        if len(block) != 3:
-            raise CorruptPatch("zstd frame is truncated")
-        value = int.from_bytes(block, "little")
-        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
-        if block_type == 3:
-            raise CorruptPatch("zstd frame has a reserved block type")
-        position += 3 + (1 if block_type == 1 else block_size)
-        if position > file_size:
-            raise CorruptPatch("zstd frame is truncated")
-        if last:
-            break
-    position += 4 if params.has_checksum else 0
-    if position > file_size:
-        raise CorruptPatch("zstd frame is truncated")
+    params, position = _check_params(fh.read(_FRAME_HEADER_MAX), expected_size, _MAX_WINDOW, "zstd frame")
+
+    def read_at(at: int, n: int) -> bytes:
+        fh.seek(at)
+        return fh.read(n)
+
+    position = _frame_end(read_at, position, params.has_checksum, file_size, "zstd frame")
     if position != file_size:
         raise CorruptPatch(f"{file_size - position} bytes after the zstd frame")
     fh.seek(0)
+
+
+def check_frame_bytes(data: bytes, expected_size: int, max_window: int, what: str) -> None:
+    """:func:`_check_frame` for a frame in memory (a stream inside another format)."""
+    params, position = _check_params(data[:_FRAME_HEADER_MAX], expected_size, max_window, what)
+    position = _frame_end(lambda at, n: data[at:at + n], position, params.has_checksum, len(data), what)
+    if position != len(data):
+        raise CorruptPatch(f"{len(data) - position} bytes after the zstd frame in {what}")
 
 
 def _decompress_bounded(dctx: zstandard.ZstdDecompressor, src: BinaryIO,

@@ -201,6 +201,18 @@ def test_crafted_valid_bsdiff_patch_applies(tmp_path: Path, pair: tuple[Path, Pa
     assert (tmp_path / "out").read_bytes() == old.read_bytes()[:4] + b"abcdef"
 
 
+def test_bsdiff_seek_only_entries_between_others_apply(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """bsdiff4 writes entries that only seek (0, 0, z) between others (89 in lxml 5.3.0 -> 5.3.1
+    objectify.so): more than 64 of them are fine as long as entries that build outnumber them."""
+    old, _ = pair
+    control = [(1, 0, 9), (0, 0, -9)] * 100 + [(0, 0, 0)] * 64     # 164 seek-only entries for 100
+    (tmp_path / "p").write_bytes(_bsdiff_patch(100, control, bytes(100), b""))
+    deltagen.apply_patch("bsdiff4", old, tmp_path / "p", tmp_path / "ok", 100)
+    assert (tmp_path / "ok").read_bytes() == old.read_bytes()[:100]
+    (tmp_path / "p").write_bytes(_bsdiff_patch(100, control + [(0, 0, 0)], bytes(100), b""))
+    _apply_fails(tmp_path, "bsdiff4", old, tmp_path / "p", 100, None, CorruptPatch)
+
+
 def test_unknown_algorithm(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     old, new = pair
     with pytest.raises(deltagen.UnknownAlgorithm):

@@ -29,7 +29,7 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
 def test_diff_then_apply_each_algorithm(tmp_path: Path) -> None:
     old, new = _files(tmp_path)
     digest = blake3_file(new)
-    for algorithm in ("bsdiff4", "zstd"):
+    for algorithm in ("hdiffpatch", "bsdiff4", "zstd"):
         patch, out = tmp_path / f"p.{algorithm}", tmp_path / f"o.{algorithm}"
         made = _run("diff", "--algorithm", algorithm, str(old), str(new), str(patch))
         assert made.returncode == 0, made.stderr

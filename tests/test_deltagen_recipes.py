@@ -69,7 +69,8 @@ def test_tiny_files_get_no_patch(tmp_path: Path) -> None:
 def test_file_above_bsdiff_cap_gets_no_bsdiff(tmp_path: Path) -> None:
     old, new = _similar(tmp_path, 50_000)
     attempts: list[deltagen.Attempt] = []
-    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=40_000)
+    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=40_000,
+                         patch_algorithms=("zstd", "bsdiff4"))   # without hdiffpatch, which may win here
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)
     assert _names(attempts)["bsdiff4"].startswith("skipped: old or new above bsdiff_max_bytes")
     assert recipes[0].kind == "patch" and recipes[0].algorithm == "zstd"
@@ -78,9 +79,10 @@ def test_file_above_bsdiff_cap_gets_no_bsdiff(tmp_path: Path) -> None:
     assert not (tmp_path / "p").exists()
 
 
-def test_above_both_patch_caps_falls_back_to_compressed_then_raw(tmp_path: Path) -> None:
+def test_above_every_patch_cap_falls_back_to_compressed_then_raw(tmp_path: Path) -> None:
     old, new = _similar(tmp_path, 50_000)
-    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=1000, zstd_patch_max_bytes=1000)
+    limits = DeltaLimits(zstd_level=3, compress_level=3, bsdiff_max_bytes=1000, zstd_patch_max_bytes=1000,
+                         hdiffpatch_max_bytes=1000)
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits)
     assert [r.kind for r in recipes] == ["raw"]
     with pytest.raises(deltagen.SizeExceeded):
@@ -90,7 +92,8 @@ def test_above_both_patch_caps_falls_back_to_compressed_then_raw(tmp_path: Path)
 def test_time_budget_exceeded_falls_back_and_kills_the_build(tmp_path: Path) -> None:
     # bsdiff of 12 MiB takes seconds; zstd at level 1 takes well under a second
     old, new = _similar(tmp_path, 12 << 20)
-    limits = DeltaLimits(zstd_level=1, compress_level=1, time_budget_s=2.0)
+    # hdiffpatch (first by default) would take the budget that this test gives zstd
+    limits = DeltaLimits(zstd_level=1, compress_level=1, time_budget_s=2.0, patch_algorithms=("zstd", "bsdiff4"))
     attempts: list[deltagen.Attempt] = []
     started = time.monotonic()
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)

@@ -1,0 +1,368 @@
+"""HDiffPatch patches: made, checked and applied; hostile ones refused before allocating.
+
+Each hostile patch is built by hand from the format (deltagen/hdiff_format.py): a header
+that lies about a size, a stream that holds more than the header says (a decompression
+bomb), a dictionary or window far larger than the data, a compressor nobody knows.
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import random
+import resource
+import struct
+from pathlib import Path
+
+import hdiffpatch
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import deltagen
+from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch, hdiff_format
+from deltagen.digests import blake3_bytes, blake3_file
+from deltagen.hdiff_format import MAGIC, encode_varint
+from fixtures import write_release
+
+SIZE = 200_000
+REFUSALS = (CorruptPatch, SizeExceeded, SizeMismatch, DigestMismatch)
+
+
+def _pair_bytes(seed: int = 3, size: int = SIZE) -> tuple[bytes, bytes]:
+    rng = random.Random(seed)
+    text = b" ".join(rng.choice([b"alpha", b"beta", b"gamma", b"delta", b"\x00\x01"]) for _ in range(size // 6))
+    old = bytearray((text + rng.randbytes(size))[:size])
+    new = bytearray(old)
+    for _ in range(30):
+        at = rng.randrange(size - 200)
+        new[at:at + rng.randrange(60)] = rng.randbytes(rng.randrange(120))
+    new[size // 2:size // 2] = b"".join(b"line %d of new text\n" % i for i in range(300))  # no cover gives it
+    return bytes(old), bytes(new)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    old, new = _pair_bytes()
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    return tmp_path / "old", tmp_path / "new"
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name == "out")
+
+
+def _refused(tmp_path: Path, old: Path, patch: bytes, size: int, digest: str | None,
+             error: type[Exception] | tuple[type[Exception], ...]) -> DeltaError:
+    (tmp_path / "p").write_bytes(patch)
+    with pytest.raises(error) as info:
+        deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", size, digest)
+    assert _leftovers(tmp_path) == []
+    assert isinstance(info.value, DeltaError)
+    return info.value
+
+
+def _build(compressor: str, new_size: int, old_size: int, cover_count: int,
+           streams: list[tuple[int, bytes, bool]]) -> bytes:
+    """An HDIFF13 patch from parts: streams are (declared size, stored bytes, compressed?)."""
+    head = MAGIC + compressor.encode() + b"\0" + b"".join(map(encode_varint, (new_size, old_size, cover_count)))
+    for size, body, compressed in streams:
+        head += encode_varint(size) + encode_varint(len(body) if compressed else 0)
+    return head + b"".join(body for _, body, _ in streams)
+
+
+def _parts(patch: bytes) -> tuple[hdiff_format.HDiffHeader, list[bytes]]:
+    header = hdiff_format.parse_header(patch[:hdiff_format.HEADER_MAX], len(patch))
+    bodies, pos = [], header.header_size
+    for stream in header.streams:
+        bodies.append(patch[pos:pos + stream.stored])
+        pos += stream.stored
+    return header, bodies
+
+
+def _lzma_stream(data: bytes) -> bytes:
+    """A stream as HDiffPatch stores it: props size, 5 props bytes, raw LZMA1."""
+    filters = [{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 16, "lc": 3, "lp": 0, "pb": 2}]
+    props = bytes([(2 * 5 + 0) * 9 + 3]) + struct.pack("<I", 1 << 16)
+    return bytes([5]) + props + lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+
+
+# ----------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("compressor", ["lzma", "zstd"])
+def test_round_trip_and_format(tmp_path: Path, pair: tuple[Path, Path], compressor: str) -> None:
+    old, new = pair
+    limits = DeltaLimits(hdiffpatch_compressor=compressor)  # type: ignore[arg-type]
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p", limits)
+    data = (tmp_path / "p").read_bytes()
+    assert data.startswith(b"HDIFF13&" + compressor.encode() + b"\0")
+    header, _ = _parts(data)
+    assert (header.new_size, header.old_size) == (new.stat().st_size, old.stat().st_size)
+    assert any(s.compressed for s in header.streams)
+    digest = deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out",
+                                  new.stat().st_size, blake3_file(new), limits)
+    assert digest == blake3_file(new) and (tmp_path / "out").read_bytes() == new.read_bytes()
+    # the library's own apply agrees (what hpatchz runs)
+    assert hdiffpatch.apply(old.read_bytes(), data) == new.read_bytes()
+
+
+def test_patches_made_by_the_library_with_other_settings_apply(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    for compression in (None, "lzma", "zstd", hdiffpatch.LzmaConfig(level=6, window=20),
+                        hdiffpatch.ZStdConfig(level=3)):
+        (tmp_path / "p").write_bytes(hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression=compression))
+        deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size,
+                             blake3_file(new))
+        assert (tmp_path / "out").read_bytes() == new.read_bytes()
+
+
+def test_empty_files(tmp_path: Path) -> None:
+    for old, new in ((b"", b""), (b"", b"abc" * 100), (b"abc" * 100, b"")):
+        (tmp_path / "old").write_bytes(old)
+        (tmp_path / "new").write_bytes(new)
+        deltagen.make_patch("hdiffpatch", tmp_path / "old", tmp_path / "new", tmp_path / "p")
+        deltagen.apply_patch("hdiffpatch", tmp_path / "old", tmp_path / "p", tmp_path / "out", len(new),
+                             blake3_bytes(new))
+        assert (tmp_path / "out").read_bytes() == new
+
+
+def test_build_over_the_cap_writes_nothing(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    with pytest.raises(SizeExceeded):
+        deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p", DeltaLimits(hdiffpatch_max_bytes=SIZE // 2))
+    assert not (tmp_path / "p").exists() and _leftovers(tmp_path) == []
+
+
+def test_apply_over_the_cap_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    with pytest.raises(SizeExceeded):
+        deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size,
+                             limits=DeltaLimits(hdiffpatch_max_bytes=SIZE // 2))
+    assert _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- the header
+
+def test_header_lies_about_the_new_size(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    header, bodies = _parts(hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression="lzma"))
+    streams = [(s.size, b, bool(s.compressed)) for s, b in zip(header.streams, bodies)]
+    size = new.stat().st_size
+    huge = _build("lzma", 1 << 60, header.old_size, header.cover_count, streams)
+    _refused(tmp_path, old, huge, size, None, SizeExceeded)       # before any allocation
+    small = _build("lzma", size - 1, header.old_size, header.cover_count, streams)
+    _refused(tmp_path, old, small, size, None, SizeMismatch)
+    # an expected size above max_output_bytes is refused before the patch is opened
+    with pytest.raises(SizeExceeded):
+        deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", 1 << 60)
+
+
+def test_wrong_old_file(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    patch = (tmp_path / "p").read_bytes()
+    (tmp_path / "shorter").write_bytes(old.read_bytes()[:-1])
+    err = _refused(tmp_path, tmp_path / "shorter", patch, new.stat().st_size, None, SizeMismatch)
+    assert "old file" in str(err)
+    (tmp_path / "other").write_bytes(os.urandom(SIZE))     # same size, other bytes: only the digest tells
+    _refused(tmp_path, tmp_path / "other", patch, new.stat().st_size, blake3_file(new), DigestMismatch)
+
+
+def test_header_lies_about_stream_sizes(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    size = new.stat().st_size
+    header, bodies = _parts(hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression="lzma"))
+    streams = [(s.size, b, bool(s.compressed)) for s, b in zip(header.streams, bodies)]
+    for i in range(4):
+        lying = list(streams)
+        lying[i] = (1 << 40, streams[i][1], streams[i][2])   # a stream "of 1 TiB" in a small patch
+        # compressed: over the new size; stored raw: the streams no longer end at the file's end
+        error = SizeExceeded if streams[i][2] else CorruptPatch
+        _refused(tmp_path, old, _build("lzma", size, SIZE, header.cover_count, lying), size, None, error)
+    # a billion covers in a few bytes
+    _refused(tmp_path, old, _build("lzma", size, SIZE, 10**9, streams), size, None, CorruptPatch)
+    # stored sizes that do not tile the file
+    _refused(tmp_path, old, _build("lzma", size, SIZE, header.cover_count, streams) + b"x", size, None,
+             CorruptPatch)
+
+
+def test_unknown_formats_and_compressors_are_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    size = new.stat().st_size
+    for compression in ("bzip2", "zlib", "lzma2", "xz", "brotli"):
+        patch = hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression=compression)
+        err = _refused(tmp_path, old, patch, size, None, CorruptPatch)
+        assert "not supported" in str(err)
+    for junk in (b"HDIFFSF20&lzma\0" + bytes(40), b"HDIFF19&lzma\0" + bytes(40), b"HDIFF13&" + b"a" * 300,
+                 b"BSDIFF40" + bytes(100), os.urandom(1000), b"", b"HDIFF13&lzma\0"):
+        _refused(tmp_path, old, junk, size, None, CorruptPatch)
+
+
+def test_truncated_patches(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    data = (tmp_path / "p").read_bytes()
+    for cut in (len(data) - 1, len(data) - 2, len(data) // 2, 40, 20, 9, 0):
+        _refused(tmp_path, old, data[:cut], new.stat().st_size, blake3_file(new), CorruptPatch)
+
+
+# ----------------------------------------------------------------------------- bombs
+
+def test_lzma_stream_holding_more_than_declared_is_refused(tmp_path: Path) -> None:
+    """Honest sizes, but the new-data stream decodes to 64 MiB more than the header says."""
+    new = b"".join(b"line %d\n" % i for i in range(20_000))            # 128 KiB, compresses well
+    bomb = _lzma_stream(new + bytes(64 << 20))                     # ~40 KiB
+    assert len(bomb) < len(new)
+    patch = _build("lzma", len(new), 0, 0, [(0, b"", False), (1, b"\x00", False), (0, b"", False),
+                                           (len(new), bomb, True)])
+    (tmp_path / "old").write_bytes(b"")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    err = _refused(tmp_path, tmp_path / "old", patch, len(new), None, CorruptPatch)
+    assert "more in it" in str(err)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10   # KiB: nothing big
+
+
+def test_lzma_dictionary_far_larger_than_the_data_is_refused(tmp_path: Path) -> None:
+    new = os.urandom(1000)
+    stream = bytearray(_lzma_stream(new))
+    stream[2:6] = struct.pack("<I", 0xFFFFFFFF)                   # "allocate 4 GiB"
+    patch = _build("lzma", len(new), 0, 0, [(0, b"", False), (1, b"\x00", False), (0, b"", False),
+                                           (len(new), bytes(stream), True)])
+    (tmp_path / "old").write_bytes(b"")
+    _refused(tmp_path, tmp_path / "old", patch, len(new), None, SizeExceeded)
+
+
+def test_zstd_stream_declaring_more_or_a_huge_window_is_refused(tmp_path: Path) -> None:
+    new = b"".join(b"line %d\n" % i for i in range(20_000))
+    (tmp_path / "old").write_bytes(b"")
+
+    def patch(stream: bytes) -> bytes:
+        return _build("zstd", len(new), 0, 0, [(0, b"", False), (1, b"\x00", False), (0, b"", False),
+                                              (len(new), stream, True)])
+
+    bomb = zstandard.ZstdCompressor(level=1).compress(new + bytes(64 << 20))
+    _refused(tmp_path, tmp_path / "old", patch(bomb), len(new), None, SizeExceeded)
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(new)
+    _refused(tmp_path, tmp_path / "old", patch(unsized), len(new), None, CorruptPatch)
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27)
+    wide = zstandard.ZstdCompressor(compression_params=params).compress(new)
+    _refused(tmp_path, tmp_path / "old", patch(wide), len(new), None, CorruptPatch)
+    second = zstandard.ZstdCompressor().compress(new) + zstandard.ZstdCompressor().compress(bytes(1 << 20))
+    _refused(tmp_path, tmp_path / "old", patch(second), len(new), None, CorruptPatch)
+
+
+def test_covers_reading_outside_the_old_file_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "old").write_bytes(b"x" * 100)
+    # one cover: old position +90, new position 0, length 50 -> reads old[90:140]
+    covers = encode_varint(90 << 1) + encode_varint(0) + encode_varint(50)
+    patch = _build("", 50, 100, 1, [(len(covers), covers, False), (1, b"\x00", False), (0, b"", False),
+                                    (0, b"", False)])
+    _refused(tmp_path, tmp_path / "old", patch, 50, None, CorruptPatch)
+
+
+# ----------------------------------------------------------------------------- mutation fuzz
+
+_BASE: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+
+def _base(compressor: str) -> tuple[bytes, bytes, bytes]:
+    if compressor not in _BASE:
+        old, new = _pair_bytes(seed=11, size=30_000)
+        config = hdiff_format.build_config(compressor)   # what make_patch uses
+        _BASE[compressor] = old, new, hdiffpatch.diff(old, new, compression=config)
+    return _BASE[compressor]
+
+
+_mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 1 << 30), st.integers(0, 7)),
+    st.tuples(st.just("cut"), st.integers(0, 1 << 30), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 1 << 30), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 1 << 30), st.integers(1, 16)),
+    st.tuples(st.just("byte"), st.integers(0, 40), st.integers(0, 255)),   # the header
+)
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    out = bytearray(data)
+    for kind, at, arg in mutations:
+        at = at % (len(out) + 1)
+        if kind == "flip" and at < len(out):
+            out[at] ^= 1 << arg
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = bytes([arg])
+        elif kind == "delete":
+            del out[at:at + arg]
+        elif kind == "byte" and at < len(out):
+            out[at] = arg
+    return bytes(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(compressor=st.sampled_from(["lzma", "zstd"]), mutations=st.lists(_mutation, min_size=1, max_size=4),
+       wrong_old=st.booleans())
+def test_mutated_patches_are_refused_or_exact(tmp_path: Path, compressor: str,
+                                              mutations: list[tuple[str, int, int]], wrong_old: bool) -> None:
+    old, new, patch = _base(compressor)
+    d = tmp_path / f"{compressor}-{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    (d / "old").write_bytes(bytes(b ^ 1 for b in old) if wrong_old else old)
+    (d / "p").write_bytes(_mutate(patch, mutations))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        got = deltagen.apply_patch("hdiffpatch", d / "old", d / "p", d / "out", len(new), blake3_bytes(new))
+    except REFUSALS:
+        assert not (d / "out").exists()
+    else:
+        assert got == blake3_bytes(new) and (d / "out").read_bytes() == new
+    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == []
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB
+
+
+# ----------------------------------------------------------------------------- in the recipes
+
+def test_best_recipes_builds_and_verifies_hdiffpatch(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    attempts: list[deltagen.Attempt] = []
+    recipes = deltagen.best_recipes(old, new, tmp_path / "w", DeltaLimits(zstd_level=3, compress_level=3),
+                                    attempts)
+    names = [a.name for a in attempts]
+    assert names.index("hdiffpatch") < names.index("zstd") < names.index("bsdiff4")
+    assert attempts[names.index("hdiffpatch")].outcome.startswith("verified")
+    assert recipes[0].kind == "patch"
+    deltagen.apply_patch(recipes[0].algorithm or "", old, recipes[0].path, tmp_path / "out",
+                         new.stat().st_size, blake3_file(new))
+
+
+def test_hdiffpatch_above_its_cap_is_skipped(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    old, new = pair
+    attempts: list[deltagen.Attempt] = []
+    limits = DeltaLimits(zstd_level=3, compress_level=3, hdiffpatch_max_bytes=SIZE // 2)
+    recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)
+    outcomes = {a.name: a.outcome for a in attempts}
+    assert outcomes["hdiffpatch"].startswith("skipped: old or new above hdiffpatch_max_bytes")
+    assert recipes[0].kind == "patch" and recipes[0].algorithm in ("zstd", "bsdiff4")
+
+
+def test_limits_name_known_algorithms_only() -> None:
+    with pytest.raises(ValueError):
+        DeltaLimits(patch_algorithms=("xdelta3",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        DeltaLimits(hdiffpatch_compressor="bzip2")  # type: ignore[arg-type]
+    limits = DeltaLimits(patch_algorithms=("zstd", "bsdiff4"))    # only what stock tools read
+    assert DeltaLimits.from_dict(json.loads(json.dumps(limits.to_dict()))) == limits  # the build worker's way
+
+
+def test_hdiffpatch_kept_for_the_fixture_shared_library(tmp_path: Path) -> None:
+    """On the fixture product's compiled files HDiffPatch+LZMA is the smallest (docs/deltagen.md)."""
+    write_release(tmp_path / "a", 0)
+    write_release(tmp_path / "b", 1)
+    attempts: list[deltagen.Attempt] = []
+    old, new = tmp_path / "a" / "lib" / "libfoo.so.1", tmp_path / "b" / "lib" / "libfoo.so.1"
+    recipes = deltagen.best_recipes(old, new, tmp_path / "w", DeltaLimits(), attempts)
+    assert recipes[0].kind == "patch" and recipes[0].algorithm == "hdiffpatch", attempts
