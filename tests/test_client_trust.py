@@ -378,3 +378,48 @@ def test_garbage_from_a_mirror_fails_over_to_the_next_server(world: World, proxy
     result = Updater(tmp_path / "c").update()
     assert result.current == "1.2.0" and Updater(tmp_path / "c").verify()["ok"]
     assert proxy.seen(CHANNEL)
+
+
+# --------------------------------------------------------------------------- fast-forward recovery (D8)
+
+def test_fast_forward_by_a_stolen_channel_key_is_recovered_by_rotating_it(tmp_path: Path,
+                                                                          release_trees: list[Path]) -> None:
+    """D8: a stolen channel key signs sequence 10**12; the client accepts it (validly signed)
+    and is stuck; the operator rotates the channel key through a new root and re-signs the
+    channel; the client forgets the far-future sequence with the rotation and updates again."""
+    server = start_server(tmp_path / "store", config="delta_builder = false\n")
+    proxy = HostileProxy(server.url).start()
+    try:
+        store = server.store
+        key = str(store / "keys" / "release.pem")
+        server.cas("publish", str(release_trees[0]), "--product", "app", "--version", "1.0.0", "--key", key,
+                   "--status", "released", "--channel", "stable")
+        server.cas("publish", str(release_trees[1]), "--product", "app", "--version", "1.1.0", "--key", key,
+                   "--status", "released")
+        root = tmp_path / "c"
+        up = Updater.init(root, [proxy.url], "app", "stable", (store / "root.json").read_bytes(), **FAST_CLIENT)
+        assert up.update().current == "1.0.0"
+
+        stolen = load_private_key(store / "keys" / "channel.pem")
+        with server.client(None) as http:
+            real = json.loads(http.get("/v1/products/app/channels/stable").content)["signed"]
+        proxy.fault(CHANNEL, "replace", body=canonical_bytes(sign({**real, "sequence": 10**12}, [stolen])))
+        assert up.update().outcome == "up_to_date"
+        assert state(root)["channel_sequence"] == 10**12
+        proxy.clear()
+
+        # The operator rotates the channel key (root 2) and re-signs the channel.
+        server.cas("keys", "rotate", "--role", "channel", "--store", str(store))
+        server.cas("channel", "set", "app", "stable", "1.1.0")
+        logged: list[str] = []
+        result = Updater(root, log=logged.append).update()
+        assert result.current == "1.1.0" and up.verify()["ok"]
+        assert state(root)["root_version"] == 2
+        assert state(root)["channel_sequence"] < 10**12
+        assert any("forgotten" in line for line in logged), logged
+        # The stolen key's far-future document is now refused (signed by a revoked key).
+        proxy.fault(CHANNEL, "replace", body=canonical_bytes(sign({**real, "sequence": 10**12 + 1}, [stolen])))
+        refused(Updater(root), SignatureError)
+    finally:
+        proxy.stop()
+        server.stop()
