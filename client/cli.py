@@ -46,7 +46,7 @@ def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
 def cmd_init(args: argparse.Namespace) -> int:
     root_doc = Path(args.root_file).read_bytes()
     extra = {"windows": args.window or [], "blackouts": args.blackout or [], "timezone": args.timezone,
-             "report_token": args.report_token}
+             "report_token": args.report_token, "report_url": args.report_url}
     updater = Updater.init(args.root, args.server, args.product, args.channel, root_doc,
                            client_id=args.client_id, health_cmd=args.health_cmd, **extra)
     config = updater.config
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blackout", action="append", help="no updates in START/END, e.g. 2026-12-20/2027-01-05")
     p.add_argument("--timezone", default="UTC", help="IANA time zone of the windows")
     p.add_argument("--report-token", default=None, help="token sent with update reports")
+    p.add_argument("--report-url", default=None,
+                   help="the server (the origin) that takes reports and the report token; default: the last --server")
     p = add("update", cmd_update, help="update to the channel's release")
     p.add_argument("--to", default=None)
     p.add_argument("--health-cmd", default=None)

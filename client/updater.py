@@ -104,6 +104,9 @@ class Updater:
         check_name("channel", channel)
         if not servers:
             raise ClientError("at least one --server is needed")
+        if limits.get("report_token") and len(servers) > 1 and not limits.get("report_url"):
+            raise ClientError("with several servers, say which one takes reports and the report token "
+                              "(--report-url, the origin): it must never go to a mirror")
         trusted = verify_first_root(parse_json(root_document, max_bytes=1 << 20))
         updater = cls(root)
         layout = updater.layout
