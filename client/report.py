@@ -8,6 +8,8 @@ attempt is bounded by ``report_timeout_s`` so a report never holds a finished up
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
@@ -21,10 +23,15 @@ def report_server(config: ClientConfig) -> str:
 
 
 async def send_report(config: ClientConfig, outcome: str, from_version: str | None, to_version: str | None,
-                      detail: str, log: Log, transport: httpx.AsyncBaseTransport | None = None) -> None:
-    """Report ``outcome`` (success, failed, rolled_back) of the update ``from_version`` -> ``to_version``."""
-    body = {"client_id": config.client_id, "from": from_version, "to": to_version, "outcome": outcome,
-            "detail": detail[:1000]}
+                      detail: str, log: Log, transport: httpx.AsyncBaseTransport | None = None,
+                      failed: Sequence[dict[str, Any]] = ()) -> None:
+    """Report ``outcome`` (success, failed, rolled_back) of the update ``from_version`` -> ``to_version``;
+    ``failed``: the releases that failed their health check here and are skipped (``client/failed.py``)."""
+    body: dict[str, Any] = {"client_id": config.client_id, "from": from_version, "to": to_version,
+                            "outcome": outcome, "detail": detail[:1000]}
+    if failed:
+        body["failed_releases"] = [{"version": row.get("version"), "manifest": row["manifest"]}
+                                   for row in failed[-20:]]
     timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
     headers = {"Authorization": f"Bearer {config.report_token}"} if config.report_token else {}
 

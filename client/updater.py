@@ -40,6 +40,7 @@ from casformat.trust import choose_release
 from . import windows
 from .config import ClientConfig
 from .errors import ClientError, HealthCheckFailed, NeedsIntervention
+from .failed import failed_releases, find_failed, forget_failed, remember_failed
 from .faults import CRASH_ENV, crash_point
 from .fetcher import Fetcher
 from .gc import clean_downloads, collect
@@ -63,7 +64,7 @@ __all__ = ["CRASH_ENV", "UpdateResult", "Updater"]
 class UpdateResult:
     """What ``Updater.update`` did (the JSON of ``cas-client update --json``)."""
 
-    outcome: str                       # up_to_date | updated | rolled_back | deferred
+    outcome: str                       # up_to_date | updated | rolled_back | deferred | skipped_failed
     from_version: str | None
     to_version: str | None
     current: str | None
@@ -150,27 +151,31 @@ class Updater:
 
     # ------------------------------------------------------------------ update
     def update(self, to: str | None = None, health_cmd: str | None = None,
-               ignore_window: bool = False) -> UpdateResult:
-        """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first."""
+               ignore_window: bool = False, retry_failed: bool = False) -> UpdateResult:
+        """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first.
+
+        A release that failed its health check here before is skipped (``skipped_failed``)
+        unless ``retry_failed`` (``client/failed.py``)."""
         self.layout.lock()
         try:
-            return asyncio.run(self._update(to, health_cmd, ignore_window))
+            return asyncio.run(self._update(to, health_cmd, ignore_window, retry_failed))
         finally:
             self.layout.unlock()
 
-    async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool) -> UpdateResult:
+    async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool,
+                      retry_failed: bool = False) -> UpdateResult:
         started = time.monotonic()
         config = self.config
         command = health_cmd if health_cmd is not None else config.health_cmd
         async with Fetcher(config, self.layout.downloads, self.progress, self.transport) as fetcher:
             result = await self._resume(fetcher, command)
             if result is None:
-                result = await self._walk(fetcher, config, to, command, ignore_window)
+                result = await self._walk(fetcher, config, to, command, ignore_window, retry_failed)
         result.seconds = time.monotonic() - started
         return result
 
     async def _walk(self, fetcher: Fetcher, config: ClientConfig, to: str | None, command: str | None,
-                    ignore_window: bool) -> UpdateResult:
+                    ignore_window: bool, retry_failed: bool = False) -> UpdateResult:
         """trust -> (window) -> plan -> fetch -> stage -> publish -> swap -> health -> report."""
         layout = self.layout
         root = await refresh_root(layout, config, fetcher, self.log)
@@ -184,6 +189,16 @@ class Updater:
             version, digest = check_name("version", to), None
         if version == current and layout.cached_manifest(version) is not None:
             return UpdateResult("up_to_date", current, version, current)
+        marks = find_failed(layout, version, digest)
+        if marks and not retry_failed:
+            when = datetime.fromtimestamp(float(marks[-1].get("at") or 0), UTC).isoformat(timespec="seconds")
+            note = (f"{version} failed its health check here at {when}; skipped until a newer release "
+                    f"or --retry-failed")
+            self.log(note)
+            return UpdateResult("skipped_failed", current, version, current, steps=[note])
+        if marks:
+            forget_failed(layout, marks)
+            self.log(f"retrying {version}, which failed its health check here before")
         deferred = self._deferral(config, version, current, critical or ignore_window, critical)
         if deferred is not None:
             return deferred
@@ -269,6 +284,8 @@ class Updater:
         health = health_of(version)
         result.steps.append(f"health of {version}: {'ok' if health.ok else 'failed'} ({health.detail})")
         self.log(result.steps[-1])
+        if not health.ok and journal.manifest:
+            remember_failed(layout, version, journal.manifest, health.detail)
         if health.ok:
             crash_point("after_health")
             if layout.link("factory") is None:
@@ -278,14 +295,15 @@ class Updater:
             layout.save_state(installed={**installed, version: time.time()})
             clear_journal(layout)
             clean_downloads(layout)
-            await send_report(config, "success", previous, version, health.detail, self.log, self.transport)
+            await send_report(config, "success", previous, version, health.detail, self.log, self.transport,
+                              failed_releases(layout))
             return
         try:
             now = rollback_chain(layout, version, previous, health_of, result.steps, self.log)
         except NeedsIntervention as exc:
             clear_journal(layout)
             await send_report(config, "failed", previous, version, "; ".join(result.steps), self.log,
-                              self.transport)
+                              self.transport, failed_releases(layout))
             exc.detail = result.steps
             raise
         # Back on a good version: ``previous`` is again what it was before this update
@@ -297,7 +315,7 @@ class Updater:
         clear_journal(layout)
         result.outcome, result.current = "rolled_back", now
         await send_report(config, "rolled_back", previous, version, "; ".join(result.steps), self.log,
-                          self.transport)
+                          self.transport, failed_releases(layout))
 
     async def _resume(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
         """Finish or abandon the update a journal left; None when there is nothing to resume."""
@@ -338,7 +356,8 @@ class Updater:
                                 "channel": config.channel, "client_id": config.client_id,
                                 "current": self.layout.link("current"), "previous": self.layout.link("previous"),
                                 "factory": self.layout.link("factory"), "installed": self.layout.installed(),
-                                "journal": self.layout.read_json("journal.json")}
+                                "journal": self.layout.read_json("journal.json"),
+                                "failed_releases": failed_releases(self.layout)}
         schedule = _schedule(config)
         if not schedule.unrestricted:
             opening = windows.next_opening(schedule, datetime.now(UTC))
