@@ -323,6 +323,14 @@ class Updater:
         journal = read_journal(layout)
         if journal is None:
             return None
+        if journal.kind == "rollback":
+            # A manual rollback was killed before its health check finished: finish it, then update.
+            self.log(f"finishing the interrupted rollback to {journal.target}")
+            try:
+                self._finish_rollback(journal, command)
+            except HealthCheckFailed as exc:
+                self.log(exc.message)
+            return None
         target, previous, phase = journal.target, journal.from_version, journal.phase
         if phase not in ("staged", "swapped") or not target or not layout.version_dir(target).is_dir():
             # Killed before the new tree was published: current still points at the old tree.
@@ -384,28 +392,49 @@ class Updater:
         return {"version": version, "ok": not problems, "problems": problems}
 
     def rollback(self, to: str = "previous", health_cmd: str | None = None) -> dict[str, Any]:
-        """Make ``previous``, ``factory`` or a version current, verified and health-checked."""
+        """Make ``previous``, ``factory`` or a version current, verified and health-checked.
+
+        Journaled like an update: a rollback killed before its health check finished is
+        finished first (``_finish_rollback``) by the next ``rollback`` or ``update``."""
         layout = self.layout
         layout.lock()
         try:
+            config = self.config
+            command = health_cmd if health_cmd is not None else config.health_cmd
+            journal = read_journal(layout)
+            if journal is not None and journal.kind == "rollback":
+                self.log(f"finishing the interrupted rollback to {journal.target}")
+                return self._finish_rollback(journal, command)
             current = layout.link("current")
             target = layout.link(to) if to in ("previous", "factory") else check_name("version", to)
             if target is None:
                 raise ClientError(f"there is no {to} version to roll back to")
             if not is_intact(layout, target, self.log):
                 raise ClientError(f"{target} is damaged or not installed; refusing to roll back to it")
+            journal = Journal.rollback(target, current, layout.link("previous"))
+            write_journal(layout, journal)
             layout.set_link("current", target)
-            config = self.config
-            command = health_cmd if health_cmd is not None else config.health_cmd
-            health = check_health(layout, target, command, config.health_timeout_s)
-            if not health.ok:
-                if current:
-                    layout.set_link("current", current)
-                raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
-                                        f"current stays {current}")
-            return {"from": current, "to": target, "health": health.detail}
+            return self._finish_rollback(journal, command)
         finally:
             layout.unlock()
+
+    def _finish_rollback(self, journal: Journal, command: str | None) -> dict[str, Any]:
+        """Health-check the rollback's target as ``current``; keep it, or put back the version
+        the rollback started from (then ``HealthCheckFailed``).  Clears the journal either way."""
+        layout, config = self.layout, self.config
+        target, started_from = str(journal.target), journal.from_version
+        if layout.link("current") != target:
+            layout.set_link("current", target)
+        crash_point("rollback_health")
+        health = check_health(layout, target, command, config.health_timeout_s)
+        if not health.ok:
+            if started_from and started_from != target and layout.version_dir(started_from).is_dir():
+                layout.set_link("current", started_from)
+            clear_journal(layout)
+            raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
+                                    f"current stays {layout.link('current')}")
+        clear_journal(layout)
+        return {"from": started_from, "to": target, "health": health.detail}
 
     def gc(self) -> dict[str, Any]:
         """Remove versions other than current, previous, factory (and an update's target)."""
