@@ -46,7 +46,7 @@ def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
 def cmd_init(args: argparse.Namespace) -> int:
     root_doc = Path(args.root_file).read_bytes()
     extra = {"windows": args.window or [], "blackouts": args.blackout or [], "timezone": args.timezone,
-             "report_token": args.report_token}
+             "report_token": args.report_token, "report_url": args.report_url}
     updater = Updater.init(args.root, args.server, args.product, args.channel, root_doc,
                            client_id=args.client_id, health_cmd=args.health_cmd, **extra)
     config = updater.config
@@ -58,6 +58,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _summary(result: UpdateResult) -> str:
     if result.outcome == "up_to_date":
         return f"up to date at {result.current}"
+    if result.outcome == "skipped_failed":
+        return result.steps[0] if result.steps else f"{result.to_version} failed here before; skipped"
     if result.outcome == "deferred":
         return (f"{result.to_version} is available; outside the maintenance window, next window opens "
                 f"{result.next_window or 'never (blackout or no window)'}")
@@ -74,12 +76,13 @@ def _summary(result: UpdateResult) -> str:
 def cmd_update(args: argparse.Namespace) -> int:
     updater = _updater(args, with_progress=True)
     try:
-        result = updater.update(to=args.to, health_cmd=args.health_cmd, ignore_window=args.ignore_window)
+        result = updater.update(to=args.to, health_cmd=args.health_cmd, ignore_window=args.ignore_window,
+                                retry_failed=args.retry_failed)
     finally:
         if getattr(args, "_bar", None):
             args._bar.stop()
     _emit(args, result.__dict__, _summary(result))
-    return 0 if result.outcome in ("updated", "up_to_date", "deferred") else 2
+    return 0 if result.outcome in ("updated", "up_to_date", "deferred", "skipped_failed") else 2
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -101,6 +104,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if "next_window" in data:
         lines.append("  window    open now" if data["window_open"] else
                      f"  window    next opens {data['next_window'] or 'never'}")
+    for row in data["failed_releases"]:
+        lines.append(f"  failed    {row.get('version')} (manifest {row['manifest'][:16]}): failed its health "
+                     "check here; skipped until a newer release or update --retry-failed")
     if data["journal"]:
         lines.append(f"  unfinished update to {data['journal'].get('target')} ({data['journal'].get('phase')})")
     _emit(args, data, "\n".join(lines))
@@ -142,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blackout", action="append", help="no updates in START/END, e.g. 2026-12-20/2027-01-05")
     p.add_argument("--timezone", default="UTC", help="IANA time zone of the windows")
     p.add_argument("--report-token", default=None, help="token sent with update reports")
+    p.add_argument("--report-url", default=None,
+                   help="the server (the origin) that takes reports and the report token; default: the last --server")
     p = add("update", cmd_update, help="update to the channel's release")
     p.add_argument("--to", default=None)
     p.add_argument("--health-cmd", default=None)
     p.add_argument("--ignore-window", action="store_true", help="apply now even outside the window")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again a release that failed its health check here (cleared mark)")
     p = add("rollback", cmd_rollback, help="go back to previous, factory or a version")
     p.add_argument("--to", default="previous")
     p.add_argument("--health-cmd", default=None)

@@ -22,6 +22,7 @@ class ClientConfig:
     blackouts: tuple[str, ...] = ()         # e.g. "2026-12-20/2027-01-05"
     timezone: str = "UTC"                   # IANA name the windows are in
     report_token: str | None = None         # sent with reports when the server requires one
+    report_url: str | None = None           # where reports (and report_token) go; default: the last server
     # Fetching.
     concurrency: int = 4
     bandwidth_bytes_per_s: int = 0          # 0: unlimited

@@ -37,6 +37,12 @@ class NotAvailable(DownloadError):
     code = "not_available"
 
 
+class UnsafeRoot(ClientError):
+    """The install root or its state could be changed by another user (or its path is too long)."""
+
+    code = "unsafe_root"
+
+
 class UpdateInProgress(ClientError):
     code = "update_in_progress"
     exit_code = 3

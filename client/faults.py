@@ -4,8 +4,9 @@
 reaches the point of that name (``after_journal``, ``after_fetch``, ``mid_stage``,
 ``after_manifest_cached``, ``after_stage_rename``, ``after_staged_journal``,
 ``after_previous_link``, ``after_current_swap``, ``before_health``, ``after_health``,
-``mid_rollback``, ``after_rollback``); ``tests/test_client_crash.py`` kills the client
-at each of them and checks that the next run recovers.
+``mid_rollback``, ``after_rollback``; in ``cas-client rollback``: ``rollback_health``,
+after ``current`` is swapped and before the health check); ``tests/test_client_crash.py``
+kills the client at each of them and checks that the next run recovers.
 """
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ runs past it is cut and refused.  Objects are written to
 Connection errors, 5xx and 429/503 are retried with exponential backoff and
 jitter (``Retry-After`` honoured); other 4xx are not retried; each server in
 the configured list is tried in turn.  Every foreign exception is wrapped in
-``DownloadError`` here.
+``DownloadError`` here.  A document is accepted per server (``Fetcher.accepted``): one
+that fails its check (malformed, unsigned, replayed) is that server's failure, and the
+next server is asked; only when every server failed is the check's error raised.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import TypeVar
 
 import httpx
 
+from casformat.errors import DocumentError
 from deltagen.digests import hash_stream
 
 from .config import ClientConfig
@@ -122,6 +125,7 @@ class Fetcher:
         """Run ``attempt_once(server)`` over every server with retries; first success wins."""
         errors: list[str] = []
         not_found = 0
+        refused: DocumentError | None = None   # the last document a server sent that failed its check
         for server in list(self._servers):
             delay = self.config.backoff_s
             for attempt in range(self.config.attempts):
@@ -130,6 +134,11 @@ class Fetcher:
                 except NotAvailable as exc:
                     not_found += 1
                     errors.append(f"{server}: {exc.message}")
+                    break
+                except DocumentError as exc:   # garbage or a lie from this server: ask the next one
+                    refused = exc
+                    errors.append(f"{server}: refused: {exc.message}")
+                    self._demote(server)
                     break
                 except DownloadError as exc:
                     errors.append(f"{server}: {exc.message}")
@@ -144,6 +153,8 @@ class Fetcher:
             # when another server was down (else one dead mirror turns every absent document,
             # e.g. the next root, into a failed update).
             raise NotAvailable(f"{what}: not available on any server: " + "; ".join(errors[-4:]))
+        if refused is not None:
+            raise refused
         raise DownloadError(f"{what} failed on every server: " + "; ".join(errors[-4:]))
 
     def _demote(self, server: str) -> None:
@@ -154,28 +165,38 @@ class Fetcher:
     # ------------------------------------------------------------------ documents
     async def document(self, path: str, max_bytes: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
         """GET a JSON document, at most ``max_bytes``; returns (status, body, headers)."""
+        return await self._with_retries(path, lambda server: self._document_once(server, path, max_bytes, headers))
 
-        async def once(server: str) -> tuple[int, bytes, dict[str, str]]:
-            try:
-                async with self._http.stream("GET", server + path, headers=headers or {}) as response:
-                    self._check_status(response, path)
-                    if response.status_code == 304:
-                        return 304, b"", dict(response.headers)
-                    declared = response.headers.get("content-length")
-                    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                        raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
-                    body = bytearray()
-                    slow = SlowSender(path, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        slow.add(len(chunk))
-                        if len(body) > max_bytes:
-                            raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
-                    return response.status_code, bytes(body), dict(response.headers)
-            except httpx.HTTPError as exc:
-                raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None
+    async def accepted(self, path: str, max_bytes: int, accept: Callable[[bytes], T]) -> T:
+        """GET a document (at most ``max_bytes``) and return ``accept(body)``; a server whose
+        document ``accept`` refuses (``DocumentError``) counts as failed and the next is asked."""
+
+        async def once(server: str) -> T:
+            _, body, _ = await self._document_once(server, path, max_bytes)
+            return accept(body)
 
         return await self._with_retries(path, once)
+
+    async def _document_once(self, server: str, path: str, max_bytes: int, headers: dict[str, str] | None = None
+                             ) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            async with self._http.stream("GET", server + path, headers=headers or {}) as response:
+                self._check_status(response, path)
+                if response.status_code == 304:
+                    return 304, b"", dict(response.headers)
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
+                body = bytearray()
+                slow = SlowSender(path, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    slow.add(len(chunk))
+                    if len(body) > max_bytes:
+                        raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
+                return response.status_code, bytes(body), dict(response.headers)
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None
 
     def _check_status(self, response: httpx.Response, what: str) -> None:
         status = response.status_code

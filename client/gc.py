@@ -1,7 +1,8 @@
 """Garbage collection of an install root: versions no link needs, and spent downloads.
 
 ``current``, ``previous`` and ``factory`` are always kept, and so is the target of an
-unfinished update (its journal); downloads and staging are emptied only when no update
+unfinished update (its journal; for an unfinished rollback also the version it started
+from, which it returns to if its target fails); downloads and staging are emptied only when no update
 is in progress (a resumed update reuses them).
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ def collect(layout: InstallRoot) -> dict[str, list[str]]:
     journal = read_journal(layout)
     if journal is not None and journal.target:
         keep.add(journal.target)
+    if journal is not None and journal.kind == "rollback" and journal.from_version:
+        keep.add(journal.from_version)
     removed = []
     for version in layout.installed():
         if version not in keep:

@@ -1,14 +1,17 @@
 """Health checks and the rollback chain.
 
 The health command runs in ``ROOT/current`` with ``CAS_VERSION`` and ``CAS_ROOT`` set and
-a timeout.  After a failed check the chain tries ``previous`` (the version current before
+a timeout, in a process group of its own: on timeout the whole group is killed, so a
+hung check leaves none of its processes behind (not only the shell).  After a failed check the chain tries ``previous`` (the version current before
 the update), then ``factory``: each is re-hashed against its cached manifest first (a
 damaged one is skipped), made current and checked.  When none passes, ``current`` goes
 back to the version that was current before and ``NeedsIntervention`` is raised.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,14 +35,29 @@ def check_health(layout: InstallRoot, version: str, command: str | None, timeout
     """Run ``command`` in ``current`` (which points at ``version``); no command counts as healthy."""
     if not command:
         return Health(True, "no health check configured")
+    proc = subprocess.Popen(command, shell=True, cwd=layout.root / "current", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "CAS_VERSION": version, "CAS_ROOT": str(layout.root)})
     try:
-        proc = subprocess.run(command, shell=True, cwd=layout.root / "current", capture_output=True,
-                              text=True, timeout=timeout_s,
-                              env={**os.environ, "CAS_VERSION": version, "CAS_ROOT": str(layout.root)})
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        kill_group(proc)
         return Health(False, f"health check timed out after {timeout_s}s")
-    output = (proc.stdout + proc.stderr).strip()[-500:]
+    except BaseException:
+        kill_group(proc)
+        raise
+    output = (stdout + stderr).strip()[-500:]
     return Health(proc.returncode == 0, f"exit {proc.returncode}: {output}")
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group of ``proc`` (its own session) and reap ``proc``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()   # a process that left the group may still hold the pipes
+    proc.wait()
 
 
 def is_intact(layout: InstallRoot, version: str, log: Log) -> bool:

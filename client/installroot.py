@@ -9,21 +9,64 @@ links, and the private state under ``.cas/``.
     ROOT/factory  -> versions/{v} never garbage-collected
     ROOT/.cas/  config.json root.json state.json journal.json lock
                 manifests/{version}.json downloads/ staging/
+
+The root, ``.cas/`` and its state files must belong to the user running the client and
+must not be writable by group or others (``InstallRoot.check_safe``): another local user
+who could write there could point ``.cas/lock`` at a file of ours (we would truncate it)
+or replace ``root.json``.  State files are opened with ``O_NOFOLLOW``, so a symlink planted
+in their place is refused, never followed.  The root's path is at most
+``casformat.paths.MAX_ROOT_BYTES`` long, so every path of a release fits under it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import IO, Any
 
 from casformat.canonical import parse_json
-from casformat.paths import check_name
+from casformat.paths import MAX_ROOT_BYTES, check_name
 from deltagen.output import fsync_dir, write_atomic
 
-from .errors import UpdateInProgress
+from .errors import UnsafeRoot, UpdateInProgress
+
+SAFE_LOCATION = "a directory of your own, e.g. ~/.local/share/<product> or /var/lib/<product> (as root)"
+STATE_FILES = ("config.json", "root.json", "state.json", "journal.json", "lock")
+
+
+def check_owned(path: Path, st: os.stat_result) -> None:
+    """Refuse ``path`` (its ``stat``) unless it belongs to this user and only this user may write it."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafeRoot(f"{path} belongs to uid {st.st_uid}, not to this user (uid {uid}): another user "
+                         f"could replace what the client trusts; use {SAFE_LOCATION}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeRoot(f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+                         f"another user could replace what the client trusts; use {SAFE_LOCATION} "
+                         f"or chmod go-w it")
+
+
+def open_state(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a state file without following a symlink and check who owns it; returns the fd."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeRoot(f"{path} is a symlink: refusing to follow it (state files are never links)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeRoot(f"{path} is not a regular file")
+        check_owned(path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 LINKS = ("current", "previous", "factory")
 
@@ -41,9 +84,42 @@ class InstallRoot:
         self._lock_fh: IO[str] | None = None
 
     def create(self) -> None:
+        """Make the root (or check the existing directory is safe) and ``.cas/`` (mode 0700)."""
+        self.check_path_length()
+        if self.root.exists():
+            self.check_safe()
         for d in (self.root, self.cas, self.versions, self.manifests, self.downloads, self.staging):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.cas, 0o700)
+        self.check_safe()
+
+    def check_path_length(self) -> None:
+        """Refuse a root whose path leaves too little room for a release's paths (ENAMETOOLONG)."""
+        length = len(os.fsencode(self.root))
+        if length > MAX_ROOT_BYTES:
+            raise UnsafeRoot(f"the install root path is {length} bytes; at most {MAX_ROOT_BYTES} leave room "
+                             f"for every path of a release")
+
+    def check_safe(self) -> None:
+        """Refuse a root, ``.cas/`` or state file not owned by this user or writable by others."""
+        self.check_path_length()
+        check_owned(self.root, os.stat(self.root))
+        try:
+            st = os.lstat(self.cas)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeRoot(f"{self.cas} is not a directory (a symlink?): refusing it")
+        check_owned(self.cas, st)
+        for name in STATE_FILES:
+            try:
+                st = os.lstat(self.cas / name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeRoot(f"{self.cas / name} is a symlink: refusing to follow it "
+                                 "(state files are never links)")
+            check_owned(self.cas / name, st)
 
     @property
     def initialised(self) -> bool:
@@ -51,10 +127,13 @@ class InstallRoot:
 
     # -- JSON state files
     def read_json(self, name: str, default: Any = None) -> Any:
+        """A state file's JSON (opened with ``O_NOFOLLOW``, owner checked), or ``default``."""
         try:
-            return json.loads((self.cas / name).read_text())
+            fd = open_state(self.cas / name, os.O_RDONLY)
         except FileNotFoundError:
             return default
+        with os.fdopen(fd, "rb") as fh:
+            return json.loads(fh.read())
 
     def write_json(self, name: str, value: Any) -> None:
         write_atomic(self.cas / name, json.dumps(value, sort_keys=True, indent=1).encode())
@@ -74,7 +153,9 @@ class InstallRoot:
 
     # -- lock
     def lock(self) -> None:
-        fh = open(self.cas / "lock", "a+")
+        """Take ``.cas/lock`` (after checking the root is safe), or raise ``UpdateInProgress``."""
+        self.check_safe()
+        fh = os.fdopen(open_state(self.cas / "lock", os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -10,7 +10,12 @@ Everything here is fetched with the bounds of ``ClientConfig`` and verified with
 - the target manifest is rebuilt from the manifest delta against the cached manifest of
   the current version (or from nothing on a fresh install), and must hash to the digest
   the channel names and carry the release role's signature; any problem with the delta
-  falls back to the full manifest, checked the same way.
+  falls back to the full manifest, checked the same way;
+- the delta's recipes are unsigned: each is checked against the verified manifest
+  (``casformat.manifest_delta.usable_recipes``: a raw object has the file's signed size, a
+  compressed form or patch is smaller than the file, a bundle smaller than its members,
+  each with its signed size) and a malformed or oversized one is dropped with a log line,
+  so every download the planner asks for is capped by a size derived from signed data.
 """
 from __future__ import annotations
 
@@ -20,10 +25,11 @@ from typing import Any
 
 from casformat.canonical import document_digest, parse_json
 from casformat.errors import DocumentError
-from casformat.manifest_delta import rebuild_target
+from casformat.manifest_delta import rebuild_target, usable_recipes
 from casformat.roots import Root, verify_first_root, verify_next_root
 from casformat.signatures import split_envelope
-from casformat.trust import ChannelState, accept_channel, accept_manifest
+from casformat.trust import ChannelState, accept_channel, accept_manifest, after_root_update
+from deltagen import ALGORITHMS
 
 from .config import ClientConfig
 from .errors import DownloadError, NotAvailable
@@ -53,31 +59,56 @@ def trusted_root(layout: InstallRoot) -> Root:
 
 async def refresh_root(layout: InstallRoot, config: ClientConfig, fetcher: Fetcher, log: Log,
                        persist: bool = True) -> Root:
-    """Follow root rotations from the pinned root; with ``persist``, pin each one verified."""
+    """Follow root rotations from the pinned root; with ``persist``, pin each one verified.
+
+    A new root that rotates the channel role's keys makes the client forget the channel
+    sequence it trusted (``casformat.trust.after_root_update``, TUF 5.3.11): the operator's
+    way out of a fast-forward attack by a stolen channel key."""
     root = trusted_root(layout)
     for _ in range(config.max_root_rotations):
+        trusted = root
+
+        def accept(body: bytes, trusted: Root = trusted) -> tuple[Root, Any]:
+            envelope = parse_json(body, max_bytes=config.max_root_bytes)
+            return verify_next_root(trusted, envelope), envelope
+
         try:
-            _, body, _ = await fetcher.document(f"/v1/roots/{root.version + 1}.json", config.max_root_bytes)
+            root, envelope = await fetcher.accepted(f"/v1/roots/{root.version + 1}.json", config.max_root_bytes,
+                                                    accept)
         except NotAvailable:
             break
-        envelope = parse_json(body, max_bytes=config.max_root_bytes)
-        root = verify_next_root(root, envelope)
         if persist:
+            seen = channel_seen(layout)
+            kept = after_root_update(seen, trusted, root)
             layout.write_json("root.json", envelope)
-            layout.save_state(root_version=root.version)
+            layout.save_state(root_version=root.version, channel_sequence=kept.sequence,
+                              channel_manifest=kept.manifest)
             log(f"trusted root rotated to version {root.version}")
+            if kept != seen:
+                log(f"root {root.version} rotates the channel keys: the channel sequence "
+                    f"{seen.sequence} trusted so far is forgotten")
     return root
+
+
+def channel_seen(layout: InstallRoot) -> ChannelState:
+    """The highest channel sequence accepted so far (and the manifest it named)."""
+    state = layout.state()
+    return ChannelState(state.get("channel_sequence", 0), state.get("channel_manifest"))
 
 
 async def fetch_channel(layout: InstallRoot, config: ClientConfig, fetcher: Fetcher, root: Root,
                         persist: bool = True) -> dict[str, Any]:
     """The verified channel document; with ``persist`` (only under the update lock) its sequence is kept."""
-    _, body, _ = await fetcher.document(f"/v1/products/{config.product}/channels/{config.channel}",
-                                        config.max_channel_bytes)
-    envelope = parse_json(body, max_bytes=config.max_channel_bytes)
-    state = layout.state()
-    seen = ChannelState(state.get("channel_sequence", 0), state.get("channel_manifest"))
-    signed = accept_channel(root, envelope, config.product, config.channel, seen)
+    # Without ``persist`` the rotations ``refresh_root`` verified were not pinned: what they
+    # forget is worked out here from the pinned root (with ``persist`` the two are equal).
+    seen = after_root_update(channel_seen(layout), trusted_root(layout), root)
+
+    def accept(body: bytes) -> dict[str, Any]:
+        envelope = parse_json(body, max_bytes=config.max_channel_bytes)
+        return accept_channel(root, envelope, config.product, config.channel, seen)
+
+    signed = await fetcher.accepted(f"/v1/products/{config.product}/channels/{config.channel}",
+                                    config.max_channel_bytes, accept)
     if persist:  # state.json has one writer at a time
         layout.save_state(channel_sequence=signed["sequence"], channel_manifest=signed["manifest"])
     return signed
@@ -93,28 +124,39 @@ async def fetch_target(layout: InstallRoot, config: ClientConfig, fetcher: Fetch
         # compressed form, where the full manifest would only lead to raw objects.
         base, base_envelope = "", {"signed": {"files": []}}
     if base_envelope is not None and base != version:
-        try:
-            _, body, _ = await fetcher.document(
-                f"/v1/products/{config.product}/releases/{version}/delta?from={base}", config.max_delta_bytes)
-            delta = parse_json(body, max_bytes=config.max_delta_bytes)
-            signed = rebuild_target(base_envelope["signed"], delta)
-            envelope = {"signed": signed, "signatures": delta["to"]["signatures"],
-                        **({"cms": delta["to"]["cms"]} if "cms" in delta["to"] else {})}
-            expected = digest or delta["to"]["manifest"]
+        base_signed = base_envelope["signed"]
+
+        def accept_delta(body: bytes) -> Target:
+            try:
+                delta = parse_json(body, max_bytes=config.max_delta_bytes)
+                signed = rebuild_target(base_signed, delta)
+                envelope = {"signed": signed, "signatures": delta["to"]["signatures"],
+                            **({"cms": delta["to"]["cms"]} if "cms" in delta["to"] else {})}
+                expected = digest or delta["to"]["manifest"]
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise DocumentError(f"malformed delta: {type(exc).__name__}: {exc}") from None
             accept_manifest(root, envelope, expected, config.cms_policy())
             check_identity(signed, config.product, version)
-            return Target(envelope, delta.get("recipes", {}), True)
+            return Target(envelope, checked_recipes(delta.get("recipes"), signed, log), True)
+
+        try:
+            return await fetcher.accepted(
+                f"/v1/products/{config.product}/releases/{version}/delta?from={base}", config.max_delta_bytes,
+                accept_delta)
         except NotAvailable:
             log(f"no delta from {base or 'nothing'}; using the full manifest")
-        except (DocumentError, DownloadError, KeyError, TypeError, ValueError) as exc:
+        except (DocumentError, DownloadError) as exc:
             log(f"delta from {base or 'nothing'} refused ({exc}); using the full manifest")
-    _, body, _ = await fetcher.document(f"/v1/products/{config.product}/releases/{version}/manifest",
-                                        config.max_manifest_bytes)
-    envelope = parse_json(body, max_bytes=config.max_manifest_bytes)
-    signed, _ = split_envelope(envelope)
-    accept_manifest(root, envelope, digest or document_digest(signed), config.cms_policy())
-    check_identity(signed, config.product, version)
-    return Target(envelope)
+
+    def accept_full(body: bytes) -> Target:
+        envelope = parse_json(body, max_bytes=config.max_manifest_bytes)
+        signed, _ = split_envelope(envelope)
+        accept_manifest(root, envelope, digest or document_digest(signed), config.cms_policy())
+        check_identity(signed, config.product, version)
+        return Target(envelope)
+
+    return await fetcher.accepted(f"/v1/products/{config.product}/releases/{version}/manifest",
+                                  config.max_manifest_bytes, accept_full)
 
 
 def check_identity(signed: Mapping[str, Any], product: str, version: str) -> None:
@@ -122,3 +164,14 @@ def check_identity(signed: Mapping[str, Any], product: str, version: str) -> Non
     if signed.get("version") != version or signed.get("product") != product:
         raise DocumentError(f"manifest is for {signed.get('product')} {signed.get('version')}, "
                             f"not {product} {version}")
+
+
+def checked_recipes(recipes: object, signed: Mapping[str, Any], log: Log) -> dict[str, Any]:
+    """The delta's unsigned ``recipes`` that pass ``usable_recipes`` against the verified
+    manifest ``signed``; each dropped one is logged (the file falls back to its raw object)."""
+    usable, problems = usable_recipes(recipes, signed["files"], ALGORITHMS)
+    for problem in problems[:20]:
+        log(f"recipe dropped: {problem}")
+    if len(problems) > 20:
+        log(f"... and {len(problems) - 20} more recipes dropped")
+    return dict(usable)

@@ -40,6 +40,7 @@ from casformat.trust import choose_release
 from . import windows
 from .config import ClientConfig
 from .errors import ClientError, HealthCheckFailed, NeedsIntervention
+from .failed import failed_releases, find_failed, forget_failed, remember_failed
 from .faults import CRASH_ENV, crash_point
 from .fetcher import Fetcher
 from .gc import clean_downloads, collect
@@ -63,7 +64,7 @@ __all__ = ["CRASH_ENV", "UpdateResult", "Updater"]
 class UpdateResult:
     """What ``Updater.update`` did (the JSON of ``cas-client update --json``)."""
 
-    outcome: str                       # up_to_date | updated | rolled_back | deferred
+    outcome: str                       # up_to_date | updated | rolled_back | deferred | skipped_failed
     from_version: str | None
     to_version: str | None
     current: str | None
@@ -104,6 +105,9 @@ class Updater:
         check_name("channel", channel)
         if not servers:
             raise ClientError("at least one --server is needed")
+        if limits.get("report_token") and len(servers) > 1 and not limits.get("report_url"):
+            raise ClientError("with several servers, say which one takes reports and the report token "
+                              "(--report-url, the origin): it must never go to a mirror")
         trusted = verify_first_root(parse_json(root_document, max_bytes=1 << 20))
         updater = cls(root)
         layout = updater.layout
@@ -147,27 +151,31 @@ class Updater:
 
     # ------------------------------------------------------------------ update
     def update(self, to: str | None = None, health_cmd: str | None = None,
-               ignore_window: bool = False) -> UpdateResult:
-        """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first."""
+               ignore_window: bool = False, retry_failed: bool = False) -> UpdateResult:
+        """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first.
+
+        A release that failed its health check here before is skipped (``skipped_failed``)
+        unless ``retry_failed`` (``client/failed.py``)."""
         self.layout.lock()
         try:
-            return asyncio.run(self._update(to, health_cmd, ignore_window))
+            return asyncio.run(self._update(to, health_cmd, ignore_window, retry_failed))
         finally:
             self.layout.unlock()
 
-    async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool) -> UpdateResult:
+    async def _update(self, to: str | None, health_cmd: str | None, ignore_window: bool,
+                      retry_failed: bool = False) -> UpdateResult:
         started = time.monotonic()
         config = self.config
         command = health_cmd if health_cmd is not None else config.health_cmd
         async with Fetcher(config, self.layout.downloads, self.progress, self.transport) as fetcher:
             result = await self._resume(fetcher, command)
             if result is None:
-                result = await self._walk(fetcher, config, to, command, ignore_window)
+                result = await self._walk(fetcher, config, to, command, ignore_window, retry_failed)
         result.seconds = time.monotonic() - started
         return result
 
     async def _walk(self, fetcher: Fetcher, config: ClientConfig, to: str | None, command: str | None,
-                    ignore_window: bool) -> UpdateResult:
+                    ignore_window: bool, retry_failed: bool = False) -> UpdateResult:
         """trust -> (window) -> plan -> fetch -> stage -> publish -> swap -> health -> report."""
         layout = self.layout
         root = await refresh_root(layout, config, fetcher, self.log)
@@ -181,6 +189,16 @@ class Updater:
             version, digest = check_name("version", to), None
         if version == current and layout.cached_manifest(version) is not None:
             return UpdateResult("up_to_date", current, version, current)
+        marks = find_failed(layout, version, digest)
+        if marks and not retry_failed:
+            when = datetime.fromtimestamp(float(marks[-1].get("at") or 0), UTC).isoformat(timespec="seconds")
+            note = (f"{version} failed its health check here at {when}; skipped until a newer release "
+                    f"or --retry-failed")
+            self.log(note)
+            return UpdateResult("skipped_failed", current, version, current, steps=[note])
+        if marks:
+            forget_failed(layout, marks)
+            self.log(f"retrying {version}, which failed its health check here before")
         deferred = self._deferral(config, version, current, critical or ignore_window, critical)
         if deferred is not None:
             return deferred
@@ -266,6 +284,8 @@ class Updater:
         health = health_of(version)
         result.steps.append(f"health of {version}: {'ok' if health.ok else 'failed'} ({health.detail})")
         self.log(result.steps[-1])
+        if not health.ok and journal.manifest:
+            remember_failed(layout, version, journal.manifest, health.detail)
         if health.ok:
             crash_point("after_health")
             if layout.link("factory") is None:
@@ -275,14 +295,15 @@ class Updater:
             layout.save_state(installed={**installed, version: time.time()})
             clear_journal(layout)
             clean_downloads(layout)
-            await send_report(config, "success", previous, version, health.detail, self.log, self.transport)
+            await send_report(config, "success", previous, version, health.detail, self.log, self.transport,
+                              failed_releases(layout))
             return
         try:
             now = rollback_chain(layout, version, previous, health_of, result.steps, self.log)
         except NeedsIntervention as exc:
             clear_journal(layout)
             await send_report(config, "failed", previous, version, "; ".join(result.steps), self.log,
-                              self.transport)
+                              self.transport, failed_releases(layout))
             exc.detail = result.steps
             raise
         # Back on a good version: ``previous`` is again what it was before this update
@@ -294,13 +315,21 @@ class Updater:
         clear_journal(layout)
         result.outcome, result.current = "rolled_back", now
         await send_report(config, "rolled_back", previous, version, "; ".join(result.steps), self.log,
-                          self.transport)
+                          self.transport, failed_releases(layout))
 
     async def _resume(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
         """Finish or abandon the update a journal left; None when there is nothing to resume."""
         layout = self.layout
         journal = read_journal(layout)
         if journal is None:
+            return None
+        if journal.kind == "rollback":
+            # A manual rollback was killed before its health check finished: finish it, then update.
+            self.log(f"finishing the interrupted rollback to {journal.target}")
+            try:
+                self._finish_rollback(journal, command)
+            except HealthCheckFailed as exc:
+                self.log(exc.message)
             return None
         target, previous, phase = journal.target, journal.from_version, journal.phase
         if phase not in ("staged", "swapped") or not target or not layout.version_dir(target).is_dir():
@@ -335,7 +364,8 @@ class Updater:
                                 "channel": config.channel, "client_id": config.client_id,
                                 "current": self.layout.link("current"), "previous": self.layout.link("previous"),
                                 "factory": self.layout.link("factory"), "installed": self.layout.installed(),
-                                "journal": self.layout.read_json("journal.json")}
+                                "journal": self.layout.read_json("journal.json"),
+                                "failed_releases": failed_releases(self.layout)}
         schedule = _schedule(config)
         if not schedule.unrestricted:
             opening = windows.next_opening(schedule, datetime.now(UTC))
@@ -362,28 +392,49 @@ class Updater:
         return {"version": version, "ok": not problems, "problems": problems}
 
     def rollback(self, to: str = "previous", health_cmd: str | None = None) -> dict[str, Any]:
-        """Make ``previous``, ``factory`` or a version current, verified and health-checked."""
+        """Make ``previous``, ``factory`` or a version current, verified and health-checked.
+
+        Journaled like an update: a rollback killed before its health check finished is
+        finished first (``_finish_rollback``) by the next ``rollback`` or ``update``."""
         layout = self.layout
         layout.lock()
         try:
+            config = self.config
+            command = health_cmd if health_cmd is not None else config.health_cmd
+            journal = read_journal(layout)
+            if journal is not None and journal.kind == "rollback":
+                self.log(f"finishing the interrupted rollback to {journal.target}")
+                return self._finish_rollback(journal, command)
             current = layout.link("current")
             target = layout.link(to) if to in ("previous", "factory") else check_name("version", to)
             if target is None:
                 raise ClientError(f"there is no {to} version to roll back to")
             if not is_intact(layout, target, self.log):
                 raise ClientError(f"{target} is damaged or not installed; refusing to roll back to it")
+            journal = Journal.rollback(target, current, layout.link("previous"))
+            write_journal(layout, journal)
             layout.set_link("current", target)
-            config = self.config
-            command = health_cmd if health_cmd is not None else config.health_cmd
-            health = check_health(layout, target, command, config.health_timeout_s)
-            if not health.ok:
-                if current:
-                    layout.set_link("current", current)
-                raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
-                                        f"current stays {current}")
-            return {"from": current, "to": target, "health": health.detail}
+            return self._finish_rollback(journal, command)
         finally:
             layout.unlock()
+
+    def _finish_rollback(self, journal: Journal, command: str | None) -> dict[str, Any]:
+        """Health-check the rollback's target as ``current``; keep it, or put back the version
+        the rollback started from (then ``HealthCheckFailed``).  Clears the journal either way."""
+        layout, config = self.layout, self.config
+        target, started_from = str(journal.target), journal.from_version
+        if layout.link("current") != target:
+            layout.set_link("current", target)
+        crash_point("rollback_health")
+        health = check_health(layout, target, command, config.health_timeout_s)
+        if not health.ok:
+            if started_from and started_from != target and layout.version_dir(started_from).is_dir():
+                layout.set_link("current", started_from)
+            clear_journal(layout)
+            raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
+                                    f"current stays {layout.link('current')}")
+        clear_journal(layout)
+        return {"from": started_from, "to": target, "health": health.detail}
 
     def gc(self) -> dict[str, Any]:
         """Remove versions other than current, previous, factory (and an update's target)."""

@@ -196,3 +196,47 @@ def test_kill_at_random_moments(world: tuple[Server, Path], tmp_path: Path) -> N
         assert data["current"] == TARGET
         assert_finished(root, TARGET)
     assert killed >= len(DELAYS) // 2, f"only {killed} of {len(DELAYS)} runs were still running when killed"
+
+
+# A manual rollback killed during the health check of the version it rolls back to
+# (issue 14, item 6): the re-run finishes it and ends on a healthy version.
+ROLLBACK_KILLS = {
+    "crash_point": ({CRASH_ENV: "rollback_health"}, ()),
+    # The health command itself kills the client (kill -9 of its parent, mid-check).
+    "health_kills_client": ({}, ("--health-cmd", "kill -9 $PPID; sleep 5")),
+}
+
+
+@pytest.mark.parametrize("how", sorted(ROLLBACK_KILLS))
+def test_kill_during_rollback_health_then_resume(world: tuple[Server, Path], tmp_path: Path, how: str) -> None:
+    _, prepared = world
+    root = fresh_root(prepared, tmp_path / "root")
+    # previous = the failing 1.3.0 (installed under a health check that passes), current = 1.2.0.
+    for version, health in ((BAD, "true"), (TARGET, "bin/health")):
+        proc = cli("update", root, "--to", version, "--health-cmd", health)
+        assert proc.returncode == 0, proc.stderr
+    assert (link(root, "current"), link(root, "previous")) == (TARGET, BAD)
+    env, extra = ROLLBACK_KILLS[how]
+    proc = cli("rollback", root, *extra, env=env)
+    assert proc.returncode == -signal.SIGKILL, f"never killed: {proc.returncode} {proc.stderr}"
+    assert link(root, "current") == BAD            # killed while the unhealthy one is checked
+    assert_sound(root, f"rollback killed ({how})")
+    proc = cli("rollback", root)
+    assert proc.returncode == 5, (proc.returncode, proc.stderr)
+    assert "1.3.0 failed its health check" in proc.stderr
+    assert_finished(root, TARGET)                   # back on the healthy version it started from
+    # A later update or rollback has nothing left to finish.
+    code, data = rerun(root, "--to", TARGET)
+    assert code == 0 and data["outcome"] == "up_to_date", data
+
+
+def test_update_finishes_an_interrupted_rollback_first(world: tuple[Server, Path], tmp_path: Path) -> None:
+    _, prepared = world
+    root = fresh_root(prepared, tmp_path / "root")
+    for version, health in ((BAD, "true"), (TARGET, "bin/health")):
+        assert cli("update", root, "--to", version, "--health-cmd", health).returncode == 0
+    proc = cli("rollback", root, env={CRASH_ENV: "rollback_health"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    code, data = rerun(root, "--to", TARGET)
+    assert code == 0 and data["current"] == TARGET, data
+    assert_finished(root, TARGET)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import Server, start_server
+from conftest import READ, Server, start_server
 from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 from client.config import ClientConfig
@@ -201,6 +201,42 @@ def test_black_holed_report_endpoint_does_not_hold_the_update(world: World, prox
     started = time.monotonic()
     assert up.update().current == "1.2.0"
     assert time.monotonic() - started < 5
+
+
+def _reports(world: World, client_id: str) -> list[dict[str, Any]]:
+    with world.server.client() as http:
+        rows: list[dict[str, Any]] = http.get("/v1/products/app/reports").json()["reports"]
+    return [r for r in rows if r["client_id"] == client_id]
+
+
+def test_reports_and_their_token_go_to_the_origin_never_to_a_mirror(world: World, proxy: HostileProxy,
+                                                                    tmp_path: Path) -> None:
+    """D11: with servers [mirror, origin] the report (and its token) goes to the report URL
+    (the origin); the mirror, which 403s reports, never sees it."""
+    proxy.fault(r"/reports$", "status", code=403)
+    up = Updater.init(tmp_path / "c", [proxy.url, world.server.url], "app", "stable",
+                      (world.server.store / "root.json").read_bytes(), client_id="report-url-test",
+                      report_token=READ, report_url=world.server.url, **FAST_CLIENT)
+    assert up.update().current == "1.2.0"
+    assert proxy.seen(r"^/v1/objects/")                      # the mirror served the data ...
+    assert not proxy.seen(r"/reports$")                      # ... but never saw a report
+    assert not [s for s in proxy.requests if "authorization" in s.headers]
+    assert [r["outcome"] for r in _reports(world, "report-url-test")] == ["success"]
+
+
+def test_without_a_report_url_reports_go_to_the_last_server(world: World, proxy: HostileProxy,
+                                                            tmp_path: Path) -> None:
+    proxy.fault(r"/reports$", "status", code=403)
+    up = Updater.init(tmp_path / "c", [proxy.url, world.server.url], "app", "stable",
+                      (world.server.store / "root.json").read_bytes(), client_id="report-last-test",
+                      **FAST_CLIENT)
+    assert up.update().current == "1.2.0"
+    assert not proxy.seen(r"/reports$")
+    assert [r["outcome"] for r in _reports(world, "report-last-test")] == ["success"]
+    # A report token with several servers needs to be told where it may go.
+    with pytest.raises(ClientError, match="report-url"):
+        Updater.init(tmp_path / "d", [proxy.url, world.server.url], "app", "stable",
+                     (world.server.store / "root.json").read_bytes(), report_token=READ, **FAST_CLIENT)
 
 
 # --------------------------------------------------------------------------- 2. corrupt or missing data

@@ -303,3 +303,123 @@ def test_root_rotation(tmp_path: Path, release_trees: list[Path]) -> None:
     finally:
         proxy.stop()
         server.stop()
+
+
+# --------------------------------------------------------------------------- unsigned recipes (D4, D5)
+
+def _app_entry(world: World, version: str = "1.2.0") -> dict[str, Any]:
+    return next(e for e in world.manifests[version]["signed"]["files"] if e["path"] == "bin/app")
+
+
+def test_oversized_raw_recipe_and_endless_body_are_capped_by_the_signed_size(world: World, proxy: HostileProxy,
+                                                                             tmp_path: Path) -> None:
+    """D4: a mirror claims bin/app's raw object has 30 MB and serves an endless body: the
+    client fetches at most the signed size (the recipe is dropped) and installs correctly."""
+    app = _app_entry(world)
+
+    def inflate(delta: dict[str, Any]) -> None:
+        delta["recipes"][app["blake3"]] = [{"kind": "raw", "object": app["blake3"], "size": 30_000_000}]
+
+    up = at_base(world, tmp_path / "c")
+    proxy.fault(r"/releases/1\.2\.0/delta\?from=1\.0\.0$", "transform", fn=_rewrite_delta(inflate))
+    proxy.fault(rf"^/v1/objects/{app['blake3']}$", "endless", times=1, max_seconds=20)
+    result = up.update()
+    assert (result.current, result.used_delta) == ("1.2.0", True) and up.verify()["ok"]
+    endless = proxy.seen(rf"^/v1/objects/{app['blake3']}$")[0]
+    assert endless.fault == "endless"
+    # What the client read is bounded by the signed size (the proxy may have pushed a few
+    # MB more into socket buffers before it noticed the hang-up).
+    assert result.bytes_downloaded <= result.bytes_full + app["size"]
+    assert endless.sent <= app["size"] + (8 << 20)
+
+
+@pytest.mark.parametrize("garbage", ["size_not_a_number", "recipes_not_a_list", "member_not_an_object",
+                                     "recipes_not_an_object"])
+def test_malformed_recipes_are_skipped_and_the_update_falls_back(world: World, proxy: HostileProxy, tmp_path: Path,
+                                                                 garbage: str) -> None:
+    """D5: malformed unsigned recipes are dropped (logged), never a traceback."""
+    app = _app_entry(world)
+    digests = [e["blake3"] for e in world.manifests["1.2.0"]["signed"]["files"] if e["type"] == "file"]
+
+    def spoil(delta: dict[str, Any]) -> None:
+        recipes = delta["recipes"]
+        if garbage == "size_not_a_number":
+            for offers in recipes.values():
+                for recipe in offers:
+                    recipe["size"] = "abc"
+        elif garbage == "recipes_not_a_list":
+            recipes[app["blake3"]] = {"kind": "raw", "object": app["blake3"], "size": app["size"]}
+        elif garbage == "member_not_an_object":
+            recipes[app["blake3"]] = [{"kind": "bundle", "algorithm": "zstd", "object": app["blake3"],
+                                       "size": 10, "bases": [], "members": ["bin/app", 7]}]
+            recipes[digests[0]] = [{"kind": "bundle", "algorithm": "zstd", "object": app["blake3"],
+                                    "size": 10, "bases": [], "members": [None]}]
+        else:
+            delta["recipes"] = ["not", "an", "object"]
+
+    logged: list[str] = []
+    up = at_base(world, tmp_path / "c")
+    up.log = logged.append
+    proxy.fault(r"/releases/1\.2\.0/delta\?from=1\.0\.0$", "transform", fn=_rewrite_delta(spoil))
+    result = up.update()
+    assert result.current == "1.2.0" and up.verify()["ok"]
+    assert any("recipe" in line for line in logged), logged
+
+
+def test_garbage_from_a_mirror_fails_over_to_the_next_server(world: World, proxy: HostileProxy,
+                                                             tmp_path: Path) -> None:
+    """D5: a mirror answering garbage documents makes the client try the next server."""
+    at_base(world, tmp_path / "c")
+    config = json.loads((tmp_path / "c" / ".cas" / "config.json").read_text())
+    config["servers"] = [world.proxy.url, world.server.url]
+    (tmp_path / "c" / ".cas" / "config.json").write_text(json.dumps(config))
+    proxy.fault(CHANNEL, "replace", body=b"{\"signed\": garbage")
+    proxy.fault(r"/releases/1\.2\.0/(manifest|delta)", "replace", body={"signed": {"files": "nope"}})
+    result = Updater(tmp_path / "c").update()
+    assert result.current == "1.2.0" and Updater(tmp_path / "c").verify()["ok"]
+    assert proxy.seen(CHANNEL)
+
+
+# --------------------------------------------------------------------------- fast-forward recovery (D8)
+
+def test_fast_forward_by_a_stolen_channel_key_is_recovered_by_rotating_it(tmp_path: Path,
+                                                                          release_trees: list[Path]) -> None:
+    """D8: a stolen channel key signs sequence 10**12; the client accepts it (validly signed)
+    and is stuck; the operator rotates the channel key through a new root and re-signs the
+    channel; the client forgets the far-future sequence with the rotation and updates again."""
+    server = start_server(tmp_path / "store", config="delta_builder = false\n")
+    proxy = HostileProxy(server.url).start()
+    try:
+        store = server.store
+        key = str(store / "keys" / "release.pem")
+        server.cas("publish", str(release_trees[0]), "--product", "app", "--version", "1.0.0", "--key", key,
+                   "--status", "released", "--channel", "stable")
+        server.cas("publish", str(release_trees[1]), "--product", "app", "--version", "1.1.0", "--key", key,
+                   "--status", "released")
+        root = tmp_path / "c"
+        up = Updater.init(root, [proxy.url], "app", "stable", (store / "root.json").read_bytes(), **FAST_CLIENT)
+        assert up.update().current == "1.0.0"
+
+        stolen = load_private_key(store / "keys" / "channel.pem")
+        with server.client(None) as http:
+            real = json.loads(http.get("/v1/products/app/channels/stable").content)["signed"]
+        proxy.fault(CHANNEL, "replace", body=canonical_bytes(sign({**real, "sequence": 10**12}, [stolen])))
+        assert up.update().outcome == "up_to_date"
+        assert state(root)["channel_sequence"] == 10**12
+        proxy.clear()
+
+        # The operator rotates the channel key (root 2) and re-signs the channel.
+        server.cas("keys", "rotate", "--role", "channel", "--store", str(store))
+        server.cas("channel", "set", "app", "stable", "1.1.0")
+        logged: list[str] = []
+        result = Updater(root, log=logged.append).update()
+        assert result.current == "1.1.0" and up.verify()["ok"]
+        assert state(root)["root_version"] == 2
+        assert state(root)["channel_sequence"] < 10**12
+        assert any("forgotten" in line for line in logged), logged
+        # The stolen key's far-future document is now refused (signed by a revoked key).
+        proxy.fault(CHANNEL, "replace", body=canonical_bytes(sign({**real, "sequence": 10**12 + 1}, [stolen])))
+        refused(Updater(root), SignatureError)
+    finally:
+        proxy.stop()
+        server.stop()

@@ -8,6 +8,7 @@ released, with deltas built.  Steps that only set a test up use the library
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,12 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 from conftest import Server, start_server, wait_for_builds
 
+from casformat.canonical import document_digest
 from client import cli as client_cli
+from client.config import ClientConfig
 from client.install import tree_problems
 from client.installroot import InstallRoot
+from client.report import send_report
 from client.updater import Updater
 from fixtures import write_release
 
@@ -258,6 +263,49 @@ def test_failed_health_rolls_back_to_previous(srv: Server, tmp_path: Path) -> No
     proc = cli("rollback", root, "--to", "1.2.0")
     assert proc.returncode == 0, proc.stderr
     assert link(root, "current") == "1.2.0"
+
+
+def test_failed_release_is_remembered_and_not_swapped_to_again(srv: Server, tmp_path: Path) -> None:
+    """A release that failed its health check is skipped on the next runs (by manifest
+    digest) until the owner passes --retry-failed or the operator publishes another."""
+    root = init_root(srv, tmp_path / "root")
+    install(root, "1.0.0", "1.2.0")
+    channel(srv, BAD)
+    proc, data = update_json(root)
+    assert proc.returncode == 2 and data["outcome"] == "rolled_back", (proc.stdout, proc.stderr)
+    bad_digest = document_digest(manifest(root, BAD))
+
+    proc, data = update_json(root)
+    assert proc.returncode == 0, proc.stderr
+    assert data["outcome"] == "skipped_failed" and data["current"] == "1.2.0"
+    assert "--retry-failed" in data["steps"][0]
+    assert link(root, "current") == "1.2.0" and link(root, "previous") == "1.0.0"
+    info = json.loads(cli("status", root, "--json").stdout)
+    assert [(r["version"], r["manifest"]) for r in info["failed_releases"]] == [(BAD, bad_digest)]
+    assert "failed    1.3.0" in cli("status", root).stdout
+
+    # The owner asks for another try: it is swapped to, fails and is rolled back again.
+    proc, data = update_json(root, "--retry-failed")
+    assert proc.returncode == 2 and data["outcome"] == "rolled_back", (proc.stdout, proc.stderr)
+    assert update_json(root)[1]["outcome"] == "skipped_failed"
+    # The operator moves the channel on: that release is installed as usual.
+    channel(srv, "1.1.0")
+    proc, data = update_json(root)
+    assert proc.returncode == 0 and data["outcome"] == "updated" and link(root, "current") == "1.1.0"
+
+
+def test_reports_list_the_failed_releases() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(202)
+
+    config = ClientConfig(servers=("http://origin.invalid",), product="app", channel="stable", client_id="c1")
+    marks = [{"version": BAD, "manifest": "ab" * 32, "at": 1.0, "detail": "exit 1"}]
+    asyncio.run(send_report(config, "rolled_back", "1.2.0", BAD, "health failed", lambda m: None,
+                            httpx.MockTransport(handler), marks))
+    assert bodies[0]["failed_releases"] == [{"version": BAD, "manifest": "ab" * 32}]
 
 
 def test_damaged_previous_is_skipped_for_factory(srv: Server, tmp_path: Path) -> None:
