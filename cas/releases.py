@@ -142,6 +142,8 @@ def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], 
     if target == version:
         raise Invalid("move_channel_to must name another release", code="bad_request")
     replacement = get_release(repo, product, target)
+    if replacement.product != product:
+        raise Invalid(f"move_channel_to must name a release of {product!r}", code="bad_request")
     for name in pointing:
         ch = repo.meta.get_channel(product, name)
         check_offerable(replacement, name, ch.min_status if ch else "released", channel=name)
