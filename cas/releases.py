@@ -1,8 +1,9 @@
 """Publishing releases and moving them through their lifecycle.
 
-``publish`` validates a signed manifest completely (structure, paths,
-signature by a trusted release key, every object present with the declared
-size) before anything is recorded; a failure records nothing.  Lifecycle:
+``publish`` validates a signed manifest completely (cheap limits, then the
+signature by a trusted release key, then structure and paths, then every
+object present with the declared size) before anything is recorded; a failure
+records nothing.  Lifecycle:
 draft -> testing -> released -> deprecated, and testing -> draft.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from casformat.canonical import canonical_bytes, document_digest, parse_json
 from casformat.errors import DocumentError, SignatureError
-from casformat.manifests import manifest_problems
+from casformat.manifests import MAX_FILES, manifest_problems
 from casformat.signatures import split_envelope, verify
 
 from . import channels, cms_signing, deltas
@@ -46,12 +47,18 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
         signed, _ = split_envelope(envelope)
     except DocumentError as exc:
         raise from_document(exc) from None
-    problems = manifest_problems(signed, casefold=repo.config.casefold_paths)
+    # Cheap checks first (D2): the document size is bounded by the parse above, then the
+    # names and the file count, then the signatures; only a manifest signed by a trusted
+    # release key (and CMS, where configured) reaches the structure and path checks.
+    files = signed.get("files")
+    cheap: list[str] = []
     if signed.get("product") != product or signed.get("version") != version:
-        problems.append(f"manifest is for {signed.get('product')!r} {signed.get('version')!r}, "
-                        f"not {product!r} {version!r}")
-    if problems:
-        raise Invalid("invalid manifest", detail=problems, code="invalid_manifest")
+        cheap.append(f"manifest is for {signed.get('product')!r} {signed.get('version')!r}, "
+                     f"not {product!r} {version!r}")
+    if isinstance(files, list) and len(files) > MAX_FILES:
+        cheap.append(f"more than {MAX_FILES} files")
+    if cheap:
+        raise Invalid("invalid manifest", detail=cheap, code="invalid_manifest")
     if repo.config.enforce_signatures:
         root = repo.root()
         if root is None:
@@ -62,6 +69,9 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
         except SignatureError as exc:
             raise Invalid(f"manifest signature refused: {exc.message}", code="bad_signature") from None
     cms_signing.check_manifest(repo.config, envelope)  # enterprise CMS signature: 422 bad_cms_signature
+    problems = manifest_problems(signed, casefold=repo.config.casefold_paths)
+    if problems:
+        raise Invalid("invalid manifest", detail=problems, code="invalid_manifest")
     files = signed["files"]
     wrong: list[str] = []
     for entry in files:
