@@ -133,7 +133,7 @@ def test_failing_release_halts_at_first_stage_then_abort(fleet_server, tmp_path:
         aborted = http.post("/v1/products/app/channels/stable/rollout/abort", json={"reason": "health"})
         assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
         channel = http.get("/v1/products/app/channels/stable").json()["signed"]
-        assert channel["sequence"] == sequence + 1 and channel["rollout"] is None
+        assert channel["sequence"] == sequence + 2 and channel["rollout"] is None   # halt, then abort
         assert update_all(fleet) == ["1.0.0"] * FLEET
         hooks = http.get("/v1/admin/webhooks").json()
         assert hooks["counts"] == {"pending": 0, "delivered": 0, "failed": 0}  # none configured
