@@ -9,7 +9,9 @@ draft -> testing -> released -> deprecated, and testing -> draft.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from casformat.canonical import canonical_bytes, document_digest, parse_json
 from casformat.errors import DocumentError, SignatureError
@@ -19,11 +21,13 @@ from casformat.signatures import split_envelope, verify
 from . import channels, cms_signing, deltas
 from .errors import Conflict, Invalid, from_document
 from .metadata import STATUSES, ObjectsBeingDeleted, Release, StaleWrite
-from .offerable import check_offerable
+from .offerable import check_offerable, check_trusted
 from .release_lookup import check_release_names, get_release
 from .repo import Repo
+from .signing import sign
 
-__all__ = ["TRANSITIONS", "Published", "get_release", "manifest_of", "move_status", "publish"]
+__all__ = ["TRANSITIONS", "Published", "get_release", "manifest_of", "move_status", "publish", "resign",
+           "resign_all"]
 
 TRANSITIONS = {("draft", "testing"), ("testing", "released"), ("testing", "draft"),
                ("released", "deprecated")}
@@ -154,6 +158,7 @@ def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], 
     replacement = get_release(repo, product, target)
     if replacement.product != product:
         raise Invalid(f"move_channel_to must name a release of {product!r}", code="bad_request")
+    check_trusted(repo, replacement)
     for name in pointing:
         ch = repo.meta.get_channel(product, name)
         check_offerable(replacement, name, ch.min_status if ch else "released", channel=name)
@@ -165,3 +170,45 @@ def manifest_of(release: Release) -> dict[str, Any]:
     """A release's signed manifest envelope, parsed."""
     return parse_json(release.manifest)
 
+
+
+def resign(repo: Repo, product: str, version: str, keys: Sequence[Ed25519PrivateKey], actor: str) -> Release:
+    """Replace a release's signatures by ``keys``' (after a release-key rotation).  The
+    ``signed`` part, and so the manifest digest, is unchanged; the new signatures must meet
+    the current root's release role.  A CMS signature, over the same bytes, is kept."""
+    release = get_release(repo, product, version)
+    envelope = manifest_of(release)
+    root = repo.root()
+    if root is None:
+        raise Invalid("the server has no root (run `cas keys init`)", code="no_root")
+    if not keys:
+        raise Invalid("no release key to sign with (give --key FILE)", code="no_key")
+    renewed = sign(envelope["signed"], list(keys))
+    if "cms" in envelope:
+        renewed["cms"] = envelope["cms"]
+    try:
+        verify(renewed, root.role("release"))
+    except SignatureError as exc:
+        raise Invalid(f"the keys given do not meet root version {root.version}'s release role: {exc.message}",
+                      code="bad_signature") from None
+    assert document_digest(renewed["signed"]) == release.manifest_digest
+    repo.meta.replace_manifest(product, version, release.manifest_digest, canonical_bytes(renewed), actor,
+                               f"re-signed for root version {root.version}")
+    return get_release(repo, product, version)
+
+
+def resign_all(repo: Repo, keys: Sequence[Ed25519PrivateKey], actor: str) -> list[Release]:
+    """Re-sign every release whose signatures do not meet the current root's release role."""
+    root = repo.root()
+    if root is None:
+        raise Invalid("the server has no root (run `cas keys init`)", code="no_root")
+    done = []
+    for product in repo.meta.list_products():
+        for release in repo.meta.list_releases(product["name"]):
+            try:
+                verify(manifest_of(release), root.role("release"))
+                continue
+            except DocumentError:
+                pass
+            done.append(resign(repo, release.product, release.version, keys, actor))
+    return done

@@ -43,7 +43,7 @@ from . import channels, webhooks
 from .clock import Clock
 from .errors import Conflict, Invalid, NotFound
 from .metadata import Channel, StaleWrite
-from .offerable import check_offerable
+from .offerable import check_offerable, check_trusted
 from .release_lookup import get_release
 from .repo import Repo
 
@@ -436,6 +436,7 @@ def start(repo: Repo, clock: Clock, product: str, channel: str, version: str, ac
         size = min(size, concurrent)
         fails = _count(max_failures, "max_failures", 1)
     release = get_release(repo, product, version)
+    check_trusted(repo, release)
     for _ in range(ATTEMPTS):
         ch = channels.get_channel(repo, product, channel)
         active = repo.meta.latest_rollout(product, channel, active_only=True)
