@@ -18,7 +18,7 @@ from deltagen.digests import blake3_bytes
 from .errors import Conflict, Invalid, NotFound
 from .keys import channel_signing_keys
 from .metadata import Channel, Release, StaleWrite
-from .offerable import check_offerable
+from .offerable import check_offerable, check_trusted
 from .release_lookup import get_release
 from .repo import Repo
 from .signing import sign
@@ -70,6 +70,7 @@ def set_channel(repo: Repo, product: str, channel: str, version: str,
     if min_status is not None and min_status not in ("testing", "released"):
         raise Invalid("min_status must be testing or released", code="bad_status")
     release = get_release(repo, product, version)
+    check_trusted(repo, release)
     if repo.meta.latest_rollout(product, channel, active_only=True) is not None:
         raise Conflict(f"channel {product}/{channel} has a rollout in progress; promote or abort it first "
                        f"(cas rollout status {product} {channel})", code="rollout_active")

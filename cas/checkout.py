@@ -1,27 +1,41 @@
-"""``cas checkout``: a read-only hardlink tree of a release out of the store.
+"""``cas checkout``: a tree of a release out of the store.
 
-An inode has one mode, so a file is hardlinked to the object itself when its
-read-only mode is 0444; other modes (executables) are hardlinked to a
-per-mode variant ``STORE/variants/{mode}/ab/cdef...`` made once per (object,
-mode), so every checkout and rollback point still shares inodes.  Where links
-cannot be made (another filesystem) files are copied.  The tree is built
-beside DEST and renamed into place when complete.
+By default every file gets its own inode: a reflink of the object where the file
+system has them (FICLONE: the bytes are shared copy-on-write), else a copy, so a
+write into a checkout can never change an object that clients are served.
+
+``hardlink=True`` (``cas checkout --hardlink``) shares the store's files instead,
+as before: a file is hardlinked to the object itself when its read-only mode is
+0444; other modes (executables) are hardlinked to a per-mode variant
+``STORE/variants/{mode}/ab/cdef...`` made once per (object, mode).  Such a
+checkout is recorded in ``STORE/checkout-records/`` (destination, release, which file
+links which object) so that ``cas fsck`` can name the checkouts that share the
+inode of an object it found damaged (``damaged_checkouts``).  Where links cannot
+be made (another filesystem) files are copied.  The tree is built beside DEST and
+renamed into place when complete.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from casformat.canonical import parse_json
-from deltagen.output import fsync_dir
+from deltagen.output import fsync_dir, write_atomic
 
 from .errors import Conflict
-from .objectstore import OBJECT_MODE, link_or_copy
+from .objectstore import OBJECT_MODE, FsckReport, clone_or_copy, link_or_copy
 from .release_lookup import get_release
 from .repo import Repo
+
+HARDLINK_WARNING = ("warning: --hardlink shares the store's own object files with the checkout: a write "
+                    "into it corrupts objects every client is served (cas fsck names the checkout then)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,7 @@ class CheckoutReport:
     linked: int
     copied: int
     symlinks: int
+    reflinked: int = 0
 
 
 def _variant(repo: Repo, digest: str, mode: int) -> Path:
@@ -53,7 +68,11 @@ def _variant(repo: Repo, digest: str, mode: int) -> Path:
     return target
 
 
-def checkout(repo: Repo, product: str, version: str, dest: Path) -> CheckoutReport:
+def records_dir(repo: Repo) -> Path:
+    return Path(repo.config.store) / "checkout-records"
+
+
+def checkout(repo: Repo, product: str, version: str, dest: Path, hardlink: bool = False) -> CheckoutReport:
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise Conflict(f"{dest} exists; checkout makes a new directory", code="dest_exists")
@@ -62,7 +81,8 @@ def checkout(repo: Repo, product: str, version: str, dest: Path) -> CheckoutRepo
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     os.chmod(staging, 0o755)
-    linked = copied = links = 0
+    linked = copied = reflinked = links = 0
+    shared: list[list[Any]] = []  # [path, digest] of every file that shares a store inode
     try:
         for entry in files:
             path = staging / entry["path"]
@@ -72,17 +92,76 @@ def checkout(repo: Repo, product: str, version: str, dest: Path) -> CheckoutRepo
                 links += 1
                 continue
             mode = (entry["mode"] & 0o555) or 0o444
-            how = link_or_copy(_variant(repo, entry["blake3"], mode), path)
-            if how == "copy":
-                os.chmod(path, mode)
-                copied += 1
+            if hardlink:
+                how = link_or_copy(_variant(repo, entry["blake3"], mode), path)
             else:
+                with repo.objects.local_copy(entry["blake3"]) as source:
+                    how = clone_or_copy(source, path)
+            if how == "link":
                 linked += 1
+                shared.append([entry["path"], entry["blake3"]])
+                continue
+            os.chmod(path, mode)
+            if how == "reflink":
+                reflinked += 1
+            else:
+                copied += 1
         for dirpath, _, _ in os.walk(staging):
             fsync_dir(Path(dirpath))
+        if shared:
+            _record(repo, dest, product, version, shared)
         os.rename(staging, dest)
         fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return CheckoutReport(len(files) - links, linked, copied, links)
+    return CheckoutReport(len(files) - links, linked, copied, links, reflinked)
+
+
+def _record(repo: Repo, dest: Path, product: str, version: str, shared: list[list[Any]]) -> None:
+    record = {"dest": str(dest.resolve()), "product": product, "version": version, "created": time.time(),
+              "files": shared}
+    folder = records_dir(repo)
+    folder.mkdir(exist_ok=True)
+    write_atomic(folder / f"{uuid.uuid4().hex}.json", json.dumps(record).encode())
+
+
+def _records(repo: Repo) -> list[dict[str, Any]]:
+    out = []
+    folder = records_dir(repo)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def damaged_checkouts(repo: Repo, report: FsckReport) -> list[dict[str, Any]]:
+    """For each object ``fsck`` found corrupt, the recorded hardlink checkouts whose file
+    still shares that object's inode (the likely way the object was damaged)."""
+    if not report.corrupt:
+        return []
+    inodes: dict[tuple[int, int], str] = {}
+    files = report.quarantined if report.quarantined else []
+    for digest in report.corrupt:
+        moved = [Path(q) for q in files if Path(q).name.startswith(digest + ".")]
+        own = moved[-1] if moved else repo.objects.local_path(digest)
+        try:
+            st = os.stat(own) if own is not None else None
+        except OSError:
+            st = None
+        if st is not None:
+            inodes[(st.st_dev, st.st_ino)] = digest
+    found = []
+    for record in _records(repo):
+        for rel, _digest in record.get("files", []):
+            try:
+                st = os.lstat(Path(record["dest"]) / rel)
+            except OSError:
+                continue
+            hit = inodes.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                found.append({"digest": hit, "checkout": record["dest"], "product": record["product"],
+                              "version": record["version"], "path": rel})
+    return found

@@ -2,7 +2,7 @@
 
 Read from ``STORE/config.toml`` (or ``--config FILE``); environment variables
 override the file: CAS_STORE, CAS_ADMIN_TOKEN, CAS_PUBLISH_TOKEN, CAS_READ_TOKEN,
-CAS_METADATA_URL.
+CAS_REPORT_TOKEN, CAS_METADATA_URL.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-SCOPES = ("read", "publish", "admin")
+SCOPES = ("report", "read", "publish", "admin")
 
 
 def hash_token(token: str) -> str:
@@ -49,7 +49,16 @@ class Config:
     # Client reports.
     max_report_bytes: int = 4096
     reports_per_client_per_minute: int = 30
-    reports_require_token: bool = False  # reports need a read (or higher) token even with anonymous reads
+    reports_per_address_per_minute: int = 120  # per source address, whatever client ids it sends
+    reports_require_token: bool = False  # reports need a token (report, read or higher) even with anonymous reads
+    # The rollout health gate counts only reports sent with a token (a per-fleet `report`
+    # token, or read/publish/admin); anonymous reports are stored and shown but not counted
+    # unless this is true (D9).
+    reports_gate_anonymous: bool = False
+    # The gate counts at most this many distinct client ids per reporter (token @ source
+    # address) within the window; further ids from that reporter are stored, not counted.
+    reports_gate_ids_per_source: int = 16
+    reports_gate_window_seconds: int = 24 * 3600
     # Staged rollouts (cas/rollouts.py) and webhooks (cas/webhooks.py).
     rollout_tick_seconds: float = 30.0   # how often the server evaluates running rollouts
     rollout_max_clients: int = 10_000    # ids in a batches rollout
@@ -149,7 +158,7 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         hashes[digest] = scope
     config = replace(config, token_hashes=hashes)
     config = config.with_tokens(admin=env.get("CAS_ADMIN_TOKEN"), publish=env.get("CAS_PUBLISH_TOKEN"),
-                                read=env.get("CAS_READ_TOKEN"))
+                                read=env.get("CAS_READ_TOKEN"), report=env.get("CAS_REPORT_TOKEN"))
     if env.get("CAS_METADATA_URL"):
         config = replace(config, metadata_url=env["CAS_METADATA_URL"])
     overrides = {k: v for k, v in overrides.items() if v is not None}

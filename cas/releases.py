@@ -1,28 +1,33 @@
 """Publishing releases and moving them through their lifecycle.
 
-``publish`` validates a signed manifest completely (structure, paths,
-signature by a trusted release key, every object present with the declared
-size) before anything is recorded; a failure records nothing.  Lifecycle:
+``publish`` validates a signed manifest completely (cheap limits, then the
+signature by a trusted release key, then structure and paths, then every
+object present with the declared size) before anything is recorded; a failure
+records nothing.  Lifecycle:
 draft -> testing -> released -> deprecated, and testing -> draft.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from casformat.canonical import canonical_bytes, document_digest, parse_json
 from casformat.errors import DocumentError, SignatureError
-from casformat.manifests import manifest_problems
+from casformat.manifests import MAX_FILES, manifest_problems
 from casformat.signatures import split_envelope, verify
 
 from . import channels, cms_signing, deltas
 from .errors import Conflict, Invalid, from_document
 from .metadata import STATUSES, ObjectsBeingDeleted, Release, StaleWrite
-from .offerable import check_offerable
+from .offerable import check_offerable, check_trusted
 from .release_lookup import check_release_names, get_release
 from .repo import Repo
+from .signing import sign
 
-__all__ = ["TRANSITIONS", "Published", "get_release", "manifest_of", "move_status", "publish"]
+__all__ = ["TRANSITIONS", "Published", "get_release", "manifest_of", "move_status", "publish", "resign",
+           "resign_all"]
 
 TRANSITIONS = {("draft", "testing"), ("testing", "released"), ("testing", "draft"),
                ("released", "deprecated")}
@@ -46,12 +51,18 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
         signed, _ = split_envelope(envelope)
     except DocumentError as exc:
         raise from_document(exc) from None
-    problems = manifest_problems(signed, casefold=repo.config.casefold_paths)
+    # Cheap checks first (D2): the document size is bounded by the parse above, then the
+    # names and the file count, then the signatures; only a manifest signed by a trusted
+    # release key (and CMS, where configured) reaches the structure and path checks.
+    files = signed.get("files")
+    cheap: list[str] = []
     if signed.get("product") != product or signed.get("version") != version:
-        problems.append(f"manifest is for {signed.get('product')!r} {signed.get('version')!r}, "
-                        f"not {product!r} {version!r}")
-    if problems:
-        raise Invalid("invalid manifest", detail=problems, code="invalid_manifest")
+        cheap.append(f"manifest is for {signed.get('product')!r} {signed.get('version')!r}, "
+                     f"not {product!r} {version!r}")
+    if isinstance(files, list) and len(files) > MAX_FILES:
+        cheap.append(f"more than {MAX_FILES} files")
+    if cheap:
+        raise Invalid("invalid manifest", detail=cheap, code="invalid_manifest")
     if repo.config.enforce_signatures:
         root = repo.root()
         if root is None:
@@ -62,6 +73,9 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
         except SignatureError as exc:
             raise Invalid(f"manifest signature refused: {exc.message}", code="bad_signature") from None
     cms_signing.check_manifest(repo.config, envelope)  # enterprise CMS signature: 422 bad_cms_signature
+    problems = manifest_problems(signed, casefold=repo.config.casefold_paths)
+    if problems:
+        raise Invalid("invalid manifest", detail=problems, code="invalid_manifest")
     files = signed["files"]
     wrong: list[str] = []
     for entry in files:
@@ -142,6 +156,9 @@ def _move_channels(repo: Repo, product: str, version: str, pointing: list[str], 
     if target == version:
         raise Invalid("move_channel_to must name another release", code="bad_request")
     replacement = get_release(repo, product, target)
+    if replacement.product != product:
+        raise Invalid(f"move_channel_to must name a release of {product!r}", code="bad_request")
+    check_trusted(repo, replacement)
     for name in pointing:
         ch = repo.meta.get_channel(product, name)
         check_offerable(replacement, name, ch.min_status if ch else "released", channel=name)
@@ -153,3 +170,45 @@ def manifest_of(release: Release) -> dict[str, Any]:
     """A release's signed manifest envelope, parsed."""
     return parse_json(release.manifest)
 
+
+
+def resign(repo: Repo, product: str, version: str, keys: Sequence[Ed25519PrivateKey], actor: str) -> Release:
+    """Replace a release's signatures by ``keys``' (after a release-key rotation).  The
+    ``signed`` part, and so the manifest digest, is unchanged; the new signatures must meet
+    the current root's release role.  A CMS signature, over the same bytes, is kept."""
+    release = get_release(repo, product, version)
+    envelope = manifest_of(release)
+    root = repo.root()
+    if root is None:
+        raise Invalid("the server has no root (run `cas keys init`)", code="no_root")
+    if not keys:
+        raise Invalid("no release key to sign with (give --key FILE)", code="no_key")
+    renewed = sign(envelope["signed"], list(keys))
+    if "cms" in envelope:
+        renewed["cms"] = envelope["cms"]
+    try:
+        verify(renewed, root.role("release"))
+    except SignatureError as exc:
+        raise Invalid(f"the keys given do not meet root version {root.version}'s release role: {exc.message}",
+                      code="bad_signature") from None
+    assert document_digest(renewed["signed"]) == release.manifest_digest
+    repo.meta.replace_manifest(product, version, release.manifest_digest, canonical_bytes(renewed), actor,
+                               f"re-signed for root version {root.version}")
+    return get_release(repo, product, version)
+
+
+def resign_all(repo: Repo, keys: Sequence[Ed25519PrivateKey], actor: str) -> list[Release]:
+    """Re-sign every release whose signatures do not meet the current root's release role."""
+    root = repo.root()
+    if root is None:
+        raise Invalid("the server has no root (run `cas keys init`)", code="no_root")
+    done = []
+    for product in repo.meta.list_products():
+        for release in repo.meta.list_releases(product["name"]):
+            try:
+                verify(manifest_of(release), root.role("release"))
+                continue
+            except DocumentError:
+                pass
+            done.append(resign(repo, release.product, release.version, keys, actor))
+    return done

@@ -9,6 +9,10 @@ channel document (next sequence) in one transaction, compared-and-set on the rol
 
 Strategies:
 
+A halt (by the gate or an operator) signs a channel document without the rollout, pointing
+at the previous release, so no new client installs the release while it is halted;
+``resume`` signs the rollout back in (same salt and stage, so the same cohort).
+
 * ``staged``: the channel keeps pointing at the previous release; the rollout object
   names the new one with the stage's percent and a salt fixed for the rollout, so a
   cohort only grows.  A stage advances after ``stage_seconds`` when it has at least
@@ -39,7 +43,7 @@ from . import channels, webhooks
 from .clock import Clock
 from .errors import Conflict, Invalid, NotFound
 from .metadata import Channel, StaleWrite
-from .offerable import check_offerable
+from .offerable import check_offerable, check_trusted
 from .release_lookup import get_release
 from .repo import Repo
 
@@ -328,10 +332,14 @@ def _step(repo: Repo, clock: Clock, r: Rollout, action: str, actor: str, reason:
         return _apply(repo, clock, r, "finished", actor, reason, {"state": "finished", "reason": reason},
                       None if r.strategy == "all-at-once" else "target")
     if action == "halt":
-        return _apply(repo, clock, r, "halted", actor, reason, {"state": "halted", "reason": reason}, None)
+        # A halt stops new installs at once: the channel goes back to the previous release
+        # without the rollout (all-at-once: points at the previous release again).
+        return _apply(repo, clock, r, "halted", actor, reason, {"state": "halted", "reason": reason}, "previous")
     if action == "resume":
+        # ... and resume offers the release again as it was (same cohort: salt and percent).
         return _apply(repo, clock, r, "resumed", actor, reason,
-                      {"state": "running", "stage_started": now, "reason": reason}, None)
+                      {"state": "running", "stage_started": now, "reason": reason},
+                      "target" if r.strategy == "all-at-once" else "rollout")
     if action == "abort":
         return _apply(repo, clock, r, "aborted", actor, reason, {"state": "aborted", "reason": reason}, "previous")
     if action == "flip-back":
@@ -351,7 +359,8 @@ def act(repo: Repo, clock: Clock, product: str, channel: str, action: str, actor
             ch = channels.get_channel(repo, product, channel)
             if r.strategy != "all-at-once":
                 raise Conflict("flip-back is for all-at-once rollouts; use abort", code="not_all_at_once")
-            if r.state not in ("running", "halted", "finished") or ch.release != r.release:
+            offered = ch.release == r.release or (r.state == "halted" and ch.release == r.previous)
+            if r.state not in ("running", "halted", "finished") or not offered:
                 raise Conflict(f"{product}/{channel} no longer points at {r.release}", code="rollout_not_active")
         else:
             r = _rollout(repo, product, channel)
@@ -427,6 +436,7 @@ def start(repo: Repo, clock: Clock, product: str, channel: str, version: str, ac
         size = min(size, concurrent)
         fails = _count(max_failures, "max_failures", 1)
     release = get_release(repo, product, version)
+    check_trusted(repo, release)
     for _ in range(ATTEMPTS):
         ch = channels.get_channel(repo, product, channel)
         active = repo.meta.latest_rollout(product, channel, active_only=True)

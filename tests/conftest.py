@@ -24,6 +24,7 @@ from cas.processes import stop_process
 from fixtures import write_release
 
 ADMIN, PUBLISH, READ = "admin-token-t", "publish-token-t", "read-token-t"
+REPORT = "report-token-t"  # a fleet's report token: reports that count for the rollout gate
 
 
 def free_port() -> int:
@@ -68,7 +69,8 @@ def start_server(store: Path, config: str = "", init_keys: bool = True, extra_ar
     if init_keys and not (store / "keys").exists():
         run_cas("keys", "init", "--store", str(store))
     port = free_port()
-    env = {**os.environ, "CAS_ADMIN_TOKEN": ADMIN, "CAS_PUBLISH_TOKEN": PUBLISH, "CAS_READ_TOKEN": READ}
+    env = {**os.environ, "CAS_ADMIN_TOKEN": ADMIN, "CAS_PUBLISH_TOKEN": PUBLISH, "CAS_READ_TOKEN": READ,
+           "CAS_REPORT_TOKEN": REPORT}
     log = open(store.parent / f"server-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "cas.cli", "serve", "--store", str(store), "--port",
                              str(port), *extra_args], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -331,3 +331,20 @@ def test_case_collisions_with_casefold(tmp_path: Path) -> None:
 def test_case_distinct_paths_allowed_without_casefold(srv: Server) -> None:
     body = signed_body(srv, manifest([entry("README", APP), entry("readme", APP)], version="9.0.2"))
     assert put(srv, body, version="9.0.2").status_code == 201
+
+
+def test_signature_checked_before_the_tree(srv: Server) -> None:
+    """D2: a manifest signed by an unknown key is refused for its signature, before any
+    structure or path check runs, however pathological its tree (here: a symlink target of
+    thousands of segments, a path leaving the tree, unsorted entries, a bad mode)."""
+    files = [{"path": "z/link", "type": "symlink", "target": "/".join(["d"] * 25_000)},
+             {"path": "../escape", "type": "symlink", "target": "../../.."},
+             entry("a/app", APP, mode=0o7777)]
+    signed = {"schema": 1, "product": "app", "version": "9.0.0", "created": "2026-11-24T20:00:00Z",
+              "files": files}  # unsorted on purpose: sorting is a structure check too
+    body = canonical_bytes(sign(signed, [generate_key()]))
+    assert len(body) < 65536
+    error = refused(srv, body, 422, "bad_signature")
+    assert "signature" in error["message"]
+    # Signed by the trusted key, the same tree is refused for its tree.
+    refused(srv, signed_body(srv, signed), 422, "invalid_manifest", "escape")

@@ -136,3 +136,39 @@ def test_republish_same_tree_later_is_idempotent(store: Path, tree: Path) -> Non
     (tree / "etc" / "app.conf").write_bytes(b"changed\n")
     clash = run_cas(*args, check=False)
     assert clash.returncode == 1 and "different content" in clash.stderr
+
+
+def test_checkout_has_its_own_inodes_and_hardlinks_are_named_by_fsck(tree: Path, tmp_path: Path) -> None:
+    """A default checkout reflinks or copies: a write into it leaves the object intact (fsck
+    clean).  `--hardlink` shares the store's files, warns, and is recorded, so when a write
+    through it damages an object `cas fsck` names that checkout."""
+    own = tmp_path / "own-store"
+    run_cas("keys", "init", "--store", str(own))
+    run_cas("publish", str(tree), "--product", "app", "--version", "4.0.0", "--store", str(own))
+    readme = Path("share/doc/README.txt")
+    original = (tree / readme).read_bytes()
+    obj = next(p for p in (own / "objects").rglob("*") if p.is_file() and p.read_bytes() == original)
+
+    copy = tmp_path / "copy"
+    made = run_cas("checkout", "app", "4.0.0", str(copy), "--store", str(own), "--json")
+    assert json.loads(made.stdout)["linked"] == 0 and "warning" not in made.stderr
+    assert os.stat(copy / readme).st_ino != os.stat(obj).st_ino
+    os.chmod(copy / readme, 0o644)
+    (copy / readme).write_bytes(b"changed in the checkout\n")
+    assert obj.read_bytes() == original
+    assert run_cas("fsck", "--store", str(own), check=False).returncode == 0
+
+    linked = tmp_path / "linked"
+    made = run_cas("checkout", "app", "4.0.0", str(linked), "--store", str(own), "--hardlink", "--json")
+    assert json.loads(made.stdout)["linked"] > 0 and "warning: --hardlink" in made.stderr
+    assert os.stat(linked / readme).st_ino == os.stat(obj).st_ino
+    os.chmod(linked / readme, 0o644)                 # (the object's mode too: one inode)
+    (linked / readme).write_bytes(b"corrupted through a hardlink checkout\n")
+    human = run_cas("fsck", "--store", str(own), "--no-quarantine", check=False)
+    assert human.returncode == 1 and f"shares its inode with {linked.resolve()}/{readme}" in human.stdout
+    fsck = run_cas("fsck", "--store", str(own), "--json", check=False)
+    assert fsck.returncode == 1
+    report = json.loads(fsck.stdout)
+    assert len(report["corrupt"]) == 1
+    assert report["damaged_in_checkouts"] == [{"digest": report["corrupt"][0], "checkout": str(linked.resolve()),
+                                               "product": "app", "version": "4.0.0", "path": str(readme)}]

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import Server, start_server
+from conftest import REPORT, Server, start_server
 
 from cas.clock import FileClock
 from casformat.trust import in_cohort
@@ -20,7 +20,9 @@ from fixtures import write_release
 
 FLEET = 24
 HOUR = 3600
-CONFIG = "rollout_tick_seconds = 0.2\ndelta_builder = false\nwebhook_poll_seconds = 0.5\n"
+# The whole fleet reports from one address (like a site behind NAT): allow its ids (D9).
+CONFIG = ("rollout_tick_seconds = 0.2\ndelta_builder = false\nwebhook_poll_seconds = 0.5\n"
+          "reports_gate_ids_per_source = 64\n")
 IDS = [f"fleet-{i:02d}" for i in range(FLEET)]
 
 
@@ -45,7 +47,7 @@ def fleet_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytes
 def make_fleet(server: Server, tmp_path: Path) -> list[Updater]:
     root = (server.store / "root.json").read_bytes()
     return [Updater.init(tmp_path / "clients" / cid, [server.url], "app", "stable", root, client_id=cid,
-                         health_cmd="bin/health") for cid in IDS]
+                         health_cmd="bin/health", report_token=REPORT) for cid in IDS]
 
 
 def update_all(fleet: list[Updater]) -> list[str]:
@@ -131,7 +133,7 @@ def test_failing_release_halts_at_first_stage_then_abort(fleet_server, tmp_path:
         aborted = http.post("/v1/products/app/channels/stable/rollout/abort", json={"reason": "health"})
         assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
         channel = http.get("/v1/products/app/channels/stable").json()["signed"]
-        assert channel["sequence"] == sequence + 1 and channel["rollout"] is None
+        assert channel["sequence"] == sequence + 2 and channel["rollout"] is None   # halt, then abort
         assert update_all(fleet) == ["1.0.0"] * FLEET
         hooks = http.get("/v1/admin/webhooks").json()
         assert hooks["counts"] == {"pending": 0, "delivered": 0, "failed": 0}  # none configured

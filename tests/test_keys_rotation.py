@@ -107,3 +107,41 @@ def test_rotated_root_refuses_lowered_threshold_without_old_keys(server: Server)
     forged = sign(root_signed(2, {"root": [intruder], "release": [intruder], "channel": [intruder]}), [intruder])
     with pytest.raises(DocumentError, match="not signed by the v1 root keys"):
         verify_next_root(v1, parse_json(canonical_bytes(forged)))
+
+
+def test_rotation_without_keep_old_then_resign(server: Server, release_trees: list[Path], tmp_path: Path) -> None:
+    """A release-key rotation without --keep-old strands existing releases: the server refuses
+    to point a channel (or start a rollout) at one no client would accept, naming the fix;
+    `cas release resign` re-signs it (same manifest digest) and a real client installs it."""
+    root_v1 = (server.store / "root.json").read_bytes()
+    publish(server, release_trees[0], "1.0.0")
+    publish(server, release_trees[1], "1.1.0")
+    server.cas("channel", "set", "app", "stable", "1.0.0")
+    updater = client(tmp_path, server, root_v1)
+    assert updater.update().to_version == "1.0.0"
+    with httpx.Client(base_url=server.url) as http:
+        before = http.get("/v1/products/app/releases/1.1.0/manifest")
+    rotate(server, "--role", "release")                      # revokes the key 1.0.0 and 1.1.0 carry
+    refused = server.cas("channel", "set", "app", "stable", "1.1.0", check=False)
+    assert refused.returncode == 1
+    assert "cas release resign app 1.1.0" in refused.stderr and "root version 2" in refused.stderr
+    with server.client() as http:
+        answer = http.post("/v1/products/app/channels/stable/rollout", json={"release": "1.1.0"})
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "release_untrusted"
+        assert http.get("/v1/products/app/channels/stable").json()["signed"]["release"] == "1.0.0"
+    resigned = json.loads(server.cas("release", "resign", "app", "1.1.0", "--store", str(server.store),
+                                     "--json").stdout)["resigned"]
+    assert [(r["version"], r["manifest"]) for r in resigned] == [("1.1.0", before.headers["etag"].strip('"'))]
+    with httpx.Client(base_url=server.url) as http:
+        after = http.get("/v1/products/app/releases/1.1.0/manifest")
+    assert after.headers["etag"] == before.headers["etag"]               # the digest does not change
+    assert after.json()["signed"] == before.json()["signed"]
+    assert after.json()["signatures"] != before.json()["signatures"]
+    server.cas("channel", "set", "app", "stable", "1.1.0")
+    result = updater.update()
+    assert result.outcome == "updated" and result.to_version == "1.1.0"
+    # --all re-signs what is left (1.0.0) and nothing twice.
+    rest = json.loads(server.cas("release", "resign", "--all", "--store", str(server.store), "--json").stdout)
+    assert [r["version"] for r in rest["resigned"]] == ["1.0.0"]
+    again = json.loads(server.cas("release", "resign", "--all", "--store", str(server.store), "--json").stdout)
+    assert again["resigned"] == []

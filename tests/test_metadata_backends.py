@@ -148,7 +148,8 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     m.put_channel(channel(1))
     _close(m)
     # Undo migrations 6.. (append a line here with every new migration).
-    undo = ["DROP TABLE counters", "DROP TABLE gc_tombstones", "DROP TABLE gc_runs", "DROP TABLE bundles",
+    undo = ["DROP INDEX reports_reporter", "ALTER TABLE reports DROP COLUMN counted",
+            "ALTER TABLE reports DROP COLUMN reporter", "DROP TABLE counters", "DROP TABLE gc_tombstones", "DROP TABLE gc_runs", "DROP TABLE bundles",
             "ALTER TABLE delta_jobs DROP COLUMN kind"]
     assert len(undo) >= len(MIGRATIONS) - 5, "undo the new migration above"
     if metadata_url.startswith("sqlite:"):
@@ -420,8 +421,27 @@ def test_reports(meta: Metadata) -> None:
     meta.add_report("app", "c3", None, "1.2", "success", "")
     assert [r["client_id"] for r in meta.reports("app")] == ["c3", "c2", "c2", "c1"]
     assert len(meta.reports("app", "1.1", limit=2)) == 2
-    assert meta.report_outcomes("app", "1.1", now - 6, now) == {"health_failed": 1, "success": 1}
+    # Each client once, with its latest outcome in the window (c2 failed, then succeeded).
+    assert meta.report_outcomes("app", "1.1", now - 6, now) == {"success": 1}
+    assert meta.report_outcomes("app", "1.1", now - 6, now - 2) == {"health_failed": 1}
     assert meta.latest_outcomes("app", "1.1", now - 100) == {"c1": ("success", False), "c2": ("success", True)}
+
+
+def test_reports_counted_per_reporter(meta: Metadata) -> None:
+    """D9: a reporter's distinct client ids count for the gate up to a cap per window;
+    uncounted reports are stored but the gate's queries skip them."""
+    now = time.time()
+    cap = {"ids_per_reporter": 2, "window_seconds": 3600}
+    assert meta.add_report("app", "a", "1.0", "1.1", "success", "", now, "t@1", True, **cap)
+    assert meta.add_report("app", "b", "1.0", "1.1", "success", "", now, "t@1", True, **cap)
+    assert not meta.add_report("app", "c", "1.0", "1.1", "success", "", now, "t@1", True, **cap)
+    assert meta.add_report("app", "a", "1.0", "1.1", "failed", "", now, "t@1", True, **cap)   # a known id
+    assert meta.add_report("app", "c", "1.0", "1.1", "success", "", now, "t@2", True, **cap)  # another source
+    assert not meta.add_report("app", "d", "1.0", "1.1", "failed", "", now, "anonymous@3", False, **cap)
+    assert meta.report_outcomes("app", "1.1", now - 1, now + 1) == {"failed": 1, "success": 2}
+    assert set(meta.latest_outcomes("app", "1.1", now - 1)) == {"a", "b", "c"}
+    stored = meta.reports("app", "1.1")
+    assert len(stored) == 6 and sum(1 for r in stored if not r["counted"]) == 2
 
 
 # --------------------------------------------------------------------------- rollouts, webhooks

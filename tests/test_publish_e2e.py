@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import PUBLISH, Server, start_server
+from conftest import ADMIN, PUBLISH, Server, start_server
 
 from casformat.canonical import document_digest
 from casformat.roots import verify_first_root
@@ -101,3 +101,37 @@ def test_publish_token_cannot_set_channels(server: Server, release_trees: list[P
         response = http.put("/v1/products/app/channels/stable", json={"release": "1.0.0"})
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "insufficient_scope"
+
+
+def test_move_channel_to_needs_admin_and_the_same_product(server: Server, release_trees: list[Path]) -> None:
+    """D1: deprecating with ``move_channel_to`` re-points channels, an admin act; a publish token
+    gets 403 and nothing moves; a release of another product is never a target."""
+    publish(server, release_trees[0], "1.0.0", "--status", "released")
+    publish(server, release_trees[1], "1.1.0", "--status", "released", "--channel", "stable")
+    key = server.store / "keys" / "release.pem"
+    server.cas("publish", str(release_trees[2]), "--product", "other", "--version", "9.0.0", "--key", str(key),
+               "--status", "released")
+    body = {"status": "deprecated", "move_channel_to": "1.0.0"}
+    with server.client(PUBLISH) as http:
+        refused = http.post("/v1/products/app/releases/1.1.0/status", json=body)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_scope"
+        signed = http.get("/v1/products/app/channels/stable").json()["signed"]
+        assert signed["release"] == "1.1.0" and signed["sequence"] == 1
+        assert http.get("/v1/products/app/releases/1.1.0").json()["status"] == "released"
+        # Plain lifecycle moves stay with the publish token.
+        assert http.post("/v1/products/app/releases/1.0.0/status",
+                         json={"status": "deprecated"}).status_code == 200
+    with server.client(ADMIN) as http:
+        across = http.post("/v1/products/app/releases/1.1.0/status",
+                           json={"status": "deprecated", "move_channel_to": "9.0.0"})
+        assert across.status_code == 404 and across.json()["error"]["code"] == "unknown_release"
+        assert http.get("/v1/products/app/channels/stable").json()["signed"]["release"] == "1.1.0"
+    publish(server, release_trees[2], "1.2.0", "--status", "released")
+    with server.client(ADMIN) as http:
+        moved = http.post("/v1/products/app/releases/1.1.0/status",
+                          json={"status": "deprecated", "move_channel_to": "1.2.0"})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["status"] == "deprecated"
+        signed = http.get("/v1/products/app/channels/stable").json()["signed"]
+        assert signed["release"] == "1.2.0" and signed["sequence"] == 2

@@ -143,7 +143,8 @@ def test_unhealthy_stage_halts_early_and_abort_restores_previous(repo: Repo, clo
     assert rollouts.evaluate(repo, clock) == []
     report(repo, clock, "b", "failed")                               # 2 > 0.05 * 20: halt at once
     assert rollouts.evaluate(repo, clock)[0]["action"] == "halt"
-    assert signed(repo)["sequence"] == seq                           # halting keeps the document
+    halted = signed(repo)                                            # halting stops new installs:
+    assert halted["sequence"] == seq + 1 and halted["release"] == "1.0.0" and halted["rollout"] is None
     clock.advance(10 * HOUR)
     assert rollouts.evaluate(repo, clock) == []                      # halted: never advances by itself
     with pytest.raises(CasError) as exc:
@@ -151,7 +152,7 @@ def test_unhealthy_stage_halts_early_and_abort_restores_previous(repo: Repo, clo
     assert code_of(exc) == (409, "rollout_halted")
     rollouts.act(repo, clock, "app", "stable", "abort", "test", "bad build")
     doc = signed(repo)
-    assert doc["sequence"] == seq + 1 and doc["release"] == "1.0.0" and doc["rollout"] is None
+    assert doc["sequence"] == seq + 2 and doc["release"] == "1.0.0" and doc["rollout"] is None
     assert rollouts.status(repo, clock, "app", "stable")["state"] == "aborted"
     # The channel is free again.
     rollouts.start(repo, clock, "app", "stable", "1.2.0", "test", stages=[100])

@@ -153,3 +153,42 @@ def test_reports_require_token(tmp_path: Path) -> None:
             assert http.post("/v1/products/app/reports", json=report).status_code == 202
     finally:
         server.stop()
+
+
+def test_halt_stops_new_installs_and_resume_restores(srv: Server) -> None:
+    """A halted rollout used to stay in the channel document, so every cohort client that had
+    not tried it yet still installed it.  Halting signs a document without it; resume signs it
+    back (same release, percent and salt); the all-at-once strategy flips to the previous
+    release on halt and back on resume."""
+    srv.cas("channel", "set", "app", "halting", "1.0.0")
+    srv.cas("channel", "set", "app", "halting-aao", "1.0.0")
+    with srv.client() as http, srv.client(None) as anonymous:
+        def doc(channel: str) -> dict:
+            return anonymous.get(f"/v1/products/app/channels/{channel}").json()["signed"]
+
+        started = http.post(ROLLOUT.format("halting"), json={"release": "1.2.0", "stages": [10, 100]})
+        assert started.status_code == 201, started.text
+        offered = doc("halting")
+        assert offered["release"] == "1.0.0" and offered["rollout"]["release"] == "1.2.0"
+        assert offered["rollout"]["percent"] == 10
+        assert http.post(ROLLOUT.format("halting") + "/halt", json={"reason": "look"}).json()["state"] == "halted"
+        halted = doc("halting")
+        assert halted["sequence"] > offered["sequence"]
+        assert halted["release"] == "1.0.0" and halted["rollout"] is None
+        assert http.post(ROLLOUT.format("halting") + "/resume").json()["state"] == "running"
+        resumed = doc("halting")
+        assert resumed["sequence"] > halted["sequence"] and resumed["rollout"] == offered["rollout"]
+        assert resumed["release"] == "1.0.0"
+        http.post(ROLLOUT.format("halting") + "/abort")
+
+        started = http.post(ROLLOUT.format("halting-aao"), json={"release": "1.2.0", "strategy": "all-at-once"})
+        assert started.status_code == 201, started.text
+        assert doc("halting-aao")["release"] == "1.2.0"
+        http.post(ROLLOUT.format("halting-aao") + "/halt")
+        assert doc("halting-aao")["release"] == "1.0.0" and doc("halting-aao")["rollout"] is None
+        http.post(ROLLOUT.format("halting-aao") + "/resume")
+        assert doc("halting-aao")["release"] == "1.2.0"
+        http.post(ROLLOUT.format("halting-aao") + "/halt")
+        flipped = http.post(ROLLOUT.format("halting-aao") + "/flip-back")   # still possible while halted
+        assert flipped.status_code == 200 and flipped.json()["state"] == "flipped_back"
+        assert doc("halting-aao")["release"] == "1.0.0"

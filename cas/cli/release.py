@@ -1,10 +1,12 @@
-"""``cas release status|delete|critical|history``: a release's lifecycle, here or on a server."""
+"""``cas release status|delete|critical|history|resign``: a release's lifecycle, here or on a server."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from .. import channels, gc, releases
+from .. import channels, gc, keys, releases
+from ..errors import Invalid
 from ..remote import call
 from .command import Subcommands, add_command, add_group, add_remote, emit, local_repo, remote_of
 
@@ -78,6 +80,25 @@ def cmd_release_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_resign(args: argparse.Namespace) -> int:
+    """Re-sign releases with the current release key(s) after a rotation (on the store)."""
+    if args.all == bool(args.product):
+        raise Invalid("name a release (cas release resign P V) or give --all", code="bad_request")
+    if args.product and not args.version:
+        raise Invalid("name the version: cas release resign P V", code="bad_request")
+    repo = local_repo(args)
+    signing = ([keys.load_private_key(Path(k)) for k in args.key] if args.key
+               else keys.load_role_keys(Path(repo.config.store), "release"))
+    if args.all:
+        done = releases.resign_all(repo, signing, "local")
+    else:
+        done = [releases.resign(repo, args.product, args.version, signing, "local")]
+    data = {"resigned": [{"product": r.product, "version": r.version, "manifest": r.manifest_digest}
+                         for r in done]}
+    emit(args, data, "\n".join(f"re-signed {r.product} {r.version}" for r in done) or "nothing to re-sign")
+    return 0
+
+
 def _release_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("product")
     p.add_argument("version")
@@ -102,6 +123,14 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--off", action="store_true", help="remove the mark")
     p.add_argument("--reason", default=None)
     add_remote(p)
+    p = add_command(r, "resign", cmd_release_resign,
+                    help="re-sign releases with the current release key (after `cas keys rotate`)")
+    p.add_argument("product", nargs="?")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--all", action="store_true",
+                   help="every release whose signatures the current root does not accept")
+    p.add_argument("--key", action="append", default=[], metavar="FILE",
+                   help="release key PEM (repeatable; default the store's keys/release*.pem)")
     p = add_command(r, "history", cmd_release_history, help="lifecycle moves of a release")
     _release_args(p)
     add_remote(p)

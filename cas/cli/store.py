@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -15,10 +16,14 @@ GC_GRACE_SECONDS = 6 * 3600
 
 
 def cmd_checkout(args: argparse.Namespace) -> int:
-    """A read-only hardlink tree of a release (copies across filesystems)."""
-    report = checkout.checkout(local_repo(args), args.product, args.version, Path(args.dest))
+    """A tree of a release: reflinks or copies (own inodes); with --hardlink, the store's files."""
+    if args.hardlink:
+        print(checkout.HARDLINK_WARNING, file=sys.stderr)
+    report = checkout.checkout(local_repo(args), args.product, args.version, Path(args.dest),
+                               hardlink=args.hardlink)
     emit(args, report.__dict__, f"checked out {args.product} {args.version} to {args.dest}: "
-         f"{report.linked} hardlinked, {report.copied} copied, {report.symlinks} symlinks")
+         f"{report.reflinked} reflinked, {report.copied} copied, {report.linked} hardlinked, "
+         f"{report.symlinks} symlinks")
     return 0
 
 
@@ -50,11 +55,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     started = time.time()
     report = repo.objects.fsck(quarantine=not args.no_quarantine)
     missing = [d for d, _ in repo.meta.referenced_objects() if not repo.objects.exists(d)]
-    data = {**report.__dict__, "missing_referenced": missing}
+    holders = checkout.damaged_checkouts(repo, report)  # hardlink checkouts sharing a damaged inode
+    data = {**report.__dict__, "missing_referenced": missing, "damaged_in_checkouts": holders}
     record_fsck(repo.config.store, data, started, time.time())
     human = (f"checked {report.checked} objects ({report.bytes:,} bytes): {len(report.corrupt)} corrupt"
              + "".join(f"\n  corrupt {d} -> quarantined" if not args.no_quarantine else f"\n  corrupt {d}"
                        for d in report.corrupt)
+             + "".join(f"\n  {h['digest']} shares its inode with {h['checkout']}/{h['path']} "
+                       f"(hardlink checkout of {h['product']} {h['version']})" for h in holders)
              + (f"\n  {len(missing)} objects referenced by releases are missing" if missing else ""))
     emit(args, data, human)
     return 1 if report.corrupt or missing else 0
@@ -76,10 +84,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def register_checkout(sub: Subcommands) -> None:
     """``cas checkout``."""
-    p = add_command(sub, "checkout", cmd_checkout, help="hardlink tree of a release")
+    p = add_command(sub, "checkout", cmd_checkout, help="a tree of a release (reflinks or copies)")
     p.add_argument("product")
     p.add_argument("version")
     p.add_argument("dest")
+    p.add_argument("--hardlink", action="store_true",
+                   help="hardlink the store's own files (fast, but a write into the tree corrupts objects)")
 
 
 def register(sub: Subcommands) -> None:

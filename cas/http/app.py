@@ -129,6 +129,7 @@ def create_app(repo: Repo) -> Starlette:
     app.state.uploads = uploads
     app.state.clock = clock
     app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
+    app.state.report_address_limiter = SlidingWindow(repo.config.reports_per_address_per_minute)
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
     app.state.dashboard = dashboard.DashboardState()
     return app

@@ -1,10 +1,11 @@
-"""Bearer tokens with scopes read < publish < admin.
+"""Bearer tokens with scopes read < publish < admin, and ``report`` (reports only).
 
 Tokens are kept only as SHA-256 hashes and compared in constant time against
 every configured hash.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from starlette.requests import Request
@@ -12,7 +13,8 @@ from starlette.requests import Request
 from ..config import Config, hash_token
 from ..errors import Forbidden, TooManyRequests, Unauthorized
 
-RANK = {"read": 0, "publish": 1, "admin": 2}
+#: ``report`` is below ``read``: a fleet's report token may send reports and nothing else.
+RANK = {"report": -1, "read": 0, "publish": 1, "admin": 2}
 
 
 def token_scope(config: Config, token: str) -> str | None:
@@ -22,6 +24,16 @@ def token_scope(config: Config, token: str) -> str | None:
         if hmac.compare_digest(offered, digest) and (found is None or RANK[scope] > RANK[found]):
             found = scope
     return found
+
+
+def token_fingerprint(request: Request) -> str | None:
+    """A short, stable, non-reversible label of the request's bearer token (after ``caller``
+    accepted it): the first 16 hex of SHA-256 of its SHA-256, or None without a token."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    _, _, token = header.partition(" ")
+    return hashlib.sha256(hash_token(token.strip()).encode()).hexdigest()[:16]
 
 
 def caller(request: Request) -> str | None:

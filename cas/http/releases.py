@@ -83,6 +83,9 @@ async def post_status(request: Request) -> Response:
     move_to = body.get("move_channel_to")
     if move_to is not None and not isinstance(move_to, str):
         raise Invalid("move_channel_to must be a version", code="bad_request")
+    if move_to is not None:
+        # Moving a channel signs a new channel document: an admin act however it is reached (D1).
+        actor = require(request, "admin")
     release = await run_in_threadpool(releases.move_status, request.app.state.repo,
                                       request.path_params["product"], request.path_params["version"],
                                       status, actor, reason, move_to)

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import releases, rollouts
 from ..errors import Invalid, TooManyRequests, Unauthorized
-from .auth import caller, require
+from .auth import caller, require, token_fingerprint
 from .bodies import json_body
 
 OUTCOMES = ("success", "failed", "rolled_back")
@@ -17,10 +17,15 @@ log = logging.getLogger("cas.http")
 
 
 async def post_report(request: Request) -> Response:
-    require(request, "read")
+    """Store a report; the rollout gate counts it only from an authenticated reporter (any
+    token, a fleet's ``report`` token being the usual one), at most
+    ``reports_gate_ids_per_source`` client ids per token and source address in the window."""
     repo = request.app.state.repo
-    if repo.config.reports_require_token and caller(request) is None:
-        raise Unauthorized("reports need a read (or higher) token", code="token_required")
+    config = repo.config
+    scope = caller(request)  # a bad token is 401 here
+    if scope is None and (config.reports_require_token or not config.anonymous_read):
+        raise Unauthorized("reports need a token (report, read or higher)", code="token_required")
+    address = request.client.host if request.client else "unknown"
     product = request.path_params["product"]
     body = await json_body(request, repo.config.max_report_bytes, max_depth=4,
                            not_object=Invalid("a report is a JSON object", code="bad_report"))
@@ -43,15 +48,21 @@ async def post_report(request: Request) -> Response:
         await run_in_threadpool(releases.get_release, repo, product, from_v)
     if not await run_in_threadpool(repo.meta.was_offered, product, to_v):
         raise Invalid(f"{product} {to_v} was never offered on a channel or in a rollout", code="not_offered")
+    if not request.app.state.report_address_limiter.allow(address):
+        raise TooManyRequests("too many reports from this address; try later")
     if not request.app.state.report_limiter.allow(client_id):
         raise TooManyRequests("too many reports from this client; try later")
     clock = request.app.state.clock
-    await run_in_threadpool(repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail, clock.now())
+    reporter = f"{token_fingerprint(request) or 'anonymous'}@{address}"
+    eligible = scope is not None or config.reports_gate_anonymous
+    counted = await run_in_threadpool(
+        repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail, clock.now(), reporter,
+        eligible, config.reports_gate_ids_per_source, config.reports_gate_window_seconds)
     try:  # the health gate reacts to each report; the background job catches up if this fails
         await run_in_threadpool(rollouts.evaluate, repo, clock, product)
     except Exception:
         log.exception("rollout evaluation after a report failed")
-    return JSONResponse({"accepted": True}, status_code=202)
+    return JSONResponse({"accepted": True, "counted": counted}, status_code=202)
 
 
 async def list_reports(request: Request) -> Response:

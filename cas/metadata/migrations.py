@@ -238,6 +238,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (base_manifest, target_manifest, object)
     );
     """,
+    # 9: who sent a report (token fingerprint @ source address) and whether the rollout
+    # health gate counts it (authenticated, within the distinct-ids-per-source cap; D9).
+    """
+    ALTER TABLE reports ADD COLUMN reporter TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reports ADD COLUMN counted INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX reports_reporter ON reports(reporter, product, to_version, at);
+    """,
 ]
 
 

@@ -106,6 +106,20 @@ class ReleaseQueries(MetadataBackend):
             c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (product, version, expected, new, actor, reason, now))
 
+    def replace_manifest(self, product: str, version: str, digest: str, manifest: bytes, actor: str,
+                         reason: str) -> None:
+        """Store new bytes of a release's manifest with the same digest (new signatures) and log it."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE releases SET manifest = ? WHERE product = ? AND version = ? "
+                            "AND manifest_digest = ?", (manifest, product, version, digest))
+            if cur.rowcount != 1:
+                raise StaleWrite(f"{product} {version} changed while it was re-signed")
+            row = c.execute("SELECT status FROM releases WHERE product = ? AND version = ?",
+                            (product, version)).fetchone()
+            c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?)", (product, version, row[0], row[0], actor, reason,
+                                                        time.time()))
+
     def set_critical(self, product: str, version: str, critical: bool, actor: str, reason: str) -> None:
         """Mark or unmark a release critical and log it."""
         with self._tx() as c:

@@ -11,9 +11,9 @@ Callers import from here: ``from cas.objectstore import ObjectStore, open_object
 from __future__ import annotations
 
 from .factory import BACKENDS, open_object_store
-from .filesystem import OBJECT_MODE, FilesystemObjectStore, link_or_copy
+from .filesystem import OBJECT_MODE, FilesystemObjectStore, clone_or_copy, link_or_copy
 from .interface import FsckReport, Ingested, ObjectStore, Writer
 from .staging import ObjectWriter, StagedObjectStore
 
 __all__ = ["BACKENDS", "OBJECT_MODE", "FilesystemObjectStore", "FsckReport", "Ingested", "ObjectStore",
-           "ObjectWriter", "StagedObjectStore", "Writer", "link_or_copy", "open_object_store"]
+           "ObjectWriter", "StagedObjectStore", "Writer", "clone_or_copy", "link_or_copy", "open_object_store"]
