@@ -35,6 +35,12 @@ class Config:
     # the store) or inline PEM; require_cms refuses manifests without a valid CMS signature.
     cms_trust_anchors: str | None = None
     require_cms: bool = False
+    # HTTP connections of `cas serve` (cas/http/protocol.py): request line + headers, the time
+    # to send them, a request body that stops arriving, an idle keep-alive connection.
+    http_max_header_bytes: int = 64 << 10
+    http_header_timeout_seconds: float = 30.0
+    http_body_idle_timeout_seconds: float = 60.0
+    http_keep_alive_seconds: int = 30
     # Limits.
     max_object_bytes: int = 16 << 30
     max_document_bytes: int = 64 << 20

@@ -26,6 +26,7 @@ from .auth import require
 from .bodies import declared_length, json_body
 from .conditional import etag_matches
 from .errors import error_body
+from .numbers import decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -174,10 +175,13 @@ async def put_object(request: Request) -> Response:
     limit = repo.config.max_object_bytes
     declared = declared_length(request, limit)
     size_param = request.query_params.get("size")
-    if size_param is not None and not (size_param.isascii() and size_param.isdigit()):
-        # str.isdigit() alone accepts "²", which int() then refuses (a 500).
-        raise BadRequest("?size must be a decimal byte count", code="bad_size")
-    expected_size = int(size_param) if size_param is not None else declared
+    expected_size = declared
+    if size_param is not None:
+        expected_size = decimal(size_param)
+        if expected_size is None:
+            if size_param.isascii() and size_param.isdigit():
+                raise TooLarge(f"object of {len(size_param)} digits of bytes exceeds the limit of {limit}")
+            raise BadRequest("?size must be a decimal byte count", code="bad_size")
     if expected_size is not None and expected_size > limit:
         raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
     if digest in await run_in_threadpool(repo.present, [digest]):  # present, and spared by GC
@@ -219,7 +223,7 @@ async def missing_objects(request: Request) -> Response:
 
 # ----------------------------------------------------------------- uploads (OCI-style)
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?$")
 
 
 def _upload_headers(upload_id: str, offset: int) -> dict[str, str]:
@@ -253,7 +257,10 @@ async def append_upload(request: Request) -> Response:
         if not match:
             raise BadRequest("Content-Range must be 'start-end' or 'bytes start-end/total'",
                              code="bad_content_range")
-        start, end = int(match[1]), int(match[2])
+        start, end = decimal(match[1]), decimal(match[2])
+        if start is None or end is None:
+            raise BadRequest("Content-Range offsets are beyond any object this server stores",
+                             code="bad_content_range")
         if end < start:
             raise BadRequest("Content-Range end is before its start", code="bad_content_range")
     try:
