@@ -78,6 +78,7 @@ class Config:
     delta_max_attempts: int = 3
     delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
     delta_poll_seconds: float = 1.0
+    delta_plan_cache_entries: int = 32   # planned release pairs kept per process (GET .../delta)
     # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
     # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).
     metadata_url: str = ""

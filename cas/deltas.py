@@ -73,8 +73,16 @@ def bases_for(repo: Repo, target: Release) -> list[Release]:
     return chosen
 
 
+def planned_pairs(repo: Repo, base: Release | None, target: Release) -> list[tuple[str, str]]:
+    """The (base object, target object) pairs of a release pair, planned once per process."""
+    tiny = repo.config.delta_tiny_bytes
+    key = (base.manifest_digest if base is not None else "", target.manifest_digest, tiny)
+    return repo.plans.get(key, lambda: plan_pairs(_signed(base)["files"] if base is not None else [],
+                                                  _signed(target)["files"], tiny))
+
+
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
-    pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
+    pairs = planned_pairs(repo, base, target)
     added = repo.meta.enqueue_jobs(pairs)
     if repo.config.delta_bundles:
         added += repo.meta.enqueue_bundle_job(base.manifest_digest, target.manifest_digest)
@@ -85,7 +93,8 @@ def queue_pair(repo: Repo, base: Release, target: Release) -> int:
 def queue_release(repo: Repo, target: Release) -> int:
     """Queue the builds for a release reaching testing/released."""
     # Compressed forms of every file, for clients installing this release from nothing.
-    added = repo.meta.enqueue_jobs(plan_pairs([], _signed(target)["files"], repo.config.delta_tiny_bytes))
+    added = repo.meta.enqueue_jobs(planned_pairs(repo, None, target))
+    repo.meta.record_plan(target.product, "", target.version)
     for base in bases_for(repo, target):
         added += queue_pair(repo, base, target)
     return added
@@ -96,16 +105,34 @@ def on_status_change(repo: Repo, release: Release) -> None:
         queue_release(repo, release)
 
 
+SHIPPED = ("testing", "released", "deprecated")
+
+
+def read_may_queue(repo: Repo, target: Release, base: Release | None) -> bool:
+    """Whether a read of the delta (anyone may read) may queue its builds: only for a target
+    that is testing or released, from nothing or from an older shipped release of the same
+    product, and only once per pair (``delta_plans``).  Drafts, reversed pairs (a newer base)
+    and pairs planned before queue nothing."""
+    if target.status not in ("testing", "released"):
+        return False
+    if base is not None and (base.product != target.product or base.status not in SHIPPED
+                             or base.version == target.version or base.created > target.created):
+        return False
+    return not repo.meta.planned(target.product, base.version if base is not None else "", target.version)
+
+
 def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[str, Any]:
     """The manifest delta from ``base`` (None: from nothing, a fresh install) to ``target``;
-    queues the builds if they were never planned."""
+    queues the builds when ``read_may_queue`` allows it."""
     base_signed = _signed(base) if base is not None else {"files": []}
     target_envelope = parse_json(target.manifest)
-    pairs = plan_pairs(base_signed["files"], target_envelope["signed"]["files"], repo.config.delta_tiny_bytes)
-    if base is None:
-        repo.meta.enqueue_jobs(pairs)
-    elif not repo.meta.planned(target.product, base.version, target.version):
-        queue_pair(repo, base, target)
+    pairs = planned_pairs(repo, base, target)
+    if read_may_queue(repo, target, base):
+        if base is None:
+            repo.meta.enqueue_jobs(pairs)
+            repo.meta.record_plan(target.product, "", target.version)
+        else:
+            queue_pair(repo, base, target)
     jobs = list(pairs)
     if base is not None and repo.config.delta_bundles:
         jobs.append((base.manifest_digest, target.manifest_digest))
