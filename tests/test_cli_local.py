@@ -136,3 +136,19 @@ def test_republish_same_tree_later_is_idempotent(store: Path, tree: Path) -> Non
     (tree / "etc" / "app.conf").write_bytes(b"changed\n")
     clash = run_cas(*args, check=False)
     assert clash.returncode == 1 and "different content" in clash.stderr
+
+
+def test_publish_to_a_closed_port_is_one_line_after_retries(tree: Path, tmp_path: Path) -> None:
+    """Issue 14 item 5: an unreachable server is retried (bounded) and then one line with its
+    code and exit status 1, never a traceback (the first request bypassed the retrying helper)."""
+    from conftest import free_port
+    key = tmp_path / "release.pem"
+    run_cas("keys", "init", "--store", str(tmp_path / "keystore"))
+    key.write_bytes((tmp_path / "keystore" / "keys" / "release.pem").read_bytes())
+    result = run_cas("publish", str(tree), "--product", "app", "--version", "1.0.0", "--key", str(key),
+                     "--server", f"http://127.0.0.1:{free_port()}", "--token", "t", check=False, timeout=120)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cas: error: ") and lines[0].endswith("(connection_failed)"), lines
