@@ -46,7 +46,9 @@ class Config:
     max_document_bytes: int = 64 << 20
     max_request_json_bytes: int = 1 << 20
     max_missing_query: int = 100_000
-    upload_ttl_seconds: int = 24 * 3600
+    upload_ttl_seconds: int = 24 * 3600  # an upload idle this long is removed by the sweep
+    upload_max_per_token: int = 64       # uploads in progress per token (then 429 upload_quota)
+    upload_max_bytes_per_token: int = 32 << 30  # bytes of a token's uploads in progress (then 413 upload_quota)
     channel_ttl_seconds: int = 7 * 24 * 3600
     resign_interval_seconds: int = 300
     small_object_cache_bytes: int = 64 << 20

@@ -6,6 +6,8 @@ reason.  Document errors from ``client.errors`` map here via ``from_document``.
 """
 from __future__ import annotations
 
+import errno
+
 from casformat.errors import DocumentError, DocumentTooLarge, SignatureError
 
 
@@ -57,6 +59,11 @@ class TooManyRequests(CasError):
     status, code = 429, "rate_limited"
 
 
+class InsufficientStorage(CasError):
+    """The store's file system is full (ENOSPC) or over its disk quota (EDQUOT)."""
+    status, code = 507, "insufficient_storage"
+
+
 class Invalid(CasError):
     status, code = 422, "invalid"
 
@@ -67,6 +74,17 @@ class DigestMismatch(Invalid):
 
 class StoreCorrupt(CasError):
     status, code = 500, "store_corrupt"
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(exc: BaseException) -> InsufficientStorage | None:
+    """A write that failed because the store is full, as ``507 insufficient_storage``; else None."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        name = errno.errorcode.get(exc.errno or 0, "")
+        return InsufficientStorage(f"the server's store is out of space ({name}); nothing of this request was kept")
+    return None
 
 
 def from_document(exc: DocumentError) -> CasError:

@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import CasError, RangeNotSatisfiable, Unauthorized
+from ..errors import CasError, RangeNotSatisfiable, Unauthorized, storage_full
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -43,4 +43,7 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    full = storage_full(exc)  # a disk-full write anywhere: 507, not 500
+    if full is not None:
+        return error_response(full)
     return JSONResponse(error_body("internal", f"internal error: {type(exc).__name__}"), status_code=500)

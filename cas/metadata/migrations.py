@@ -238,6 +238,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (base_manifest, target_manifest, object)
     );
     """,
+    # 9: upload quotas per token (cas/uploads.py): who started an upload (a prefix of its
+    # token's hash) and how many bytes it holds.
+    """
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE uploads ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX uploads_owner ON uploads(owner);
+    """,
 ]
 
 
