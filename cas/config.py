@@ -80,6 +80,9 @@ class Config:
     delta_max_attempts: int = 3
     delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
     delta_poll_seconds: float = 1.0
+    delta_db_backoff_seconds: float = 1.0       # a database outage: first wait, doubled ...
+    delta_db_max_backoff_seconds: float = 30.0  # ... up to this
+    delta_db_attempts: int = 8                  # tries to give a claimed job back before its lease does
     delta_plan_cache_entries: int = 32   # planned release pairs kept per process (GET .../delta)
     # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
     # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).

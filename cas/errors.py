@@ -64,6 +64,17 @@ class InsufficientStorage(CasError):
     status, code = 507, "insufficient_storage"
 
 
+class Unavailable(CasError):
+    """A dependency (the metadata database) cannot be reached now; the same request may work
+    after ``retry_after`` seconds (answered with ``Retry-After``, which clients honour)."""
+    status, code = 503, "unavailable"
+
+    def __init__(self, message: str, detail: object = None, code: str | None = None,
+                 retry_after: int = 5) -> None:
+        super().__init__(message, detail, code)
+        self.retry_after = retry_after
+
+
 class Invalid(CasError):
     status, code = 422, "invalid"
 
