@@ -35,12 +35,20 @@ class Config:
     # the store) or inline PEM; require_cms refuses manifests without a valid CMS signature.
     cms_trust_anchors: str | None = None
     require_cms: bool = False
+    # HTTP connections of `cas serve` (cas/http/protocol.py): request line + headers, the time
+    # to send them, a request body that stops arriving, an idle keep-alive connection.
+    http_max_header_bytes: int = 64 << 10
+    http_header_timeout_seconds: float = 30.0
+    http_body_idle_timeout_seconds: float = 60.0
+    http_keep_alive_seconds: int = 30
     # Limits.
     max_object_bytes: int = 16 << 30
     max_document_bytes: int = 64 << 20
     max_request_json_bytes: int = 1 << 20
     max_missing_query: int = 100_000
-    upload_ttl_seconds: int = 24 * 3600
+    upload_ttl_seconds: int = 24 * 3600  # an upload idle this long is removed by the sweep
+    upload_max_per_token: int = 64       # uploads in progress per token (then 429 upload_quota)
+    upload_max_bytes_per_token: int = 32 << 30  # bytes of a token's uploads in progress (then 413 upload_quota)
     channel_ttl_seconds: int = 7 * 24 * 3600
     resign_interval_seconds: int = 300
     small_object_cache_bytes: int = 64 << 20
@@ -81,6 +89,10 @@ class Config:
     delta_max_attempts: int = 3
     delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
     delta_poll_seconds: float = 1.0
+    delta_db_backoff_seconds: float = 1.0       # a database outage: first wait, doubled ...
+    delta_db_max_backoff_seconds: float = 30.0  # ... up to this
+    delta_db_attempts: int = 8                  # tries to give a claimed job back before its lease does
+    delta_plan_cache_entries: int = 32   # planned release pairs kept per process (GET .../delta)
     # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
     # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).
     metadata_url: str = ""

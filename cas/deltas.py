@@ -38,6 +38,7 @@ from deltagen import (
 from .deltaplan import plan_pairs
 from .errors import NotFound
 from .metadata import Release
+from .metadata.errors import metadata_unavailable
 from .repo import Repo
 
 log = logging.getLogger("cas.deltas")
@@ -73,8 +74,16 @@ def bases_for(repo: Repo, target: Release) -> list[Release]:
     return chosen
 
 
+def planned_pairs(repo: Repo, base: Release | None, target: Release) -> list[tuple[str, str]]:
+    """The (base object, target object) pairs of a release pair, planned once per process."""
+    tiny = repo.config.delta_tiny_bytes
+    key = (base.manifest_digest if base is not None else "", target.manifest_digest, tiny)
+    return repo.plans.get(key, lambda: plan_pairs(_signed(base)["files"] if base is not None else [],
+                                                  _signed(target)["files"], tiny))
+
+
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
-    pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
+    pairs = planned_pairs(repo, base, target)
     added = repo.meta.enqueue_jobs(pairs)
     if repo.config.delta_bundles:
         added += repo.meta.enqueue_bundle_job(base.manifest_digest, target.manifest_digest)
@@ -85,7 +94,8 @@ def queue_pair(repo: Repo, base: Release, target: Release) -> int:
 def queue_release(repo: Repo, target: Release) -> int:
     """Queue the builds for a release reaching testing/released."""
     # Compressed forms of every file, for clients installing this release from nothing.
-    added = repo.meta.enqueue_jobs(plan_pairs([], _signed(target)["files"], repo.config.delta_tiny_bytes))
+    added = repo.meta.enqueue_jobs(planned_pairs(repo, None, target))
+    repo.meta.record_plan(target.product, "", target.version)
     for base in bases_for(repo, target):
         added += queue_pair(repo, base, target)
     return added
@@ -96,16 +106,34 @@ def on_status_change(repo: Repo, release: Release) -> None:
         queue_release(repo, release)
 
 
+SHIPPED = ("testing", "released", "deprecated")
+
+
+def read_may_queue(repo: Repo, target: Release, base: Release | None) -> bool:
+    """Whether a read of the delta (anyone may read) may queue its builds: only for a target
+    that is testing or released, from nothing or from an older shipped release of the same
+    product, and only once per pair (``delta_plans``).  Drafts, reversed pairs (a newer base)
+    and pairs planned before queue nothing."""
+    if target.status not in ("testing", "released"):
+        return False
+    if base is not None and (base.product != target.product or base.status not in SHIPPED
+                             or base.version == target.version or base.created > target.created):
+        return False
+    return not repo.meta.planned(target.product, base.version if base is not None else "", target.version)
+
+
 def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[str, Any]:
     """The manifest delta from ``base`` (None: from nothing, a fresh install) to ``target``;
-    queues the builds if they were never planned."""
+    queues the builds when ``read_may_queue`` allows it."""
     base_signed = _signed(base) if base is not None else {"files": []}
     target_envelope = parse_json(target.manifest)
-    pairs = plan_pairs(base_signed["files"], target_envelope["signed"]["files"], repo.config.delta_tiny_bytes)
-    if base is None:
-        repo.meta.enqueue_jobs(pairs)
-    elif not repo.meta.planned(target.product, base.version, target.version):
-        queue_pair(repo, base, target)
+    pairs = planned_pairs(repo, base, target)
+    if read_may_queue(repo, target, base):
+        if base is None:
+            repo.meta.enqueue_jobs(pairs)
+            repo.meta.record_plan(target.product, "", target.version)
+        else:
+            queue_pair(repo, base, target)
     jobs = list(pairs)
     if base is not None and repo.config.delta_bundles:
         jobs.append((base.manifest_digest, target.manifest_digest))
@@ -226,7 +254,7 @@ def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest:
     if base is None or target is None:
         repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error="release deleted")
         return True
-    pairs = plan_pairs(_signed(base)["files"], _signed(target)["files"], repo.config.delta_tiny_bytes)
+    pairs = planned_pairs(repo, base, target)
     if any(state in ("queued", "running") for state in repo.meta.job_states(pairs).values()):
         # Bundles use each file's best patch base: wait for the per-file builds.
         repo.meta.defer_job(base_manifest, target_manifest, owner)
@@ -242,22 +270,53 @@ def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest:
 
 
 def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
-    """Claim and build one job; False when the queue is empty (or only waits)."""
+    """Claim and build one job; False when the queue is empty (or only waits).
+
+    A database outage (``MetadataUnavailable``) while the claimed job is built or recorded
+    gives the job back to the queue, uncounted, as soon as the database answers again
+    (``_give_back``), instead of leaving it ``running`` for its whole lease; False then.
+    An outage before a job is claimed raises, and ``DeltaBuilder`` backs off."""
     lease = repo.config.delta_time_budget_s * 3 + 60
     job = repo.meta.claim_job(owner, lease, repo.config.delta_max_attempts)
     if job is None:
         return False
     base, target = job
-    if repo.meta.job_kind(base, target) == "bundle":
-        return _run_bundle_job(repo, owner, base, target, limits)
     try:
-        rows = build_job(repo, base, target, limits)
-    except (DeltaError, NotFound, OSError) as exc:
-        log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
-        repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
+        if repo.meta.job_kind(base, target) == "bundle":
+            return _run_bundle_job(repo, owner, base, target, limits)
+        try:
+            rows = build_job(repo, base, target, limits)
+        except (DeltaError, NotFound, OSError) as exc:
+            log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
+            repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
+            return True
+        repo.meta.finish_job(base, target, owner, rows)
         return True
-    repo.meta.finish_job(base, target, owner, rows)
-    return True
+    except Exception as exc:
+        if metadata_unavailable(exc) is None:
+            raise
+        log.warning("delta build %s -> %s: the metadata database is unavailable (%s); giving the job back",
+                    base[:12], target[:12], exc)
+        _give_back(repo, owner, base, target)
+        return False
+
+
+def _give_back(repo: Repo, owner: str, base: str, target: str) -> None:
+    """Put a claimed job back in the queue, retrying with backoff while the database is down
+    (``delta_db_backoff_seconds``, doubled up to ``delta_db_max_backoff_seconds``, at most
+    ``delta_db_attempts`` tries); past that the job's lease returns it to the queue."""
+    delay = repo.config.delta_db_backoff_seconds
+    for attempt in range(repo.config.delta_db_attempts):
+        try:
+            repo.meta.defer_job(base, target, owner)
+            return
+        except Exception as exc:
+            if metadata_unavailable(exc) is None or attempt == repo.config.delta_db_attempts - 1:
+                log.warning("could not give back delta job %s -> %s: %s (its lease will)", base[:12],
+                            target[:12], exc)
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, repo.config.delta_db_max_backoff_seconds)
 
 
 def drain(repo: Repo) -> int:
@@ -287,14 +346,24 @@ class DeltaBuilder:
         self.owner = owner_id()
         self.workers = worker_count(repo)
         self.limits = limits_for(repo)
+        self.backoff = 0.0  # seconds the builder waits after a database outage, doubled while it lasts
         self._stop = threading.Event()
 
     def _run_safe(self) -> bool:
         try:
-            return run_one(self.repo, self.owner, self.limits)
-        except Exception:
-            log.exception("delta build crashed")
+            done = run_one(self.repo, self.owner, self.limits)
+        except Exception as exc:
+            if metadata_unavailable(exc) is None:
+                log.exception("delta build crashed")
+                return False
+            # The database is down (restarting): wait longer each time, up to the cap.
+            c = self.repo.config
+            self.backoff = min(max(self.backoff * 2, c.delta_db_backoff_seconds), c.delta_db_max_backoff_seconds)
+            log.warning("metadata database unavailable (%s); delta builds pause %.1f s", exc, self.backoff)
+            self._stop.wait(self.backoff)
             return False
+        self.backoff = 0.0
+        return done
 
     def run_forever(self) -> None:
         requeue_dead(self.repo)

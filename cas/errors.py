@@ -6,6 +6,8 @@ reason.  Document errors from ``client.errors`` map here via ``from_document``.
 """
 from __future__ import annotations
 
+import errno
+
 from casformat.errors import DocumentError, DocumentTooLarge, SignatureError
 
 
@@ -57,6 +59,22 @@ class TooManyRequests(CasError):
     status, code = 429, "rate_limited"
 
 
+class InsufficientStorage(CasError):
+    """The store's file system is full (ENOSPC) or over its disk quota (EDQUOT)."""
+    status, code = 507, "insufficient_storage"
+
+
+class Unavailable(CasError):
+    """A dependency (the metadata database) cannot be reached now; the same request may work
+    after ``retry_after`` seconds (answered with ``Retry-After``, which clients honour)."""
+    status, code = 503, "unavailable"
+
+    def __init__(self, message: str, detail: object = None, code: str | None = None,
+                 retry_after: int = 5) -> None:
+        super().__init__(message, detail, code)
+        self.retry_after = retry_after
+
+
 class Invalid(CasError):
     status, code = 422, "invalid"
 
@@ -67,6 +85,17 @@ class DigestMismatch(Invalid):
 
 class StoreCorrupt(CasError):
     status, code = 500, "store_corrupt"
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(exc: BaseException) -> InsufficientStorage | None:
+    """A write that failed because the store is full, as ``507 insufficient_storage``; else None."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        name = errno.errorcode.get(exc.errno or 0, "")
+        return InsufficientStorage(f"the server's store is out of space ({name}); nothing of this request was kept")
+    return None
 
 
 def from_document(exc: DocumentError) -> CasError:

@@ -164,8 +164,14 @@ async def publish_remote_async(server: str, token: str | None, tree: ScannedTree
     product, version = signed["product"], signed["version"]
     state = UploadState(_state_file(server))
     async with make_client(server, token, timeout=300) as client:
-        known = await client.get(f"/v1/products/{product}/releases/{version}/manifest")
-        if known.status_code == 200:
+        try:  # through the retrying helper like every other request (a refused connection is one line)
+            known: httpx.Response | None = await request(client, "GET",
+                                                         f"/v1/products/{product}/releases/{version}/manifest")
+        except RemoteError as exc:
+            if exc.http_status != 404:
+                raise
+            known = None
+        if known is not None:
             try:
                 existing = known.json()["signed"]
             except (ValueError, KeyError, TypeError):

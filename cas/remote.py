@@ -14,6 +14,8 @@ import httpx
 from .errors import CasError
 
 RETRY_STATUSES = {429, 502, 503, 504}
+ATTEMPTS = 4            # per request: connection errors and RETRY_STATUSES are retried ...
+BACKOFF_SECONDS = 0.5   # ... after this long, doubled each time, with jitter (as cas-client does)
 
 
 class RemoteError(CasError):
@@ -50,10 +52,11 @@ def make_client(server: str, token: str | None, timeout: float = 60.0) -> httpx.
                              limits=httpx.Limits(max_connections=16))
 
 
-async def request(client: httpx.AsyncClient, method: str, url: str, attempts: int = 4,
+async def request(client: httpx.AsyncClient, method: str, url: str, attempts: int = ATTEMPTS,
                   **kwargs: Any) -> httpx.Response:
-    """One request with retries on connection errors and 429/5xx; raises RemoteError."""
-    delay = 0.5
+    """One request with retries on connection errors and 429/502/503/504; raises RemoteError
+    (``connection_failed`` when the server could not be reached at all)."""
+    delay = BACKOFF_SECONDS
     for attempt in range(attempts):
         try:
             response = await client.request(method, url, **kwargs)

@@ -1,13 +1,14 @@
 """An open server store: configuration, objects, metadata and keys together."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from casformat.roots import Root
 
 from .config import Config
+from .deltaplan import PlanCache
 from .keys import ServerKeys, load_server_keys, trusted_root
 from .metadata import Metadata, open_metadata
 from .objectstore import Ingested, ObjectStore, open_object_store
@@ -19,6 +20,10 @@ class Repo:
     objects: ObjectStore
     meta: Metadata
     keys: ServerKeys
+    plans: PlanCache = field(init=False)  # delta plans by release pair (cas/deltaplan.py)
+
+    def __post_init__(self) -> None:
+        self.plans = PlanCache(self.config.delta_plan_cache_entries)
 
     @property
     def store_dir(self) -> Path:

@@ -15,9 +15,24 @@ from pathlib import Path
 
 from deltagen.digests import StreamHasher, hash_stream, is_digest
 
-from .errors import Conflict, DigestMismatch, Invalid, NotFound, RangeNotSatisfiable, TooLarge
+from .errors import (
+    Conflict,
+    DigestMismatch,
+    Invalid,
+    NotFound,
+    RangeNotSatisfiable,
+    TooLarge,
+    TooManyRequests,
+    storage_full,
+)
 from .objectstore import Ingested
 from .repo import Repo
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class Uploads:
@@ -39,9 +54,15 @@ class Uploads:
             raise NotFound(f"unknown or expired upload {upload_id}", code="unknown_upload")
         return path
 
-    def start(self) -> str:
+    def start(self, owner: str = "") -> str:
+        """A new upload of ``owner`` (a token), within its ``upload_max_per_token``."""
         upload_id = secrets.token_hex(16)
-        self.repo.meta.create_upload(upload_id)  # record first: expire() removes unrecorded files
+        limit = self.repo.config.upload_max_per_token
+        # record first: expire() removes unrecorded files
+        if not self.repo.meta.create_upload(upload_id, owner, limit):
+            raise TooManyRequests(f"this token has {limit} uploads in progress (upload_max_per_token); "
+                                  "complete or cancel one, or wait for idle ones to expire",
+                                  detail={"quota": "upload_max_per_token", "limit": limit}, code="upload_quota")
         self._path(upload_id).touch(mode=0o600, exist_ok=False)
         self._hashers[upload_id] = StreamHasher()
         return upload_id
@@ -50,10 +71,16 @@ class Uploads:
         return self._existing(upload_id).stat().st_size
 
     async def append(self, upload_id: str, start: int | None, end: int | None,
-                     body: AsyncIterator[bytes]) -> int:
-        """Append a body at ``start`` (must equal the current offset); new offset."""
+                     body: AsyncIterator[bytes], owner: str = "") -> int:
+        """Append a body at ``start`` (must equal the current offset); new offset.
+
+        The bytes of ``owner``'s uploads in progress stay within ``upload_max_bytes_per_token``
+        (413 ``upload_quota``); a full disk is 507 ``insufficient_storage``.  Either way the
+        upload is cut back to its previous offset: nothing half-written stays."""
         path = self._existing(upload_id)
-        with open(path, "r+b") as fh:
+        # Unbuffered: every byte is on its way to the disk when write returns, so a full disk
+        # fails the write itself, and cutting back to ``offset`` leaves no buffered remains.
+        with open(path, "r+b", buffering=0) as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -68,32 +95,42 @@ class Uploads:
             fh.seek(offset)
             written = 0
             limit = self.repo.config.max_object_bytes
+            quota = self.repo.config.upload_max_bytes_per_token
+            allowed = quota - self.repo.meta.upload_bytes(owner, excluding=upload_id)
             expected = None if end is None or start is None else end - start + 1
             try:
                 async for chunk in body:
                     if offset + written + len(chunk) > limit:
                         raise TooLarge(f"upload exceeds the object limit of {limit} bytes")
+                    if offset + written + len(chunk) > allowed:
+                        raise TooLarge(f"this token's uploads in progress would exceed {quota} bytes "
+                                       "(upload_max_bytes_per_token); complete or cancel some first",
+                                       detail={"quota": "upload_max_bytes_per_token", "limit": quota},
+                                       code="upload_quota")
                     if expected is not None and written + len(chunk) > expected:
                         raise Invalid(f"body is longer than Content-Range declares ({expected})",
                                       code="size_mismatch")
-                    fh.write(chunk)
+                    _write_all(fh.fileno(), chunk)
                     if hasher is not None:
                         hasher.update(chunk)
                     written += len(chunk)
                 if expected is not None and written != expected:
                     raise Invalid(f"body has {written} bytes, Content-Range declares {expected}",
                                   code="size_mismatch")
-            except BaseException:
+            except BaseException as exc:
                 # Keep the upload at its previous, known-good offset.
-                fh.truncate(offset)
                 self._hashers.pop(upload_id, None)
+                os.ftruncate(fh.fileno(), offset)
+                full = storage_full(exc)
+                if full is not None:
+                    raise full from None
                 raise
             if hasher is not None:
                 self._hashers[upload_id] = hasher
             else:
                 self._hashers.pop(upload_id, None)
             # Touch while still holding the lock, so a sweep cannot find it stale in between.
-            self.repo.meta.touch_upload(upload_id)
+            self.repo.meta.touch_upload(upload_id, offset + written)
         return offset + written
 
     def _still_recorded(self, upload_id: str) -> None:

@@ -34,7 +34,7 @@ class ClientConfig:
     min_rate_bytes_per_s: int = 1024        # a sender slower than this on average ...
     slow_grace_s: float = 15.0              # ... once this long has passed is cut off (and retried)
     # Documents without a size in signed metadata are capped.
-    max_channel_bytes: int = 512 << 10      # room for a batches rollout's client list
+    max_channel_bytes: int = 64 << 10       # the server signs at most rollout_max_document_bytes (60 KiB)
     max_root_bytes: int = 1 << 20
     max_manifest_bytes: int = 64 << 20
     max_delta_bytes: int = 128 << 20

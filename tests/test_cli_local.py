@@ -172,3 +172,19 @@ def test_checkout_has_its_own_inodes_and_hardlinks_are_named_by_fsck(tree: Path,
     assert len(report["corrupt"]) == 1
     assert report["damaged_in_checkouts"] == [{"digest": report["corrupt"][0], "checkout": str(linked.resolve()),
                                                "product": "app", "version": "4.0.0", "path": str(readme)}]
+
+
+def test_publish_to_a_closed_port_is_one_line_after_retries(tree: Path, tmp_path: Path) -> None:
+    """Issue 14 item 5: an unreachable server is retried (bounded) and then one line with its
+    code and exit status 1, never a traceback (the first request bypassed the retrying helper)."""
+    from conftest import free_port
+    key = tmp_path / "release.pem"
+    run_cas("keys", "init", "--store", str(tmp_path / "keystore"))
+    key.write_bytes((tmp_path / "keystore" / "keys" / "release.pem").read_bytes())
+    result = run_cas("publish", str(tree), "--product", "app", "--version", "1.0.0", "--key", str(key),
+                     "--server", f"http://127.0.0.1:{free_port()}", "--token", "t", check=False, timeout=120)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cas: error: ") and lines[0].endswith("(connection_failed)"), lines

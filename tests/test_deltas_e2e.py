@@ -131,13 +131,15 @@ def test_unknown_base_is_404_with_code(built) -> None:
 
 
 def test_unplanned_base_gets_incomplete_delta_then_builds(tmp_path: Path, release_trees: list[Path]) -> None:
-    # Deltas are built on `released` only here, and 1.0.0 stays testing: no plan from it.
+    # Deltas are built on `released` only here, and both stay testing: no plan from 1.0.0 until a read
+    # (a read queues builds for a testing or released target only, never a draft: issue 13 D3).
     server = start_server(tmp_path / "store", config=FAST + 'delta_build_on = ["released"]\ndelta_bases = 1\n')
     try:
         key = str(server.store / "keys" / "release.pem")
         server.cas("publish", str(release_trees[0]), "--product", "app", "--version", "1.0.0", "--key", key,
                    "--status", "testing")
-        server.cas("publish", str(release_trees[1]), "--product", "app", "--version", "1.1.0", "--key", key)
+        server.cas("publish", str(release_trees[1]), "--product", "app", "--version", "1.1.0", "--key", key,
+                   "--status", "testing")
         with server.client() as http:
             first = http.get("/v1/products/app/releases/1.1.0/delta", params={"from": "1.0.0"})
             doc = first.json()

@@ -9,6 +9,7 @@ indented detail lines) and exit status 1 (``report_error``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -98,9 +99,10 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Progress]:
 def report_error(exc: CasError | DocumentError | DeltaError | OSError) -> int:
     """Print the one-line reason of a failed command (and its detail lines); the exit status."""
     if isinstance(exc, OSError):
-        print(f"cas: error: {exc}", file=sys.stderr)
+        code = errno.errorcode.get(exc.errno or 0, "os_error")
+        print(f"cas: error: {exc} ({code})", file=sys.stderr)
         return 1
-    print(f"cas: error: {exc.message}", file=sys.stderr)
+    print(f"cas: error: {exc.message} ({exc.code})", file=sys.stderr)
     detail = exc.detail
     if detail:
         for line in (detail if isinstance(detail, list) else [detail])[:MAX_DETAIL_LINES]:

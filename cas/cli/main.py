@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import httpx
+
 from casformat.errors import DocumentError
 from deltagen.errors import DeltaError
 
 from ..errors import CasError
+from ..remote import RemoteError
 from . import channel, dashboard, deltas, demo, keys, mirror, publish, release, rollout, serve, store
 from .command import Subcommands, report_error
 
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         status: int = args.func(args)
     except (CasError, DocumentError, DeltaError, OSError) as exc:
         return report_error(exc)
+    except httpx.HTTPError as exc:  # a request outside cas/remote.request: still one line with a code
+        return report_error(RemoteError(0, "connection_failed", f"{type(exc).__name__}: {exc}"))
     except KeyboardInterrupt:
         return 130
     return status

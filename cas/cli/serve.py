@@ -1,7 +1,8 @@
-"""``cas serve``: the HTTP server (uvicorn, uvloop, httptools) and its delta worker."""
+"""``cas serve``: the HTTP server (uvicorn, uvloop, httptools with cas/http/protocol.py's limits) and its delta worker."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from .command import Subcommands, add_command
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server; ``--init-keys`` makes keys first on a store that has none."""
     import uvicorn
+
+    from ..http.protocol import ConnectionLimits, LimitedHttpToolsProtocol
     config = load_config(args.store, args.config, host=args.host, port=args.port)
     repo = open_repo(config)
     if args.init_keys and repo.root() is None:
@@ -25,9 +28,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if repo.root() is None and config.enforce_signatures and not config.mirror_of:
         print(f"cas: warning: no keys in {config.store}; run `cas keys init --store {config.store}` "
               "(publishing is refused until then)", file=sys.stderr)
+    limits = ConnectionLimits(max_header_bytes=config.http_max_header_bytes,
+                              header_timeout_seconds=config.http_header_timeout_seconds,
+                              body_idle_timeout_seconds=config.http_body_idle_timeout_seconds)
     common: dict[str, Any] = dict(host=config.host, port=config.port, log_level=args.log_level,
-                                  access_log=args.access_log, http="httptools", loop="uvloop",
-                                  timeout_keep_alive=30)
+                                  access_log=args.access_log, loop="uvloop",
+                                  http=functools.partial(LimitedHttpToolsProtocol, limits=limits),
+                                  h11_max_incomplete_event_size=config.http_max_header_bytes,
+                                  timeout_keep_alive=config.http_keep_alive_seconds)
     os.environ["CAS_STORE"] = str(config.store)
     if args.config:
         os.environ["CAS_CONFIG"] = str(Path(args.config).resolve())

@@ -284,7 +284,8 @@ def health(repo: Repo, figures: Figures, rates: RequestRates | None = None, metr
     jobs = repo.meta.jobs_summary(limit=0)
     hooks = repo.meta.webhook_summary(limit=0)
     return {"generated": format_epoch(time.time()),
-            "store": {**store_stats(repo, figures), "path": str(store),
+            # No file system path: every token may read this view (D14).
+            "store": {**store_stats(repo, figures),
                       "quarantined": _count_entries(store / "quarantine"),
                       "temp_files": _count_entries(store / "tmp"),
                       "uploads_in_progress": len(repo.meta.all_uploads())},

@@ -51,6 +51,7 @@ def create_app(repo: Repo) -> Starlette:
         from .mirror import create_mirror_app
         return create_mirror_app(repo)
     metrics_ = Metrics()
+    metrics_.delta_plans_computed.set_function(lambda: repo.plans.computed)
     uploads = Uploads(repo)
 
     def resign() -> None:

@@ -66,3 +66,9 @@ def require(request: Request, needed: str) -> str:
     if RANK[scope] < RANK[needed]:
         raise Forbidden(f"a {scope} token cannot do this; {needed} is required", code="insufficient_scope")
     return f"token:{scope}"
+
+
+def token_owner(request: Request) -> str:
+    """Who a request's quota is counted for: its bearer token, by a prefix of its hash."""
+    _, _, token = request.headers.get("authorization", "").partition(" ")
+    return hash_token(token.strip())[:32] if token.strip() else "anonymous"

@@ -9,6 +9,7 @@ from casformat.canonical import MAX_DEPTH, parse_json
 from casformat.errors import DocumentError
 
 from ..errors import BadRequest, CasError, TooLarge
+from .numbers import decimal
 
 
 def declared_length(request: Request, limit: int) -> int | None:
@@ -16,9 +17,11 @@ def declared_length(request: Request, limit: int) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
+    length = decimal(value)
+    if length is None:
+        if value.isascii() and value.isdigit():  # a well-formed number too large to store
+            raise TooLarge(f"body of {len(value)} digits of bytes exceeds the limit of {limit}")
         raise BadRequest("bad Content-Length", code="bad_content_length")
-    length = int(value)
     if length > limit:
         raise TooLarge(f"body of {length} bytes exceeds the limit of {limit}")
     return length

@@ -1,13 +1,15 @@
 """HTTP errors: the one place a CasError becomes a JSON answer."""
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import CasError, RangeNotSatisfiable, Unauthorized
+from ..errors import CasError, RangeNotSatisfiable, Unauthorized, Unavailable, storage_full
+from ..metadata.errors import metadata_unavailable
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -18,6 +20,8 @@ def error_response(exc: CasError) -> Response:
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="deltacas"'
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiable):
         headers["Range"] = f"0-{exc.offset - 1}" if exc.offset else "0-0"
         headers["Upload-Offset"] = str(exc.offset)
@@ -40,6 +44,27 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                         headers=dict(exc.headers or {}))
+
+
+def outage_classes() -> tuple[type[Exception], ...]:
+    """The exception classes ``handle_outage`` answers (registered by ``cas/http/stack.py``)."""
+    classes: list[type[Exception]] = [OSError, sqlite3.OperationalError]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    else:
+        classes += [psycopg.OperationalError, psycopg.InterfaceError]
+    return tuple(classes)
+
+
+async def handle_outage(request: Request, exc: Exception) -> Response:
+    """A full disk (507) or an unavailable database (503 + Retry-After, which clients retry),
+    answered like any CasError; anything else of these classes stays a 500 ``internal``."""
+    mapped = storage_full(exc) or metadata_unavailable(exc)
+    if mapped is None:
+        raise exc
+    return error_response(mapped)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,9 @@ class Metrics:
                                         registry=self.registry)
         self.uploads_expired = Counter("cas_uploads_expired", "Abandoned uploads removed",
                                        registry=self.registry)
+        self.delta_plans_computed = Gauge("cas_delta_plans_computed",
+                                          "Release pairs planned by this process (a cached plan is not counted)",
+                                          registry=self.registry)
         self.up = Gauge("cas_up", "1 while the server runs", registry=self.registry)
         self.up.set(1)
 

@@ -26,6 +26,7 @@ from . import objects
 from .auth import require
 from .conditional import etag_matches
 from .metrics import Metrics
+from .numbers import decimal
 from .stack import build_app
 
 
@@ -78,7 +79,7 @@ async def _serve(request: Request, rel: str, missing_code: str) -> Response:
 
 async def root(request: Request) -> Response:
     n = request.path_params.get("n")
-    if n is not None and not n.isdigit():
+    if n is not None and decimal(n) is None:
         raise NotFound("root versions are positive integers", code="unknown_root")
     return await _serve(request, _relpath("roots", name=n) if n else _relpath("root"), "unknown_root")
 

@@ -20,12 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from deltagen.digests import is_digest
 
-from ..errors import BadRequest, Invalid, NotFound, TooLarge
+from ..errors import BadRequest, Invalid, NotFound, TooLarge, storage_full
 from ..objectstore import ObjectStore
-from .auth import require
+from .auth import require, token_owner
 from .bodies import declared_length, json_body
 from .conditional import etag_matches
 from .errors import error_body
+from .numbers import decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -174,10 +175,13 @@ async def put_object(request: Request) -> Response:
     limit = repo.config.max_object_bytes
     declared = declared_length(request, limit)
     size_param = request.query_params.get("size")
-    if size_param is not None and not (size_param.isascii() and size_param.isdigit()):
-        # str.isdigit() alone accepts "²", which int() then refuses (a 500).
-        raise BadRequest("?size must be a decimal byte count", code="bad_size")
-    expected_size = int(size_param) if size_param is not None else declared
+    expected_size = declared
+    if size_param is not None:
+        expected_size = decimal(size_param)
+        if expected_size is None:
+            if size_param.isascii() and size_param.isdigit():
+                raise TooLarge(f"object of {len(size_param)} digits of bytes exceeds the limit of {limit}")
+            raise BadRequest("?size must be a decimal byte count", code="bad_size")
     if expected_size is not None and expected_size > limit:
         raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
     if digest in await run_in_threadpool(repo.present, [digest]):  # present, and spared by GC
@@ -193,10 +197,20 @@ async def put_object(request: Request) -> Response:
     except ClientDisconnect:
         writer.abort()
         raise BadRequest("client disconnected before the body was complete", code="truncated_body") from None
-    except BaseException:
-        writer.abort()
+    except BaseException as exc:
+        writer.abort()  # nothing half-written stays in STORE/tmp
+        full = storage_full(exc)
+        if full is not None:
+            raise full from None
         raise
-    ingested = repo.ingested(await run_in_threadpool(writer.commit, digest, expected_size))
+    try:
+        committed = await run_in_threadpool(writer.commit, digest, expected_size)  # aborts itself on error
+    except OSError as exc:
+        full = storage_full(exc)
+        if full is not None:
+            raise full from None
+        raise
+    ingested = repo.ingested(committed)
     request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
     return JSONResponse({"blake3": digest, "size": ingested.size, "created": ingested.created},
                         status_code=201 if ingested.created else 200,
@@ -219,7 +233,7 @@ async def missing_objects(request: Request) -> Response:
 
 # ----------------------------------------------------------------- uploads (OCI-style)
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?$")
 
 
 def _upload_headers(upload_id: str, offset: int) -> dict[str, str]:
@@ -232,7 +246,7 @@ def _upload_headers(upload_id: str, offset: int) -> dict[str, str]:
 
 async def start_upload(request: Request) -> Response:
     require(request, "publish")
-    upload_id = await run_in_threadpool(request.app.state.uploads.start)
+    upload_id = await run_in_threadpool(request.app.state.uploads.start, token_owner(request))
     return Response(status_code=202, headers=_upload_headers(upload_id, 0))
 
 
@@ -253,11 +267,15 @@ async def append_upload(request: Request) -> Response:
         if not match:
             raise BadRequest("Content-Range must be 'start-end' or 'bytes start-end/total'",
                              code="bad_content_range")
-        start, end = int(match[1]), int(match[2])
+        start, end = decimal(match[1]), decimal(match[2])
+        if start is None or end is None:
+            raise BadRequest("Content-Range offsets are beyond any object this server stores",
+                             code="bad_content_range")
         if end < start:
             raise BadRequest("Content-Range end is before its start", code="bad_content_range")
     try:
-        offset = await request.app.state.uploads.append(upload_id, start, end, request.stream())
+        offset = await request.app.state.uploads.append(upload_id, start, end, request.stream(),
+                                                        token_owner(request))
     except ClientDisconnect:
         raise BadRequest("client disconnected; the upload keeps its previous offset",
                          code="truncated_body") from None
@@ -271,7 +289,7 @@ async def complete_upload(request: Request) -> Response:
     digest = request.query_params.get("blake3", "")
     offset = await run_in_threadpool(uploads.offset, upload_id)
     if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
-        offset = await uploads.append(upload_id, offset, None, request.stream())
+        offset = await uploads.append(upload_id, offset, None, request.stream(), token_owner(request))
     ingested = request.app.state.repo.ingested(
         await run_in_threadpool(uploads.complete, upload_id, digest))
     request.app.state.metrics.ingested(ingested.size if ingested.created else 0)

@@ -13,6 +13,7 @@ from ..errors import BadRequest, Invalid, NotFound
 from .auth import require
 from .bodies import json_body, read_body
 from .conditional import etag_matches
+from .numbers import decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 JSON = "application/json"
@@ -122,9 +123,10 @@ async def get_root(request: Request) -> Response:
     require(request, "read")
     meta = request.app.state.repo.meta
     version_param = request.path_params.get("n")
-    if version_param is not None and not version_param.isdigit():
+    version = decimal(version_param) if version_param is not None else None
+    if version_param is not None and version is None:
         raise NotFound("root versions are positive integers", code="unknown_root")
-    row = await run_in_threadpool(meta.get_root, int(version_param) if version_param else None)
+    row = await run_in_threadpool(meta.get_root, version)
     if row is None:
         raise NotFound("no such root document", code="unknown_root")
     version, document = row

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 
 from ..errors import CasError
 from ..repo import Repo
-from .errors import handle_cas_error, handle_http_exception, handle_unexpected
+from .errors import handle_cas_error, handle_http_exception, handle_outage, handle_unexpected, outage_classes
 from .fastpath import FastPath
 from .metrics import Metrics, MetricsMiddleware
 
@@ -22,6 +22,7 @@ def build_app(routes: Sequence[BaseRoute], repo: Repo, metrics: Metrics, lifespa
         middleware=[Middleware(FastPath, repo=repo, metrics=metrics),
                     Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={CasError: handle_cas_error, HTTPException: handle_http_exception,
+                            **{cls: handle_outage for cls in outage_classes()},
                             Exception: handle_unexpected},
         lifespan=lifespan,
     )

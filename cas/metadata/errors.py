@@ -5,7 +5,13 @@ that retry or translate them catch these classes by name.
 """
 from __future__ import annotations
 
-from ..errors import Conflict, Invalid, StoreCorrupt
+import sqlite3
+
+from ..errors import Conflict, Invalid, StoreCorrupt, Unavailable
+
+# SQLite's words for "not now" (another writer holds the lock too long, the file cannot be
+# opened): the same statement may work in a moment.
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "database table is locked")
 
 
 class StaleWrite(Conflict):
@@ -31,3 +37,29 @@ class SchemaTooNew(StoreCorrupt, RuntimeError):
     Still a ``RuntimeError``, as it was before it joined the server's errors."""
 
     code = "schema_too_new"
+
+
+class MetadataUnavailable(Unavailable):
+    """The metadata database cannot be reached or used now (PostgreSQL down or restarting,
+    SQLite locked or unopenable): 503 with ``Retry-After``, not 500."""
+
+    code = "metadata_unavailable"
+
+
+def metadata_unavailable(exc: BaseException) -> MetadataUnavailable | None:
+    """``exc`` as ``MetadataUnavailable`` when it says the database is unavailable; else None.
+
+    psycopg's ``OperationalError`` (connection refused or lost, server shutting down) and
+    ``InterfaceError`` (a connection already closed); SQLite's ``OperationalError`` with
+    one of its "not now" messages."""
+    if isinstance(exc, sqlite3.OperationalError):
+        if any(words in str(exc).lower() for words in _SQLITE_UNAVAILABLE):
+            return MetadataUnavailable("the metadata database is busy or unavailable; retry shortly",
+                                       detail={"backend": "sqlite"})
+        return None
+    if type(exc).__module__.split(".")[0] == "psycopg":
+        import psycopg
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return MetadataUnavailable("the metadata database is unavailable; retry shortly",
+                                       detail={"backend": "postgres"})
+    return None

@@ -245,6 +245,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN counted INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX reports_reporter ON reports(reporter, product, to_version, at);
     """,
+    # 10: upload quotas per token (cas/uploads.py): who started an upload (a prefix of its
+    # token's hash) and how many bytes it holds.
+    """
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE uploads ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX uploads_owner ON uploads(owner);
+    """,
 ]
 
 

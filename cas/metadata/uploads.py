@@ -9,20 +9,36 @@ from .backend import MetadataBackend
 class UploadQueries(MetadataBackend):
     """The ``uploads`` table."""
 
-    def create_upload(self, upload_id: str) -> None:
-        """Record a new upload."""
+    def create_upload(self, upload_id: str, owner: str = "", max_per_owner: int | None = None) -> bool:
+        """Record a new upload of ``owner``; False (nothing recorded) when the owner already has
+        ``max_per_owner`` uploads in progress."""
         now = time.time()
         with self._tx() as c:
-            c.execute("INSERT INTO uploads(id, created, updated) VALUES (?, ?, ?)", (upload_id, now, now))
+            if max_per_owner is not None:
+                count = c.execute("SELECT COUNT(*) FROM uploads WHERE owner = ?", (owner,)).fetchone()[0]
+                if int(count) >= max_per_owner:
+                    return False
+            c.execute("INSERT INTO uploads(id, created, updated, owner) VALUES (?, ?, ?, ?)",
+                      (upload_id, now, now, owner))
+            return True
+
+    def upload_bytes(self, owner: str, excluding: str = "") -> int:
+        """Bytes held by ``owner``'s uploads in progress, other than ``excluding``."""
+        row = self._conn().execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner = ? AND id <> ?",
+                                   (owner, excluding)).fetchone()
+        return int(row[0])
 
     def upload_exists(self, upload_id: str) -> bool:
         """Whether an upload is in progress."""
         return self._conn().execute("SELECT 1 FROM uploads WHERE id = ?", (upload_id,)).fetchone() is not None
 
-    def touch_upload(self, upload_id: str) -> None:
-        """Note that an upload received bytes now."""
+    def touch_upload(self, upload_id: str, size: int | None = None) -> None:
+        """Note that an upload received bytes now (and holds ``size`` bytes)."""
         with self._tx() as c:
-            c.execute("UPDATE uploads SET updated = ? WHERE id = ?", (time.time(), upload_id))
+            if size is None:
+                c.execute("UPDATE uploads SET updated = ? WHERE id = ?", (time.time(), upload_id))
+            else:
+                c.execute("UPDATE uploads SET updated = ?, bytes = ? WHERE id = ?", (time.time(), size, upload_id))
 
     def delete_upload(self, upload_id: str) -> bool:
         """Forget an upload; False if there was none."""

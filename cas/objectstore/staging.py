@@ -73,6 +73,8 @@ class ObjectWriter:
         self._done = True
         try:
             self._fh.close()
+        except OSError:
+            pass  # closing flushes: on a full disk that fails too, and the file goes anyway
         finally:
             self.temp_path.unlink(missing_ok=True)
 

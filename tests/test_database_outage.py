@@ -1,0 +1,134 @@
+"""A short PostgreSQL outage (issue 14 item 3), with the real throwaway cluster stopped and started.
+
+During the outage requests that touch the database answer 503 ``metadata_unavailable``
+with ``Retry-After`` (clients retry those), not 500 ``internal``; afterwards they answer
+again.  A delta job whose build meets the outage is given back to the queue (not left
+``running`` for its whole lease) and is built once the database is back.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import start_server
+
+from cas import deltas
+from cas.config import load_config
+from cas.repo import open_repo
+from deltagen.digests import blake3_bytes
+
+
+class Cluster:
+    """The test session's PostgreSQL cluster (tests/pg_fixture.py), stopped and started with pg_ctl."""
+
+    def __init__(self) -> None:
+        mine = [p.parent for p in Path("/tmp").glob("cas-pg-*/owner.pid") if p.read_text() == str(os.getpid())]
+        if not mine:
+            pytest.fail("no PostgreSQL cluster of this test process (CAS_TEST_POSTGRES_URL cannot be restarted)")
+        self.data = mine[0] / "data"
+        opts = shlex.split((self.data / "postmaster.opts").read_text())
+        self.pg_ctl = str(Path(opts[0]).parent / "pg_ctl")
+        args = opts[1:]
+        i = args.index("-D")
+        self.options = shlex.join(args[:i] + args[i + 2:])
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(["runuser", "-u", "postgres", "--", self.pg_ctl, "-D", str(self.data), *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    def stop(self) -> None:
+        self._run("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        self._run("-o", self.options, "-l", str(self.data.parent / "server.log"), "-w", "-t", "60", "start")
+
+
+@pytest.fixture
+def cluster(postgres_url: str) -> Iterator[Cluster]:
+    c = Cluster()
+    yield c
+    try:  # whatever the test did, leave it running for the rest of the session
+        c.start()
+    except AssertionError:
+        pass  # already running
+
+
+def test_requests_during_an_outage_are_503_with_retry_after(tmp_path: Path, postgres_url: str,
+                                                            cluster: Cluster) -> None:
+    server = start_server(tmp_path / "store", config=f'metadata_url = "{postgres_url}"\ndelta_builder = false\n')
+    try:
+        with server.client() as http:
+            assert http.get("/v1/products").status_code == 200
+            cluster.stop()
+            try:
+                for path in ("/v1/products", "/v1/products/app/releases", "/healthz"):
+                    r = http.get(path)
+                    assert r.status_code == 503, (path, r.status_code, r.text)
+                    assert r.json()["error"]["code"] == "metadata_unavailable"
+                    assert int(r.headers["retry-after"]) > 0
+            finally:
+                cluster.start()
+            assert http.get("/v1/products").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_delta_job_meeting_an_outage_is_given_back_then_built(tmp_path: Path, postgres_url: str,
+                                                                cluster: Cluster,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    config = load_config(store, metadata_url=postgres_url)
+    repo = open_repo(config)
+    content = os.urandom(1 << 16) * 4
+    source = tmp_path / "file.bin"
+    source.write_bytes(content)
+    digest = repo.ingest_file(source).digest
+    assert blake3_bytes(content) == digest
+    repo.meta.enqueue_jobs([("", digest)])
+
+    real_build = deltas.build_job
+    restarted = threading.Event()
+
+    def build_during_outage(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = real_build(*args, **kwargs)    # the build itself works; recording it meets the outage
+        cluster.stop()
+
+        def back_soon() -> None:
+            threading.Event().wait(2.0)
+            cluster.start()
+            restarted.set()
+        threading.Thread(target=back_soon, daemon=True).start()
+        return rows
+
+    monkeypatch.setattr(deltas, "build_job", build_during_outage)
+    owner = deltas.owner_id()
+    limits = deltas.limits_for(repo)
+    assert deltas.run_one(repo, owner, limits) is False  # nothing recorded: the job was given back
+    assert restarted.wait(120)
+    states = repo.meta.job_states([("", digest)])
+    assert states[("", digest)] == "queued", states  # not 'running' until the lease runs out
+    monkeypatch.setattr(deltas, "build_job", real_build)
+    assert deltas.run_one(repo, owner, limits) is True
+    assert repo.meta.job_states([("", digest)])[("", digest)] == "done"
+    repo.meta.close_all()
+
+
+def test_claim_during_an_outage_backs_off_without_crashing(tmp_path: Path, postgres_url: str,
+                                                           cluster: Cluster) -> None:
+    repo = open_repo(load_config(tmp_path / "store", metadata_url=postgres_url))
+    builder = deltas.DeltaBuilder(repo)
+    cluster.stop()
+    try:
+        assert builder._run_safe() is False  # the outage is a pause, not a crash
+        assert builder.backoff > 0
+    finally:
+        cluster.start()
+    assert builder._run_safe() is False      # the queue is empty: nothing to do
+    assert builder.backoff == 0
+    repo.meta.close_all()

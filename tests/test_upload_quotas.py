@@ -1,0 +1,149 @@
+"""Upload quotas per token, expiry of abandoned uploads, and a full disk (issue 13 D12, issue 14 item 4).
+
+Over HTTP against the real `cas serve`: a token over its count of uploads in progress is
+429 ``upload_quota``, over its bytes in progress 413 ``upload_quota`` (the quota named);
+abandoned uploads expire and free the quota; a write that meets ENOSPC answers 507
+``insufficient_storage`` with nothing half-written in STORE/tmp or STORE/uploads, reads
+keep working, and `cas publish` prints the same one line.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import ADMIN, PUBLISH, Server, start_server
+
+from deltagen.digests import blake3_bytes
+
+SAFETY_NET = 60.0
+
+
+@pytest.fixture
+def quota_server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path / "store", config="upload_max_per_token = 2\nupload_max_bytes_per_token = 1000\n")
+    yield srv
+    srv.stop()
+
+
+def test_too_many_uploads_per_token_is_429_naming_the_quota(quota_server: Server) -> None:
+    with quota_server.client(PUBLISH) as http, quota_server.client(ADMIN) as other:
+        first = http.post("/v1/uploads")
+        assert first.status_code == 202
+        assert http.post("/v1/uploads").status_code == 202
+        over = http.post("/v1/uploads")
+        assert over.status_code == 429, over.text
+        error = over.json()["error"]
+        assert error["code"] == "upload_quota" and error["detail"]["quota"] == "upload_max_per_token"
+        assert "upload_max_per_token" in error["message"]
+        assert other.post("/v1/uploads").status_code == 202  # another token has its own quota
+        assert http.delete(first.headers["location"]).status_code == 204
+        assert http.post("/v1/uploads").status_code == 202   # cancelling frees a place
+
+
+def test_bytes_in_progress_over_quota_is_413_and_keeps_the_offset(quota_server: Server) -> None:
+    with quota_server.client(PUBLISH) as http:
+        a = http.post("/v1/uploads").headers["location"]
+        b = http.post("/v1/uploads").headers["location"]
+        assert http.patch(a, content=b"x" * 600).status_code == 202
+        over = http.patch(b, content=b"y" * 600)
+        assert over.status_code == 413, over.text
+        error = over.json()["error"]
+        assert error["code"] == "upload_quota" and error["detail"]["quota"] == "upload_max_bytes_per_token"
+        assert http.head(b).headers["upload-offset"] == "0"
+        assert (quota_server.store / "uploads" / b.rsplit("/", 1)[1]).stat().st_size == 0
+        # Within the quota the same upload goes on.
+        assert http.patch(b, content=b"y" * 300).status_code == 202
+        assert http.put(b, params={"blake3": blake3_bytes(b"y" * 300)}).status_code == 201
+
+
+def test_abandoned_uploads_expire_and_free_the_quota(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "store", config="upload_max_per_token = 1\nupload_ttl_seconds = 2\n")
+    try:
+        with srv.client(PUBLISH) as http:
+            abandoned = http.post("/v1/uploads").headers["location"]
+            http.patch(abandoned, content=b"z" * 100)
+            assert http.post("/v1/uploads").status_code == 429
+            deadline = time.monotonic() + SAFETY_NET
+            while http.post("/v1/uploads").status_code != 202:
+                assert time.monotonic() < deadline, "the abandoned upload never expired"
+                time.sleep(0.5)
+            assert http.head(abandoned).status_code == 404
+            assert not (srv.store / "uploads" / abandoned.rsplit("/", 1)[1]).exists()
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+@pytest.fixture
+def full_store(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, (f"cannot mount a tmpfs ({done.stderr.strip()}): the disk-full test needs "
+                                  "root, and the suite runs as root, as CI does")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path, leave: int) -> Path:
+    filler = mnt / "filler"
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, shutil.disk_usage(mnt).free - leave))
+    return filler
+
+
+def _leftovers(store: Path) -> list[tuple[str, int]]:
+    """Files in STORE/tmp and non-empty files in STORE/uploads."""
+    tmp = [(p.name, p.stat().st_size) for p in (store / "tmp").iterdir()] if (store / "tmp").exists() else []
+    ups = [(p.name, p.stat().st_size) for p in (store / "uploads").iterdir() if p.stat().st_size]
+    return tmp + ups
+
+
+def test_disk_full_is_507_with_nothing_left_behind(full_store: Path, tmp_path: Path) -> None:
+    srv = start_server(full_store / "store")
+    try:
+        small = b"kept before the disk filled"
+        with srv.client(PUBLISH) as http:
+            digest = blake3_bytes(small)
+            assert http.put(f"/v1/objects/{digest}", content=small).status_code == 201
+            upload = http.post("/v1/uploads").headers["location"]
+            filler = _fill(full_store, 512 << 10)
+            big = os.urandom(4 << 20)
+            put = http.put(f"/v1/objects/{blake3_bytes(big)}", content=big)
+            assert put.status_code == 507, put.text
+            assert put.json()["error"]["code"] == "insufficient_storage"
+            patch = http.patch(upload, content=big)
+            assert patch.status_code == 507, patch.text
+            assert patch.json()["error"]["code"] == "insufficient_storage"
+            assert _leftovers(srv.store) == []
+            assert http.head(upload).headers["upload-offset"] == "0"
+            # Reads are unaffected.
+            assert http.get(f"/v1/objects/{digest}").content == small
+            assert http.get("/healthz").status_code == 200
+            # The CLI says the same in one line.
+            tree = tmp_path / "tree"
+            tree.mkdir()
+            (tree / "big.bin").write_bytes(big)
+            key = srv.store / "keys" / "release.pem"
+            result = srv.cas("publish", str(tree), "--product", "app", "--version", "1.0.0", "--key", str(key),
+                             "--server", srv.url, "--token", PUBLISH, check=False)
+            assert result.returncode == 1, result
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert lines[0].startswith("cas: error: ") and lines[0].endswith("(insufficient_storage)"), lines
+            assert _leftovers(srv.store) == []
+            # Space again: the same writes succeed.
+            filler.unlink()
+            assert http.put(f"/v1/objects/{blake3_bytes(big)}", content=big).status_code == 201
+    finally:
+        srv.stop()
