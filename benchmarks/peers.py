@@ -27,6 +27,7 @@ row per kind, the grand total, ratios to OSTree), writes benchmarks/results/peer
 (rewritten after every pair, so a run cut short keeps what it measured).
 
     python benchmarks/peers.py [--work DIR] [--only NAME ...] [--kind KIND ...] [--list] [--out FILE]
+    python benchmarks/peers.py --merge A.json B.json ... [--out FILE]   # one table from several runs
 
 Needs the Debian packages ``ostree``, ``casync`` and ``zstd`` (and npm for the npm pairs);
 installs them with apt-get when missing (``--no-install`` to refuse).  Not needed by CI.
@@ -380,6 +381,26 @@ def measure(pair: Pair, work: Path) -> dict[str, Any]:
     return row | {"deltacas": gen, "ostree": ost, "casync": cas, "tar_zstd_bytes": tz}
 
 
+def merge(inputs: list[Path], out: Path) -> int:
+    """One report from several runs (e.g. the large pairs measured by a second process)."""
+    runs = [json.loads(p.read_text()) for p in inputs]
+    found = {label: r for run in runs for label, r in run["pairs"].items()}
+    order = [p.label for p in CORPUS if p.label in found] + [x for x in found if x not in {p.label for p in CORPUS}]
+    report: dict[str, Any] = {
+        "merged_from": [{"file": str(p), "date": run["date"], "finished": run.get("finished"),
+                         "commit": run.get("commit"), "filters": run.get("filters"), "pairs": list(run["pairs"]),
+                         "loadavg_at_start": run["machine"]["loadavg_at_start"], "loadavg_end": run.get("loadavg_now")}
+                        for p, run in zip(inputs, runs)],
+        "date": min(run["date"] for run in runs), "commit": runs[0].get("commit"),
+        "machine": runs[0]["machine"], "versions": runs[0]["versions"],
+        "pairs": {label: found[label] for label in order}}
+    report["table_markdown"], report["totals"] = print_table(report["pairs"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/deltacas-peers"),
@@ -390,8 +411,12 @@ def main() -> int:
                         help="measure only pairs of this kind (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the corpus and exit")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing tools")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: combine the pairs of these earlier results into one table and --out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     pairs = [p for p in CORPUS if (not args.only or p.name in args.only) and (not args.kind or p.kind in args.kind)]
     if args.list:
         for p in pairs:
