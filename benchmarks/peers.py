@@ -393,8 +393,11 @@ def merge(inputs: list[Path], out: Path) -> int:
                         for p, run in zip(inputs, runs)],
         "date": min(run["date"] for run in runs), "commit": runs[0].get("commit"),
         "machine": runs[0]["machine"], "versions": runs[0]["versions"],
-        "pairs": {label: found[label] for label in order}}
+        "pairs": {label: found[label] for label in order},
+        "not_measured": [p.label for p in CORPUS if p.label not in found]}
     report["table_markdown"], report["totals"] = print_table(report["pairs"])
+    if report["not_measured"]:
+        print("not measured: " + ", ".join(report["not_measured"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"\nwrote {out}")
