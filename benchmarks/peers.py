@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """deltacas against its peers on real release trees (a script, not a test).
 
-For each pair of consecutive releases (cp311 manylinux x86_64 wheels fetched from PyPI
-with ``pip download`` at run time and unpacked, via ``benchmarks/deltas.py``), side by
-side in one run:
+For each pair of consecutive releases of a real package (the corpus in
+``benchmarks/corpus.py``: cp311 manylinux x86_64 wheels from PyPI, npm tarballs and Debian
+packages of many kinds, fetched at run time, cached in the work dir and unpacked), side
+by side in one run:
 
 - deltacas: the bytes a client downloads going from the old tree to the new one: the
   server's plan (``cas.deltaplan.plan_pairs``), ``deltagen.best_recipes`` for every
@@ -21,12 +22,15 @@ side in one run:
 - a ``zstd -19`` tarball of the new tree.
 
 Every measured step runs in its own process; peak memory is its ru_maxrss (the
-largest of deltacas's build workers included).  Prints a table, writes
-benchmarks/results/peers.json.
+largest of deltacas's build workers included).  Prints a table (a row per pair, a totals
+row per kind, the grand total, ratios to OSTree), writes benchmarks/results/peers.json
+(rewritten after every pair, so a run cut short keeps what it measured).
 
-    python benchmarks/peers.py [--work DIR] [--only numpy ...]
+    python benchmarks/peers.py [--work DIR] [--only NAME ...] [--kind KIND ...] [--list] [--out FILE]
+    python benchmarks/peers.py --merge A.json B.json ... [--out FILE]   # one table from several runs
 
-Needs the Debian packages ``ostree``, ``casync`` and ``zstd`` (not needed by CI).
+Needs the Debian packages ``ostree``, ``casync`` and ``zstd`` (and npm for the npm pairs);
+installs them with apt-get when missing (``--no-install`` to refuse).  Not needed by CI.
 """
 from __future__ import annotations
 
@@ -46,10 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from deltas import fetch_wheel, unpack  # noqa: E402
+from corpus import CORPUS, KINDS, Pair, ensure_tools, release_tree  # noqa: E402
 
-PAIRS = [("numpy", "2.2.0", "2.2.1"), ("pillow", "11.0.0", "11.1.0"), ("pandas", "2.2.2", "2.2.3"),
-         ("pydantic_core", "2.27.1", "2.27.2"), ("lxml", "5.3.0", "5.3.1")]
 TINY_BYTES = 512  # cas config delta_tiny_bytes default
 
 
@@ -280,80 +282,179 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
-def print_table(results: dict[str, Any]) -> str:
-    lines = ["| pair | changed files | deltacas B | OSTree B | deltacas / OSTree | casync new chunks B | "
-             "tar.zst -19 B | gen s deltacas / OSTree | gen peak MiB deltacas / OSTree | "
-             "apply s deltacas / OSTree |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over pairs (peak memory: the largest)."""
+    def s(get: Any) -> Any:
+        return sum(get(r) for r in rows)
+    return {"pairs": len(rows), "new_tree_bytes": s(lambda r: r["new_tree"]["bytes"]),
+            "changed_files": s(lambda r: r["deltacas"]["changed_files"]),
+            "deltacas_bytes": s(lambda r: r["deltacas"]["bytes"]), "ostree_bytes": s(lambda r: r["ostree"]["bytes"]),
+            "casync_bytes": s(lambda r: r["casync"]["bytes"]), "tar_zstd_bytes": s(lambda r: r["tar_zstd_bytes"]),
+            "deltacas_generate_s": s(lambda r: r["deltacas"]["elapsed_s"]),
+            "ostree_generate_s": s(lambda r: r["ostree"]["generate_s"]),
+            "deltacas_peak_rss_bytes": max(r["deltacas"]["peak_rss_bytes"] for r in rows),
+            "ostree_peak_rss_bytes": max(r["ostree"]["generate_peak_rss_bytes"] for r in rows),
+            "deltacas_apply_s": s(lambda r: r["deltacas"]["apply_s"]), "ostree_apply_s": s(lambda r: r["ostree"]["apply_s"]),
+            "pairs_bytes_within_0_8": sum(1 for r in rows if r["deltacas"]["bytes"] <= 0.8 * r["ostree"]["bytes"]),
+            "pairs_apply_not_slower": sum(1 for r in rows if r["deltacas"]["apply_s"] <= r["ostree"]["apply_s"])}
+
+
+def table_row(name: str, kind: str, t: dict[str, Any]) -> str:
+    d_b, o_b = t["deltacas_bytes"], t["ostree_bytes"]
+    d_g, o_g = t["deltacas_generate_s"], t["ostree_generate_s"]
+    d_m, o_m = t["deltacas_peak_rss_bytes"], t["ostree_peak_rss_bytes"]
+    d_a, o_a = t["deltacas_apply_s"], t["ostree_apply_s"]
+    return (f"| {name} | {kind} | {t['new_tree_bytes']:,} | {t['changed_files']} | {d_b:,} | {o_b:,} | "
+            f"{ratio(d_b, o_b)} | {t['casync_bytes']:,} | {t['tar_zstd_bytes']:,} | "
+            f"{d_g:.1f} / {o_g:.1f} ({ratio(d_g, o_g)}) | {d_m / 2**20:.0f} / {o_m / 2**20:.0f} ({ratio(d_m, o_m)}) | "
+            f"{d_a:.2f} / {o_a:.2f} ({ratio(d_a, o_a)}) |")
+
+
+def print_table(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One row per pair (grouped by kind), a totals row per kind, the grand total."""
+    lines = ["| pair | kind | new tree B | changed files | deltacas B | OSTree B | deltacas / OSTree | "
+             "casync new chunks B | tar.zst -19 B | gen s deltacas / OSTree (ratio) | "
+             "gen peak MiB deltacas / OSTree (ratio) | apply s deltacas / OSTree (ratio) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ok = {name: r for name, r in results.items() if "error" not in r}
+    by_kind: dict[str, list[str]] = {}
+    for name, r in ok.items():
+        by_kind.setdefault(r["kind"], []).append(name)
+    summary: dict[str, Any] = {"kinds": {}}
+    for kind in [k for k in KINDS if k in by_kind]:
+        for name in by_kind[kind]:
+            lines.append(table_row(name, kind, totals([ok[name]])))
+        t = totals([ok[n] for n in by_kind[kind]])
+        summary["kinds"][kind] = t
+        if len(by_kind[kind]) > 1:
+            lines.append(table_row(f"*{kind}: {len(by_kind[kind])} pairs*", kind, t))
+    if ok:
+        summary["all"] = totals(list(ok.values()))
+        lines.append(table_row(f"**all {len(ok)} pairs**", "", summary["all"]))
     for name, r in results.items():
-        d, o = r["deltacas"], r["ostree"]
-        lines.append(
-            f"| {name} | {d['changed_files']} | {d['bytes']:,} | {o['bytes']:,} | {ratio(d['bytes'], o['bytes'])} | "
-            f"{r['casync']['bytes']:,} | {r['tar_zstd_bytes']:,} | "
-            f"{d['elapsed_s']:.1f} / {o['generate_s']:.1f} | "
-            f"{d['peak_rss_bytes'] / 2**20:.0f} / {o['generate_peak_rss_bytes'] / 2**20:.0f} | "
-            f"{d['apply_s']:.2f} / {o['apply_s']:.2f} |")
-    tot = {k: sum(r["deltacas"][k] for r in results.values()) for k in ("bytes", "changed_files", "elapsed_s")}
-    ost = sum(r["ostree"]["bytes"] for r in results.values())
-    lines.append(f"| **all pairs** | {tot['changed_files']} | {tot['bytes']:,} | {ost:,} | "
-                 f"{ratio(tot['bytes'], ost)} | {sum(r['casync']['bytes'] for r in results.values()):,} | "
-                 f"{sum(r['tar_zstd_bytes'] for r in results.values()):,} | "
-                 f"{tot['elapsed_s']:.1f} / {sum(r['ostree']['generate_s'] for r in results.values()):.1f} | "
-                 f"{max(r['deltacas']['peak_rss_bytes'] for r in results.values()) / 2**20:.0f} / "
-                 f"{max(r['ostree']['generate_peak_rss_bytes'] for r in results.values()) / 2**20:.0f} | "
-                 f"{sum(r['deltacas']['apply_s'] for r in results.values()):.2f} / "
-                 f"{sum(r['ostree']['apply_s'] for r in results.values()):.2f} |")
+        if "error" in r:
+            lines.append(f"| {name} | {r['kind']} | failed: {r['error'][:200]} |||||||||")
     table = "\n".join(lines)
     print(table)
-    return table
+    return table, summary
+
+
+def tree_size(path: Path) -> dict[str, int]:
+    files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    return {"bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return proc.stdout.strip() + (" (modified)" if dirty else "")
+
+
+def measure(pair: Pair, work: Path) -> dict[str, Any]:
+    label = pair.label
+    old, new = release_tree(pair, pair.old, work), release_tree(pair, pair.new, work)
+    row: dict[str, Any] = {"kind": pair.kind, "source": pair.source, "package": pair.package,
+                           "old_version": pair.old, "new_version": pair.new, "note": pair.note,
+                           "old_tree": tree_size(old), "new_tree": tree_size(new)}
+    scratch = Path(tempfile.mkdtemp(prefix=f"peers-{pair.name}-", dir=work))
+    try:
+        print(f"{label}: deltacas ...", file=sys.stderr, flush=True)
+        objects = scratch / "objects"
+        gen = run_child("generate", {"old": str(old), "new": str(new), "objects": str(objects)})
+        (objects / "new-manifest.json").write_text(json.dumps(tree_entries(new)))
+        app = run_child("apply", {"old": str(old), "new": str(new), "objects": str(objects),
+                                  "chosen": gen["chosen"], "dest": str(scratch / "deltacas-out")})
+        gen.pop("chosen")
+        gen |= {"apply_s": app["elapsed_s"], "apply_peak_rss_bytes": app["peak_rss_bytes"]}
+        print(f"{label}: ostree ...", file=sys.stderr, flush=True)
+        (scratch / "ostree").mkdir()
+        ost = ostree(old, new, scratch / "ostree")
+        print(f"{label}: casync, tar ...", file=sys.stderr, flush=True)
+        (scratch / "casync").mkdir()
+        cas = casync(old, new, scratch / "casync")
+        tz = tar_zstd(new, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{label}: deltacas {gen['bytes']:,} B (per-file only {gen['per_file_bytes']:,}) in {gen['elapsed_s']:.1f} s, "
+          f"OSTree {ost['bytes']:,} B in {ost['generate_s']:.1f} s", file=sys.stderr, flush=True)
+    return row | {"deltacas": gen, "ostree": ost, "casync": cas, "tar_zstd_bytes": tz}
+
+
+def merge(inputs: list[Path], out: Path) -> int:
+    """One report from several runs (e.g. the large pairs measured by a second process)."""
+    runs = [json.loads(p.read_text()) for p in inputs]
+    found = {label: r for run in runs for label, r in run["pairs"].items()}
+    order = [p.label for p in CORPUS if p.label in found] + [x for x in found if x not in {p.label for p in CORPUS}]
+    report: dict[str, Any] = {
+        "merged_from": [{"file": str(p), "date": run["date"], "finished": run.get("finished"),
+                         "commit": run.get("commit"), "filters": run.get("filters"), "pairs": list(run["pairs"]),
+                         "loadavg_at_start": run["machine"]["loadavg_at_start"], "loadavg_end": run.get("loadavg_now")}
+                        for p, run in zip(inputs, runs)],
+        "date": min(run["date"] for run in runs), "commit": runs[0].get("commit"),
+        "machine": runs[0]["machine"], "versions": runs[0]["versions"],
+        "pairs": {label: found[label] for label in order},
+        "not_measured": [p.label for p in CORPUS if p.label not in found]}
+    report["table_markdown"], report["totals"] = print_table(report["pairs"])
+    if report["not_measured"]:
+        print("not measured: " + ", ".join(report["not_measured"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"\nwrote {out}")
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/deltacas-peers"))
-    parser.add_argument("--only", action="append", choices=[p[0] for p in PAIRS])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/deltacas-peers"),
+                        help="downloads, unpacked trees (both kept across runs) and scratch space")
+    parser.add_argument("--only", action="append", choices=[p.name for p in CORPUS], metavar="NAME",
+                        help="measure only this pair (repeatable): " + ", ".join(p.name for p in CORPUS))
+    parser.add_argument("--kind", action="append", choices=KINDS,
+                        help="measure only pairs of this kind (repeatable)")
+    parser.add_argument("--list", action="store_true", help="print the corpus and exit")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing tools")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: combine the pairs of these earlier results into one table and --out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    pairs = [p for p in CORPUS if (not args.only or p.name in args.only) and (not args.kind or p.kind in args.kind)]
+    if args.list:
+        for p in pairs:
+            print(f"{p.name:14} {p.kind:14} {p.source:5} {p.package} {p.old} -> {p.new}  ({p.note})")
+        return 0
+    if not pairs:
+        print("peers.py: no pair matches --only/--kind", file=sys.stderr)
+        return 2
+    if not args.no_install:
+        ensure_tools(need_npm=any(p.source == "npm" for p in pairs))
     for tool in ("ostree", "casync", "zstd", "tar"):
         if shutil.which(tool) is None:
             print(f"peers.py: {tool} is not installed (apt-get install -y ostree casync zstd)", file=sys.stderr)
             return 1
     work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": git_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
                     "loadavg_at_start": os.getloadavg()},
-        "versions": versions(), "pairs": {}}
-    for name, v_old, v_new in PAIRS:
-        if args.only and name not in args.only:
-            continue
-        label = f"{name} {v_old}->{v_new}"
-        old = unpack(fetch_wheel(name, v_old, work / "wheels"), work / "trees" / f"{name}-{v_old}")
-        new = unpack(fetch_wheel(name, v_new, work / "wheels"), work / "trees" / f"{name}-{v_new}")
-        scratch = Path(tempfile.mkdtemp(prefix=f"peers-{name}-", dir=work))
-        try:
-            print(f"{label}: deltacas ...", file=sys.stderr, flush=True)
-            objects = scratch / "objects"
-            gen = run_child("generate", {"old": str(old), "new": str(new), "objects": str(objects)})
-            (objects / "new-manifest.json").write_text(json.dumps(tree_entries(new)))
-            app = run_child("apply", {"old": str(old), "new": str(new), "objects": str(objects),
-                                      "chosen": gen["chosen"], "dest": str(scratch / "deltacas-out")})
-            gen.pop("chosen")
-            gen |= {"apply_s": app["elapsed_s"], "apply_peak_rss_bytes": app["peak_rss_bytes"]}
-            print(f"{label}: ostree ...", file=sys.stderr, flush=True)
-            (scratch / "ostree").mkdir()
-            ost = ostree(old, new, scratch / "ostree")
-            print(f"{label}: casync, tar ...", file=sys.stderr, flush=True)
-            (scratch / "casync").mkdir()
-            cas = casync(old, new, scratch / "casync")
-            tz = tar_zstd(new, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        report["pairs"][label] = {"deltacas": gen, "ostree": ost, "casync": cas, "tar_zstd_bytes": tz}
-        print(f"{label}: deltacas {gen['bytes']:,} B (per-file only {gen['per_file_bytes']:,}), "
-              f"OSTree {ost['bytes']:,} B", file=sys.stderr, flush=True)
-    report["table_markdown"] = print_table(report["pairs"])
+        "versions": versions(), "filters": {"only": args.only, "kind": args.kind}, "pairs": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    for pair in pairs:
+        started = time.perf_counter()
+        try:
+            report["pairs"][pair.label] = measure(pair, work)
+        except Exception as exc:  # one pair failing (a fetch, a tool) does not end the run
+            print(f"{pair.label}: FAILED: {exc}", file=sys.stderr, flush=True)
+            report["pairs"][pair.label] = {"kind": pair.kind, "source": pair.source, "error": str(exc)[-2000:]}
+        report["pairs"][pair.label]["wall_s"] = time.perf_counter() - started
+        report["loadavg_now"] = os.getloadavg()
+        # written after every pair, so a run cut short leaves what it measured
+        args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report["table_markdown"], report["totals"] = print_table(report["pairs"])
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"\nwrote {args.out}")
     return 0
