@@ -8,6 +8,11 @@ run in killable worker processes under a time budget), stores the verified
 objects, then records the recipes and marks the job done in one transaction.
 A builder killed mid-job leaves no recipe; its job is re-queued when the
 builder restarts (dead owner) or its lease runs out.
+
+Every object a build writes is pinned first (``store_built``): garbage
+collection keeps a pinned object until the job records it (or the pin's lease
+runs out), and recording an object GC deleted anyway is refused
+(``ObjectsBeingDeleted``) and the job queued again.
 """
 from __future__ import annotations
 
@@ -34,10 +39,12 @@ from deltagen import (
     compress_file,
     verify_compressed,
 )
+from deltagen.digests import blake3_file
 
 from .deltaplan import plan_pairs
 from .errors import NotFound
-from .metadata import Release
+from .metadata import ObjectsBeingDeleted, Release
+from .objectstore import Ingested
 from .repo import Repo
 
 log = logging.getLogger("cas.deltas")
@@ -47,6 +54,18 @@ def limits_for(repo: Repo) -> DeltaLimits:
     c = repo.config
     return DeltaLimits(bsdiff_max_bytes=c.delta_bsdiff_max_bytes, time_budget_s=c.delta_time_budget_s,
                        tiny_bytes=c.delta_tiny_bytes)
+
+
+def lease_seconds(repo: Repo) -> float:
+    """How long a claimed job (and the pins of the objects it writes) stays its builder's."""
+    return repo.config.delta_time_budget_s * 3 + 60
+
+
+def store_built(repo: Repo, job: tuple[str, str], path: Path, digest: str) -> Ingested:
+    """Store an object a build of ``job`` made, pinned before it is written so that
+    garbage collection cannot mark or sweep it before the job records it."""
+    repo.meta.pin_build_objects(job[0], job[1], [digest], time.time() + lease_seconds(repo))
+    return repo.ingest_file(path, expected=digest)
 
 
 def worker_count(repo: Repo) -> int:
@@ -138,7 +157,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             for recipe in made:
                 if recipe.kind == "raw":
                     continue
-                repo.ingest_file(recipe.path, expected=recipe.object)
+                store_built(repo, (base, target), recipe.path, recipe.object)
                 rows.append({"base": base if recipe.kind == "patch" else "", "kind": recipe.kind,
                              "algorithm": recipe.algorithm, "object": recipe.object, "size": recipe.size,
                              "build_seconds": recipe.build_s})
@@ -150,7 +169,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
                 compress_file(target_file, out, limits.compress_level)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
-                ingested = repo.ingest_file(out)
+                ingested = store_built(repo, (base, target), out, blake3_file(out))
                 rows.append({"base": "", "kind": "compressed", "algorithm": "zstd", "object": ingested.digest,
                              "size": ingested.size, "build_seconds": time.monotonic() - started})
     finally:
@@ -213,7 +232,7 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
                 bases = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.bases]
                 targets = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.targets]
                 info = build_bundle(bases, targets, workdir / "bundle.zst", limits)
-            repo.ingest_file(info.path, expected=info.object)
+            store_built(repo, (base.manifest_digest, target.manifest_digest), info.path, info.object)
             rows.append({**info.to_dict(), "build_seconds": info.build_s})
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -237,14 +256,22 @@ def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest:
         log.warning("bundle build %s -> %s failed: %s", base.version, target.version, exc)
         repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error=f"{type(exc).__name__}: {exc}")
         return True
-    repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, rows)
+    try:
+        repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, rows)
+    except ObjectsBeingDeleted as exc:
+        _retry(repo, owner, base_manifest, target_manifest, exc)
     return True
+
+
+def _retry(repo: Repo, owner: str, base: str, target: str, exc: ObjectsBeingDeleted) -> None:
+    """GC deleted an object the build wrote before it was recorded: build again."""
+    log.warning("delta build %s -> %s not recorded: %s; retrying", base[:12], target[:12], exc)
+    repo.meta.retry_job(base, target, owner, repo.config.delta_max_attempts, f"{type(exc).__name__}: {exc}")
 
 
 def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
     """Claim and build one job; False when the queue is empty (or only waits)."""
-    lease = repo.config.delta_time_budget_s * 3 + 60
-    job = repo.meta.claim_job(owner, lease, repo.config.delta_max_attempts)
+    job = repo.meta.claim_job(owner, lease_seconds(repo), repo.config.delta_max_attempts)
     if job is None:
         return False
     base, target = job
@@ -256,7 +283,10 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
         log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
         repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
         return True
-    repo.meta.finish_job(base, target, owner, rows)
+    try:
+        repo.meta.finish_job(base, target, owner, rows)
+    except ObjectsBeingDeleted as exc:
+        _retry(repo, owner, base, target, exc)
     return True
 
 

@@ -238,6 +238,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (base_manifest, target_manifest, object)
     );
     """,
+    # 9: objects a delta build has written (or is about to write) but not yet recorded.
+    # Garbage collection treats an unexpired pin as a reference (cas/metadata/gc.py);
+    # the job's recording drops its pins in the same transaction.
+    """
+    CREATE TABLE build_pins (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (base, target, digest)
+    );
+    CREATE INDEX build_pins_digest ON build_pins(digest);
+    """,
 ]
 
 
