@@ -13,10 +13,17 @@ Every object a build writes is pinned first (``store_built``): garbage
 collection keeps a pinned object until the job records it (or the pin's lease
 runs out), and recording an object GC deleted anyway is refused
 (``ObjectsBeingDeleted``) and the job queued again.
+
+One ``DeltaBuilder`` runs per store at a time (``worker_lock``: an flock on
+``STORE/deltas.lock``; a second worker waits).  Stopping it (SIGTERM) kills its
+build workers (``deltagen.budget.cancel_builds``): each build ends with
+``BuildCancelled``, removes its temp directory, records nothing, and its job goes
+back to the queue.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -26,7 +33,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from casformat.canonical import parse_json
 from casformat.manifest_delta import manifest_delta, offered, with_bundles
@@ -36,10 +43,11 @@ from deltagen import (
     best_recipes,
     build_bundle,
     bundle_candidates,
-    compress_file,
     verify_compressed,
 )
+from deltagen.budget import build_before, builds_cancelled, cancel_builds
 from deltagen.digests import blake3_file
+from deltagen.errors import BuildCancelled
 
 from .deltaplan import plan_pairs
 from .errors import NotFound
@@ -154,6 +162,8 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             # local_copy: the object's own file (filesystem) or a verified download (S3).
             with store.local_copy(base) as base_file, store.local_copy(target) as target_file:
                 made = best_recipes(base_file, target_file, workdir, limits)
+            if builds_cancelled():  # a cancelled attempt looks like a dropped one: record nothing
+                raise BuildCancelled("stopping")
             for recipe in made:
                 if recipe.kind == "raw":
                     continue
@@ -165,8 +175,10 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             size = store.size(target) or 0
             out = workdir / "compressed.zst"
             started = time.monotonic()
+            # The same budget as a patch build: a worker process under the time budget
+            # (in this process only when small, limits.inprocess_max_bytes).
             with store.local_copy(target) as target_file:
-                compress_file(target_file, out, limits.compress_level)
+                build_before("compressed", None, target_file, out, limits, started + limits.time_budget_s)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
                 ingested = store_built(repo, (base, target), out, blake3_file(out))
@@ -252,6 +264,10 @@ def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest:
         return False
     try:
         rows = build_bundles(repo, base, target, limits)
+        if builds_cancelled():
+            return True
+    except BuildCancelled:
+        return True
     except (DeltaError, NotFound, OSError) as exc:
         log.warning("bundle build %s -> %s failed: %s", base.version, target.version, exc)
         repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error=f"{type(exc).__name__}: {exc}")
@@ -279,6 +295,8 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
         return _run_bundle_job(repo, owner, base, target, limits)
     try:
         rows = build_job(repo, base, target, limits)
+    except BuildCancelled:
+        return True  # the builder is stopping: it hands its running jobs back (release_jobs)
     except (DeltaError, NotFound, OSError) as exc:
         log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
         repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
@@ -305,6 +323,29 @@ def drain(repo: Repo) -> int:
             time.sleep(0.05)  # a bundle job waits for per-file builds someone else is running
 
 
+@contextlib.contextmanager
+def worker_lock(store_dir: Path, stop: threading.Event, poll: float = 1.0) -> Iterator[bool]:
+    """Hold ``STORE/deltas.lock`` (flock) while a builder runs: one builder per store.
+
+    Waits while another builder holds it; yields False if ``stop`` was set first.  The
+    kernel drops the lock when its holder dies, however it dies."""
+    fd = os.open(Path(store_dir) / "deltas.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.wait(poll):
+                    yield False
+                    return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{owner_id()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class DeltaBuilder:
     """A bounded pool of builds fed from the queue (``cas deltas worker``).
 
@@ -327,6 +368,12 @@ class DeltaBuilder:
             return False
 
     def run_forever(self) -> None:
+        """Build until ``stop``; only one builder per store runs (the others wait)."""
+        with worker_lock(self.repo.store_dir, self._stop) as held:
+            if held:
+                self._build_until_stopped()
+
+    def _build_until_stopped(self) -> None:
         requeue_dead(self.repo)
         poll = self.repo.config.delta_poll_seconds
         running: set[Future[bool]] = set()
@@ -344,4 +391,6 @@ class DeltaBuilder:
                 self.repo.meta.release_jobs(self.owner)
 
     def stop(self) -> None:
+        """Stop claiming, and end the running builds now (their jobs go back to the queue)."""
         self._stop.set()
+        cancel_builds()

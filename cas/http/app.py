@@ -46,6 +46,17 @@ async def _every(seconds: float, job, name: str) -> None:
         await asyncio.sleep(seconds)
 
 
+async def _supervise(builder: DeltaWorkerProcess, seconds: float = 5.0) -> None:
+    """Restart the delta worker when it exits, from the event loop's own thread (see
+    ``cas/http/deltaworker.py``: a child started from a pool thread would die with it)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            builder.supervise()
+        except Exception:
+            log.exception("background job delta-worker failed")
+
+
 def create_app(repo: Repo) -> Starlette:
     if repo.config.mirror_of:  # read-only mirror: serves what `cas mirror sync` copied (cas/http/mirror.py)
         from .mirror import create_mirror_app
@@ -74,7 +85,7 @@ def create_app(repo: Repo) -> Starlette:
         if builder is not None:
             builder.start()
         tasks = [asyncio.create_task(_every(repo.config.resign_interval_seconds, resign, "resign")),
-                 *([asyncio.create_task(_every(5.0, builder.supervise, "delta-worker"))] if builder else []),
+                 *([asyncio.create_task(_supervise(builder))] if builder else []),
                  asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep")),
                  asyncio.create_task(_every(repo.config.rollout_tick_seconds, gate, "rollouts")),
                  asyncio.create_task(_every(repo.config.webhook_poll_seconds, deliver, "webhooks"))]
