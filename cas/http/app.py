@@ -139,7 +139,9 @@ def create_app(repo: Repo) -> Starlette:
     app = build_app(routes, repo, metrics_, lifespan)
     app.state.uploads = uploads
     app.state.clock = clock
-    app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
-    app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
-    app.state.dashboard = dashboard.DashboardState()
+    app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute,
+                                             max_keys=repo.config.rate_limit_max_keys)
+    app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute,
+                                            max_keys=repo.config.rate_limit_max_keys)
+    app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases)
     return app
