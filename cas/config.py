@@ -29,6 +29,9 @@ class Config:
     token_hashes: Mapping[str, str] = field(default_factory=dict)
     anonymous_read: bool = True
     auth_failures_per_minute: int = 30   # per client address; then 429 until the window passes
+    rate_limit_max_keys: int = 10_000    # keys each rate limiter keeps (memory bound; exhausted keys kept first)
+    sqlite_cache_kib: int = 1024         # page cache per SQLite connection (one per thread)
+    dashboard_cache_releases: int = 256  # releases whose file maps the dashboard keeps (dedup figures)
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to

@@ -8,10 +8,22 @@ run in killable worker processes under a time budget), stores the verified
 objects, then records the recipes and marks the job done in one transaction.
 A builder killed mid-job leaves no recipe; its job is re-queued when the
 builder restarts (dead owner) or its lease runs out.
+
+Every object a build writes is pinned first (``store_built``): garbage
+collection keeps a pinned object until the job records it (or the pin's lease
+runs out), and recording an object GC deleted anyway is refused
+(``ObjectsBeingDeleted``) and the job queued again.
+
+One ``DeltaBuilder`` runs per store at a time (``worker_lock``: an flock on
+``STORE/deltas.lock``; a second worker waits).  Stopping it (SIGTERM) kills its
+build workers (``deltagen.budget.cancel_builds``): each build ends with
+``BuildCancelled``, removes its temp directory, records nothing, and its job goes
+back to the queue.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -21,7 +33,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from casformat.canonical import parse_json
 from casformat.manifest_delta import manifest_delta, offered, with_bundles
@@ -31,14 +43,17 @@ from deltagen import (
     best_recipes,
     build_bundle,
     bundle_candidates,
-    compress_file,
     verify_compressed,
 )
+from deltagen.budget import build_before, builds_cancelled, cancel_builds
+from deltagen.digests import blake3_file
+from deltagen.errors import BuildCancelled
 
 from .deltaplan import plan_pairs
 from .errors import NotFound
-from .metadata import Release
+from .metadata import ObjectsBeingDeleted, Release
 from .metadata.errors import metadata_unavailable
+from .objectstore import Ingested
 from .repo import Repo
 
 log = logging.getLogger("cas.deltas")
@@ -48,6 +63,18 @@ def limits_for(repo: Repo) -> DeltaLimits:
     c = repo.config
     return DeltaLimits(bsdiff_max_bytes=c.delta_bsdiff_max_bytes, time_budget_s=c.delta_time_budget_s,
                        tiny_bytes=c.delta_tiny_bytes)
+
+
+def lease_seconds(repo: Repo) -> float:
+    """How long a claimed job (and the pins of the objects it writes) stays its builder's."""
+    return repo.config.delta_time_budget_s * 3 + 60
+
+
+def store_built(repo: Repo, job: tuple[str, str], path: Path, digest: str) -> Ingested:
+    """Store an object a build of ``job`` made, pinned before it is written so that
+    garbage collection cannot mark or sweep it before the job records it."""
+    repo.meta.pin_build_objects(job[0], job[1], [digest], time.time() + lease_seconds(repo))
+    return repo.ingest_file(path, expected=digest)
 
 
 def worker_count(repo: Repo) -> int:
@@ -163,10 +190,12 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             # local_copy: the object's own file (filesystem) or a verified download (S3).
             with store.local_copy(base) as base_file, store.local_copy(target) as target_file:
                 made = best_recipes(base_file, target_file, workdir, limits)
+            if builds_cancelled():  # a cancelled attempt looks like a dropped one: record nothing
+                raise BuildCancelled("stopping")
             for recipe in made:
                 if recipe.kind == "raw":
                     continue
-                repo.ingest_file(recipe.path, expected=recipe.object)
+                store_built(repo, (base, target), recipe.path, recipe.object)
                 rows.append({"base": base if recipe.kind == "patch" else "", "kind": recipe.kind,
                              "algorithm": recipe.algorithm, "object": recipe.object, "size": recipe.size,
                              "build_seconds": recipe.build_s})
@@ -174,11 +203,13 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             size = store.size(target) or 0
             out = workdir / "compressed.zst"
             started = time.monotonic()
+            # The same budget as a patch build: a worker process under the time budget
+            # (in this process only when small, limits.inprocess_max_bytes).
             with store.local_copy(target) as target_file:
-                compress_file(target_file, out, limits.compress_level)
+                build_before("compressed", None, target_file, out, limits, started + limits.time_budget_s)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
-                ingested = repo.ingest_file(out)
+                ingested = store_built(repo, (base, target), out, blake3_file(out))
                 rows.append({"base": "", "kind": "compressed", "algorithm": "zstd", "object": ingested.digest,
                              "size": ingested.size, "build_seconds": time.monotonic() - started})
     finally:
@@ -241,7 +272,7 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
                 bases = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.bases]
                 targets = [stack.enter_context(repo.objects.local_copy(d)) for d in candidate.targets]
                 info = build_bundle(bases, targets, workdir / "bundle.zst", limits)
-            repo.ingest_file(info.path, expected=info.object)
+            store_built(repo, (base.manifest_digest, target.manifest_digest), info.path, info.object)
             rows.append({**info.to_dict(), "build_seconds": info.build_s})
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -261,12 +292,25 @@ def _run_bundle_job(repo: Repo, owner: str, base_manifest: str, target_manifest:
         return False
     try:
         rows = build_bundles(repo, base, target, limits)
+        if builds_cancelled():
+            return True
+    except BuildCancelled:
+        return True
     except (DeltaError, NotFound, OSError) as exc:
         log.warning("bundle build %s -> %s failed: %s", base.version, target.version, exc)
         repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, [], error=f"{type(exc).__name__}: {exc}")
         return True
-    repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, rows)
+    try:
+        repo.meta.finish_bundle_job(base_manifest, target_manifest, owner, rows)
+    except ObjectsBeingDeleted as exc:
+        _retry(repo, owner, base_manifest, target_manifest, exc)
     return True
+
+
+def _retry(repo: Repo, owner: str, base: str, target: str, exc: ObjectsBeingDeleted) -> None:
+    """GC deleted an object the build wrote before it was recorded: build again."""
+    log.warning("delta build %s -> %s not recorded: %s; retrying", base[:12], target[:12], exc)
+    repo.meta.retry_job(base, target, owner, repo.config.delta_max_attempts, f"{type(exc).__name__}: {exc}")
 
 
 def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
@@ -275,9 +319,10 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
     A database outage (``MetadataUnavailable``) while the claimed job is built or recorded
     gives the job back to the queue, uncounted, as soon as the database answers again
     (``_give_back``), instead of leaving it ``running`` for its whole lease; False then.
-    An outage before a job is claimed raises, and ``DeltaBuilder`` backs off."""
-    lease = repo.config.delta_time_budget_s * 3 + 60
-    job = repo.meta.claim_job(owner, lease, repo.config.delta_max_attempts)
+    An outage before a job is claimed raises, and ``DeltaBuilder`` backs off.  Recording an
+    object GC deleted meanwhile is refused (``ObjectsBeingDeleted``) and the job is queued
+    again (``_retry``)."""
+    job = repo.meta.claim_job(owner, lease_seconds(repo), repo.config.delta_max_attempts)
     if job is None:
         return False
     base, target = job
@@ -286,11 +331,16 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
             return _run_bundle_job(repo, owner, base, target, limits)
         try:
             rows = build_job(repo, base, target, limits)
+        except BuildCancelled:
+            return True  # the builder is stopping: it hands its running jobs back (release_jobs)
         except (DeltaError, NotFound, OSError) as exc:
             log.warning("delta build %s -> %s failed: %s", base[:12], target[:12], exc)
             repo.meta.finish_job(base, target, owner, [], error=f"{type(exc).__name__}: {exc}")
             return True
-        repo.meta.finish_job(base, target, owner, rows)
+        try:
+            repo.meta.finish_job(base, target, owner, rows)
+        except ObjectsBeingDeleted as exc:
+            _retry(repo, owner, base, target, exc)
         return True
     except Exception as exc:
         if metadata_unavailable(exc) is None:
@@ -334,6 +384,29 @@ def drain(repo: Repo) -> int:
             time.sleep(0.05)  # a bundle job waits for per-file builds someone else is running
 
 
+@contextlib.contextmanager
+def worker_lock(store_dir: Path, stop: threading.Event, poll: float = 1.0) -> Iterator[bool]:
+    """Hold ``STORE/deltas.lock`` (flock) while a builder runs: one builder per store.
+
+    Waits while another builder holds it; yields False if ``stop`` was set first.  The
+    kernel drops the lock when its holder dies, however it dies."""
+    fd = os.open(Path(store_dir) / "deltas.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.wait(poll):
+                    yield False
+                    return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{owner_id()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class DeltaBuilder:
     """A bounded pool of builds fed from the queue (``cas deltas worker``).
 
@@ -366,6 +439,12 @@ class DeltaBuilder:
         return done
 
     def run_forever(self) -> None:
+        """Build until ``stop``; only one builder per store runs (the others wait)."""
+        with worker_lock(self.repo.store_dir, self._stop) as held:
+            if held:
+                self._build_until_stopped()
+
+    def _build_until_stopped(self) -> None:
         requeue_dead(self.repo)
         poll = self.repo.config.delta_poll_seconds
         running: set[Future[bool]] = set()
@@ -383,4 +462,6 @@ class DeltaBuilder:
                 self.repo.meta.release_jobs(self.owner)
 
     def stop(self) -> None:
+        """Stop claiming, and end the running builds now (their jobs go back to the queue)."""
         self._stop.set()
+        cancel_builds()

@@ -10,7 +10,10 @@ nothing references it, delete it, leave a 'deleted' tombstone -- is one
 transaction holding the tombstone's row, so a publish recording a release that
 names the object either comes first (the object is kept) or sees 'deleted' and
 is refused as missing.  A publish racing ``cas gc`` never ends up referring to
-a deleted object.
+a deleted object.  Neither does a delta build: it pins each object before
+writing it (``build_pins``, a reference until the job records the object or the
+job's lease runs out), and its recording is refused, and the build retried, if
+an object was deleted anyway.
 
 Retention (``retain``): per product, releases beyond the last N released ones
 are deleted unless a channel or a rollout offers them; drafts and testing
@@ -122,6 +125,7 @@ def collect(repo: Repo, grace_seconds: float = 6 * 3600, dry_run: bool = False, 
             repo.meta.revive(revive)
             report.revived = len(revive)
         repo.meta.forget_deleted(now - max(grace_seconds, 24 * 3600))
+        repo.meta.forget_expired_pins(now)
     # Mark: unreferenced objects without a tombstone get one now.
     unmarked = []
     for digest in repo.objects.iter_digests():

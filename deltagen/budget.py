@@ -6,6 +6,10 @@ so a slow suffix sort or a level-19 pass over a huge file never holds the caller
 its budget, and a killed caller leaves no build running.  The worker writes through
 ``atomic_output``; a killed worker can leave only a temp file, so callers give it a
 private directory and remove that directory afterwards.
+
+``cancel_builds`` kills every worker this process is waiting for: a caller that is
+being stopped (the delta worker on SIGTERM) uses it so that its builds end now, with
+a ``BuildCancelled``, and their ``finally`` blocks remove their temp directories.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,29 @@ from .patches import compress_file, make_patch
 
 Job = Literal["hdiffpatch", "bsdiff4", "zstd", "compressed"]
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+# The build workers this process is waiting for, and whether it is being stopped.
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+_cancelled = threading.Event()
+
+
+def builds_cancelled() -> bool:
+    """Whether ``cancel_builds`` ran in this process (whatever a build returned since is suspect)."""
+    return _cancelled.is_set()
+
+
+def cancel_builds() -> int:
+    """Kill every build worker of this process and refuse new ones; returns how many were killed."""
+    _cancelled.set()
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(procs)
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,8 @@ def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
     """Build ``out_path`` in a worker; BudgetExceeded if it is not done in ``timeout_s``."""
     if timeout_s <= 0:
         raise errors.BudgetExceeded("no time left in the budget")
+    if _cancelled.is_set():
+        raise errors.BuildCancelled("builds are being cancelled")
     spec = {"job": job, "old": os.fspath(old_path) if old_path is not None else None,
             "new": os.fspath(new_path), "out": os.fspath(out_path), "limits": limits.to_dict()}
     env = child_env()   # the worker dies with this process (deltagen.children)
@@ -58,6 +88,10 @@ def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
     proc = subprocess.Popen([sys.executable, "-m", "deltagen.budget", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
+    with _running_lock:
+        _running.add(proc)
+    if _cancelled.is_set():  # cancel_builds ran between the check above and the add
+        os.killpg(proc.pid, signal.SIGKILL)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -68,6 +102,11 @@ def build_within(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    if _cancelled.is_set():
+        raise errors.BuildCancelled(f"{job} build cancelled")
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         raise _error_from_worker(stderr, proc.returncode)

@@ -47,6 +47,12 @@ class BudgetExceeded(DeltaError):
     code = "budget_exceeded"
 
 
+class BuildCancelled(DeltaError):
+    """The build's worker was killed because its caller is stopping (``budget.cancel_builds``)."""
+
+    code = "build_cancelled"
+
+
 class UnknownAlgorithm(DeltaError):
     """The algorithm name is not one deltagen knows."""
 

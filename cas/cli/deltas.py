@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
+
+from deltagen.children import die_with_parent
 
 from .. import deltas, releases
 from ..errors import CasError
@@ -54,16 +55,21 @@ def cmd_deltas_status(args: argparse.Namespace) -> int:
 
 
 def cmd_deltas_worker(args: argparse.Namespace) -> int:
-    """Build queued deltas until SIGTERM, which hands unfinished jobs back to the queue."""
+    """Build queued deltas until SIGTERM, which ends the running builds (their temp
+    directories removed) and hands their jobs back to the queue.
+
+    Started by ``cas serve``, it dies with the server (``deltagen.children``); only one
+    worker builds per store at a time (``deltas.worker_lock``), a second one waits."""
     import logging
     import signal
+    die_with_parent()
     logging.basicConfig(level=logging.WARNING, format="cas deltas worker: %(message)s")
     builder = deltas.DeltaBuilder(local_repo(args))
 
     def stop(signum: int, frame: Any) -> None:
-        builder.repo.meta.release_jobs(builder.owner)  # unfinished jobs go back to the queue
-        os._exit(0)
+        builder.stop()  # run_forever returns once the builds have cleaned up and released their jobs
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     builder.run_forever()
     return 0
 

@@ -48,22 +48,30 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    """Re-hash every object (quarantining corrupt ones), look for referenced objects that are missing.
+    """Re-hash every object (quarantining corrupt ones), look for referenced objects that are missing
+    (release files, recipe objects, bundle objects).
 
     The result is kept in ``STORE/fsck-last.json`` for the dashboard; exit 1 when anything is wrong."""
     repo = local_repo(args)
     started = time.time()
     report = repo.objects.fsck(quarantine=not args.no_quarantine)
+    # Every reference: release files, recipe objects, bundle objects.
     missing = [d for d, _ in repo.meta.referenced_objects() if not repo.objects.exists(d)]
+    dangling = [{"kind": "release", "object": d, "by": "release files"} for d in missing]
+    dangling += [ref for ref in repo.meta.build_references() if not repo.objects.exists(ref["object"])]
+    missing = list(dict.fromkeys(ref["object"] for ref in dangling))
     holders = checkout.damaged_checkouts(repo, report)  # hardlink checkouts sharing a damaged inode
-    data = {**report.__dict__, "missing_referenced": missing, "damaged_in_checkouts": holders}
+    data = {**report.__dict__, "missing_referenced": missing, "dangling": dangling, "damaged_in_checkouts": holders}
     record_fsck(repo.config.store, data, started, time.time())
+    by_kind = {kind: sum(1 for ref in dangling if ref["kind"] == kind) for kind in ("release", "recipe", "bundle")}
     human = (f"checked {report.checked} objects ({report.bytes:,} bytes): {len(report.corrupt)} corrupt"
              + "".join(f"\n  corrupt {d} -> quarantined" if not args.no_quarantine else f"\n  corrupt {d}"
                        for d in report.corrupt)
              + "".join(f"\n  {h['digest']} shares its inode with {h['checkout']}/{h['path']} "
                        f"(hardlink checkout of {h['product']} {h['version']})" for h in holders)
-             + (f"\n  {len(missing)} objects referenced by releases are missing" if missing else ""))
+             + (f"\n  {by_kind['release']} objects referenced by releases are missing" if by_kind["release"] else "")
+             + "".join(f"\n  {ref['kind']} object {ref['object']} is missing ({ref['by']})"
+                       for ref in dangling if ref["kind"] != "release"))
     emit(args, data, human)
     return 1 if report.corrupt or missing else 0
 

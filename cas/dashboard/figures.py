@@ -19,7 +19,7 @@ from ..repo import Repo
 V = TypeVar("V")
 
 MANIFESTS_CACHED = 64
-RELEASES_CACHED = 4096
+RELEASES_CACHED = 256   # the default of dashboard_cache_releases: each entry is a release's blake3 -> size map
 DELTAS_CACHED = 4096
 
 
@@ -53,10 +53,10 @@ class Figures:
     complete delta's figures are cached under its (base, target) manifests
     (``deltas``); the store walk (objects and bytes) is cached for ``usage_seconds``."""
 
-    def __init__(self, usage_seconds: float = 5.0) -> None:
+    def __init__(self, usage_seconds: float = 5.0, releases_cached: int = RELEASES_CACHED) -> None:
         self.usage_seconds = usage_seconds
         self._manifests: Lru[dict[str, Any]] = Lru(MANIFESTS_CACHED)
-        self._blobs: Lru[dict[str, int]] = Lru(RELEASES_CACHED)
+        self._blobs: Lru[dict[str, int]] = Lru(max(1, releases_cached))
         self.deltas: Lru[dict[str, Any]] = Lru(DELTAS_CACHED)
         self._dedup: tuple[Any, dict[tuple[str, str], dict[str, int]]] | None = None
         self._usage: tuple[float, tuple[int, int]] | None = None

@@ -29,6 +29,7 @@ def record_fsck(store: Path, data: dict[str, Any], started: float, finished: flo
               "quarantined": list(data.get("quarantined", []))[:LISTED],
               "missing_referenced": list(data.get("missing_referenced", []))[:LISTED],
               "missing_count": len(data.get("missing_referenced", [])),
+              "dangling": list(data.get("dangling", []))[:LISTED],
               "stray_temp": data.get("stray_temp")}
     write_atomic(fsck_path(store), json.dumps(record, indent=1, sort_keys=True).encode())
     return record

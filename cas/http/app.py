@@ -46,6 +46,17 @@ async def _every(seconds: float, job, name: str) -> None:
         await asyncio.sleep(seconds)
 
 
+async def _supervise(builder: DeltaWorkerProcess, seconds: float = 5.0) -> None:
+    """Restart the delta worker when it exits, from the event loop's own thread (see
+    ``cas/http/deltaworker.py``: a child started from a pool thread would die with it)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            builder.supervise()
+        except Exception:
+            log.exception("background job delta-worker failed")
+
+
 def create_app(repo: Repo) -> Starlette:
     if repo.config.mirror_of:  # read-only mirror: serves what `cas mirror sync` copied (cas/http/mirror.py)
         from .mirror import create_mirror_app
@@ -75,7 +86,7 @@ def create_app(repo: Repo) -> Starlette:
         if builder is not None:
             builder.start()
         tasks = [asyncio.create_task(_every(repo.config.resign_interval_seconds, resign, "resign")),
-                 *([asyncio.create_task(_every(5.0, builder.supervise, "delta-worker"))] if builder else []),
+                 *([asyncio.create_task(_supervise(builder))] if builder else []),
                  asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep")),
                  asyncio.create_task(_every(repo.config.rollout_tick_seconds, gate, "rollouts")),
                  asyncio.create_task(_every(repo.config.webhook_poll_seconds, deliver, "webhooks"))]
@@ -129,8 +140,11 @@ def create_app(repo: Repo) -> Starlette:
     app = build_app(routes, repo, metrics_, lifespan)
     app.state.uploads = uploads
     app.state.clock = clock
-    app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute)
-    app.state.report_address_limiter = SlidingWindow(repo.config.reports_per_address_per_minute)
-    app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute)
-    app.state.dashboard = dashboard.DashboardState()
+    app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute,
+                                             max_keys=repo.config.rate_limit_max_keys)
+    app.state.report_address_limiter = SlidingWindow(repo.config.reports_per_address_per_minute,
+                                                     max_keys=repo.config.rate_limit_max_keys)
+    app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute,
+                                            max_keys=repo.config.rate_limit_max_keys)
+    app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases)
     return app

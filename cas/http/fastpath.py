@@ -105,6 +105,7 @@ class FastPath:
                 return False
             data = local.read_bytes()
             self.objects.put(digest, data)
+            self.metrics.small_object_cache_bytes.set(self.objects.used)
         body = b"" if scope["method"] == "HEAD" else data
         await self._send(send, 200, [(b"content-type", b"application/octet-stream"),
                                      (b"content-length", str(len(data)).encode()),

@@ -27,6 +27,9 @@ class Metrics:
                                           "Release pairs planned by this process (a cached plan is not counted)",
                                           registry=self.registry)
         self.up = Gauge("cas_up", "1 while the server runs", registry=self.registry)
+        self.small_object_cache_bytes = Gauge("cas_small_object_cache_bytes",
+                                              "Bytes of small objects the fast path keeps in memory",
+                                              registry=self.registry)
         self.up.set(1)
 
     def ingested(self, size: int) -> None:

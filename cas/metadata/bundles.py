@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from .backend import MetadataBackend
+from .gc import refuse_deleted_in
 
 
 class BundleQueries(MetadataBackend):
@@ -25,9 +26,11 @@ class BundleQueries(MetadataBackend):
 
     def finish_bundle_job(self, base_manifest: str, target_manifest: str, owner: str,
                           bundles: list[dict[str, Any]], error: str | None = None) -> None:
-        """Record a bundle job's bundles and mark it done (or failed) in one transaction."""
+        """Record a bundle job's bundles and mark it done (or failed) in one transaction, and
+        drop the job's pins; refused like ``finish_job`` when GC deleted a bundle object."""
         now = time.time()
         with self._tx() as c:
+            refuse_deleted_in(c, [b["object"] for b in bundles])
             for b in sorted(bundles, key=lambda b: b["object"]):
                 c.execute("INSERT INTO bundles(base_manifest, target_manifest, object, size, bases, members, "
                           "build_seconds, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -36,6 +39,7 @@ class BundleQueries(MetadataBackend):
             c.execute("UPDATE delta_jobs SET state = ?, error = ?, finished = ?, lease_until = NULL "
                       "WHERE base = ? AND target = ? AND owner = ?",
                       ("failed" if error else "done", error, now, base_manifest, target_manifest, owner))
+            c.execute("DELETE FROM build_pins WHERE base = ? AND target = ?", (base_manifest, target_manifest))
 
     def bundles_for(self, base_manifest: str, target_manifest: str) -> list[dict[str, Any]]:
         """The bundles built for a release pair (object, size, bases, members)."""

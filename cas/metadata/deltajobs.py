@@ -11,6 +11,7 @@ import time
 from typing import Any, Iterable
 
 from .backend import MetadataBackend
+from .gc import refuse_deleted_in
 
 JOB_STATES = ("queued", "running", "done", "failed")
 
@@ -49,9 +50,12 @@ class DeltaJobQueries(MetadataBackend):
 
     def finish_job(self, base: str, target: str, owner: str, recipes: list[dict[str, Any]],
                    error: str | None = None) -> None:
-        """Record a job's recipes and mark it done (or failed) in one transaction."""
+        """Record a job's recipes and mark it done (or failed) in one transaction, and drop
+        the job's pins.  Refused (``ObjectsBeingDeleted``, nothing recorded) when GC has
+        deleted one of the recipe objects: the caller retries the build (``retry_job``)."""
         now = time.time()
         with self._tx() as c:
+            refuse_deleted_in(c, [r["object"] for r in recipes])
             for r in sorted(recipes, key=lambda r: (r["base"], r["kind"], r["algorithm"])):
                 c.execute("INSERT INTO recipes(base, target, kind, algorithm, object, size, build_seconds, created) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (base, target, kind, algorithm) DO UPDATE "
@@ -62,6 +66,16 @@ class DeltaJobQueries(MetadataBackend):
             c.execute("UPDATE delta_jobs SET state = ?, error = ?, finished = ?, lease_until = NULL "
                       "WHERE base = ? AND target = ? AND owner = ?",
                       ("failed" if error else "done", error, now, base, target, owner))
+            c.execute("DELETE FROM build_pins WHERE base = ? AND target = ?", (base, target))
+
+    def retry_job(self, base: str, target: str, owner: str, max_attempts: int, error: str) -> None:
+        """A claimed job's result could not be recorded: queue it again (the attempt counts),
+        or fail it with ``error`` once it has had ``max_attempts``."""
+        with self._tx() as c:
+            c.execute("UPDATE delta_jobs SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
+                      "error = ?, owner = NULL, lease_until = NULL, queued = ?, finished = ? "
+                      "WHERE base = ? AND target = ? AND owner = ?",
+                      (max_attempts, error, time.time(), time.time(), base, target, owner))
 
     def job_kind(self, base: str, target: str) -> str:
         """'files' or 'bundle' ('files' for an unknown job)."""

@@ -3,6 +3,8 @@
 An unreferenced object is tombstoned ('marked') on one run and deleted on a later
 one ('deleted'); a publish that needs a marked object revives it (``revive_in``,
 inside the publish's transaction), and one that needs a deleted object is refused.
+A delta build pins the objects it writes (``pin_build_objects``, before writing
+them) until its job records them: an unexpired pin counts as a reference.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Callable, Iterable
 from casformat.times import format_epoch
 
 from .backend import Connection, MetadataBackend
+from .errors import ObjectsBeingDeleted
 
 #: digests per ``IN (...)`` list
 CHUNK = 500
@@ -32,6 +35,15 @@ def revive_in(c: Connection, digests: Iterable[str]) -> set[str]:
     return deleted
 
 
+def refuse_deleted_in(c: Connection, digests: Iterable[str]) -> None:
+    """Inside a write transaction that is about to record references to ``digests``
+    (a build's recipes or bundles): revive them, and refuse (``ObjectsBeingDeleted``,
+    the transaction rolls back) if GC deleted any of them."""
+    gone = revive_in(c, digests)
+    if gone:
+        raise ObjectsBeingDeleted(sorted(gone))
+
+
 def _count(c: Connection, table: str) -> int:
     return int(c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
@@ -40,12 +52,40 @@ class GcQueries(MetadataBackend):
     """The ``gc_tombstones`` and ``gc_runs`` tables, and what garbage collection must keep."""
 
     def live_objects(self) -> set[str]:
-        """Every object something still needs: release files and recipe objects."""
+        """Every object something still needs: release files, recipe and bundle objects,
+        and the objects builds in progress have pinned."""
         c = self._conn()
         live = {r[0] for r in c.execute("SELECT DISTINCT blake3 FROM release_files WHERE type = 'file'")}
         live.update(r[0] for r in c.execute("SELECT DISTINCT object FROM recipes"))
         live.update(r[0] for r in c.execute("SELECT DISTINCT object FROM bundles"))
+        live.update(r[0] for r in c.execute("SELECT DISTINCT digest FROM build_pins WHERE expires >= ?",
+                                            (time.time(),)))
         return live
+
+    def build_references(self) -> list[dict[str, str]]:
+        """Every object a recipe or a bundle records, with what records it (for ``cas fsck``)."""
+        c = self._conn()
+        refs = [{"kind": "recipe", "object": r[0], "by": f"{r[3]} {r[1] or '(none)'} -> {r[2]}"}
+                for r in c.execute("SELECT object, base, target, kind FROM recipes ORDER BY object")]
+        refs += [{"kind": "bundle", "object": r[0], "by": f"release pair {r[1]} -> {r[2]}"}
+                 for r in c.execute("SELECT object, base_manifest, target_manifest FROM bundles ORDER BY object")]
+        return refs
+
+    def pin_build_objects(self, base: str, target: str, digests: Iterable[str], expires: float) -> None:
+        """Before a build of job (base, target) writes ``digests``: GC keeps them (an
+        unexpired pin is a reference) until the job records them or ``expires``.  A
+        'marked' tombstone is dropped; a 'deleted' one stays until the write (``reingested``)."""
+        wanted = sorted(set(digests))
+        with self._tx() as c:
+            c.executemany("INSERT INTO build_pins(base, target, digest, expires) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (base, target, digest) DO UPDATE SET expires = excluded.expires",
+                          [(base, target, d, expires) for d in wanted])
+            revive_in(c, wanted)
+
+    def forget_expired_pins(self, before: float) -> int:
+        """Pins of builds that died before recording (their lease ran out) can go."""
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM build_pins WHERE expires < ?", (before,)).rowcount)
 
     def tombstones(self) -> dict[str, tuple[str, float]]:
         """digest -> (state, when marked) of every tombstone."""
@@ -88,7 +128,9 @@ class GcQueries(MetadataBackend):
                 return False
             if (c.execute("SELECT 1 FROM release_files WHERE blake3 = ? LIMIT 1", (digest,)).fetchone()
                     or c.execute("SELECT 1 FROM recipes WHERE object = ? LIMIT 1", (digest,)).fetchone()
-                    or c.execute("SELECT 1 FROM bundles WHERE object = ? LIMIT 1", (digest,)).fetchone()):
+                    or c.execute("SELECT 1 FROM bundles WHERE object = ? LIMIT 1", (digest,)).fetchone()
+                    or c.execute("SELECT 1 FROM build_pins WHERE digest = ? AND expires >= ? LIMIT 1",
+                                 (digest, time.time())).fetchone()):
                 c.execute("DELETE FROM gc_tombstones WHERE digest = ?", (digest,))
                 return False
             deleted = delete()

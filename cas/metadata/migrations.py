@@ -252,6 +252,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE uploads ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX uploads_owner ON uploads(owner);
     """,
+    # 11: objects a delta build has written (or is about to write) but not yet recorded.
+    # Garbage collection treats an unexpired pin as a reference (cas/metadata/gc.py);
+    # the job's recording drops its pins in the same transaction.
+    """
+    CREATE TABLE build_pins (
+        base TEXT NOT NULL,
+        target TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (base, target, digest)
+    );
+    CREATE INDEX build_pins_digest ON build_pins(digest);
+    """,
 ]
 
 

@@ -125,7 +125,7 @@ class PostgresMetadata(Metadata):
         self.connect_timeout = connect_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: list[psycopg.Connection[Any]] = []
+        self._open: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []  # (owner, connection)
         self.migrate()
 
     # -- connections: one per thread, as with SQLite; autocommit outside ``_tx``
@@ -136,8 +136,17 @@ class PostgresMetadata(Metadata):
                                   connect_timeout=self.connect_timeout, application_name="deltacas")
             conn = self._local.conn = _Connection(raw)
             with self._lock:
-                self._open = [c for c in self._open if not c.closed]
-                self._open.append(raw)
+                # Connections of threads that have ended are closed (the thread pool replaces
+                # idle threads; their connections used to stay open for the process's life).
+                keep = []
+                for thread, c in self._open:
+                    if c.closed:
+                        continue
+                    if not thread.is_alive():
+                        c.close()
+                        continue
+                    keep.append((thread, c))
+                self._open = keep + [(threading.current_thread(), raw)]
         return conn
 
     @contextmanager
@@ -153,11 +162,16 @@ class PostgresMetadata(Metadata):
             conn.raw.close()
             self._local.conn = None
 
+    def open_connections(self) -> int:
+        """Connections open now (live threads', and ended threads' not yet closed)."""
+        with self._lock:
+            return sum(1 for _, c in self._open if not c.closed)
+
     def close_all(self) -> None:
         """Close every connection this object opened, in any thread (shutdown, tests)."""
         with self._lock:
             opened, self._open = self._open, []
-        for raw in opened:
+        for _, raw in opened:
             raw.close()
         self._local = threading.local()
 

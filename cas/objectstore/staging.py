@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,17 @@ from deltagen.digests import CHUNK, StreamHasher
 
 from ..errors import DigestMismatch, Invalid, TooLarge
 from .interface import Ingested
+
+
+def _last_change(directory: Path) -> float:
+    """The newest mtime of ``directory`` and of everything in it (a live build keeps
+    writing its outputs, so its directory stays young)."""
+    newest = directory.lstat().st_mtime
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
 
 
 class ObjectWriter:
@@ -133,12 +145,17 @@ class StagedObjectStore(abc.ABC):
             Path(name).unlink(missing_ok=True)
 
     def sweep_temp(self, older_than: float = 3600.0) -> int:
-        """Remove local temp files left by killed writers."""
+        """Remove what killed writers left under ``STORE/tmp``: files, and directories (a
+        killed delta build's ``delta-*``) in which nothing changed for ``older_than`` seconds."""
         removed = 0
         cutoff = time.time() - older_than
         for entry in self.tmp_dir.iterdir():
             try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                if entry.is_dir() and not entry.is_symlink():
+                    if _last_change(entry) < cutoff:
+                        shutil.rmtree(entry)
+                        removed += 1
+                elif entry.lstat().st_mtime < cutoff:
                     entry.unlink()
                     removed += 1
             except FileNotFoundError:
