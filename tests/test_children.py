@@ -14,24 +14,13 @@ import textwrap
 import time
 from pathlib import Path
 
+from proc_helpers import process_alive, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: not process_alive(pid), seconds)
 
 
 def _find(marker: str) -> int | None:
@@ -65,7 +54,7 @@ def test_a_child_dies_when_its_parent_is_killed() -> None:
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     time.sleep(1.0)                       # the child has armed its death signal
-    assert _alive(child)
+    assert process_alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     gone = _wait_gone(child)
@@ -107,7 +96,7 @@ def test_a_build_worker_dies_with_the_killed_delta_worker(tmp_path: Path) -> Non
         time.sleep(0.05)
     assert worker is not None, "the build worker did not start"
     time.sleep(0.5)
-    assert _alive(worker)
+    assert process_alive(worker)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     gone = _wait_gone(worker)

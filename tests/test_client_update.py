@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 from conftest import Server, start_server, wait_for_builds
+from proc_helpers import fill, tmpfs
 
 from casformat.canonical import document_digest
 from client import cli as client_cli
@@ -405,24 +406,8 @@ def test_second_update_exits_at_once_while_locked(srv: Server, tmp_path: Path) -
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, (f"cannot mount a tmpfs ({done.stderr.strip()}): the disk-full test needs "
-                                  "root, and the suite runs as root, as CI does")
-    try:
+    with tmpfs(tmp_path / "mnt", "1200k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(mnt: Path, leave: int) -> Path:
-    filler = mnt / "filler"
-    free = shutil.disk_usage(mnt).free
-    with open(filler, "wb") as fh:
-        fh.write(b"\0" * max(0, free - leave))
-    return filler
 
 
 def test_disk_full_preflight_and_staging(srv: Server, tmp_path: Path, small_fs: Path,
@@ -433,7 +418,7 @@ def test_disk_full_preflight_and_staging(srv: Server, tmp_path: Path, small_fs: 
     subprocess.run(["cp", "-a", str(prepared), str(root)], check=True)
     assert problems(root, "1.0.0") == []
     channel(srv, "1.2.0")
-    filler = _fill(small_fs, 64 << 10)
+    filler = fill(small_fs, 64 << 10)
 
     # Preflight: a real small filesystem; refused before anything is written.
     proc = cli("update", root)

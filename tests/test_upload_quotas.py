@@ -9,14 +9,13 @@ keep working, and `cas publish` prints the same one line.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from conftest import ADMIN, PUBLISH, Server, start_server
+from proc_helpers import fill, tmpfs
 
 from deltagen.digests import blake3_bytes
 
@@ -83,23 +82,8 @@ def test_abandoned_uploads_expire_and_free_the_quota(tmp_path: Path) -> None:
 
 @pytest.fixture
 def full_store(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, (f"cannot mount a tmpfs ({done.stderr.strip()}): the disk-full test needs "
-                                  "root, and the suite runs as root, as CI does")
-    try:
+    with tmpfs(tmp_path / "mnt", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(mnt: Path, leave: int) -> Path:
-    filler = mnt / "filler"
-    with open(filler, "wb") as fh:
-        fh.write(b"\0" * max(0, shutil.disk_usage(mnt).free - leave))
-    return filler
 
 
 def _leftovers(store: Path) -> list[tuple[str, int]]:
@@ -117,7 +101,7 @@ def test_disk_full_is_507_with_nothing_left_behind(full_store: Path, tmp_path: P
             digest = blake3_bytes(small)
             assert http.put(f"/v1/objects/{digest}", content=small).status_code == 201
             upload = http.post("/v1/uploads").headers["location"]
-            filler = _fill(full_store, 512 << 10)
+            filler = fill(full_store, 512 << 10)
             big = os.urandom(4 << 20)
             put = http.put(f"/v1/objects/{blake3_bytes(big)}", content=big)
             assert put.status_code == 507, put.text

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import start_server
+from proc_helpers import process_alive, wait_until
 
 import deltagen.budget
 from cas import deltas, publisher, releases
@@ -33,21 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 _LETTERS = bytes(range(97, 113)) * 16   # byte -> one of 16 letters: compressible, slow at level 19
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait(predicate: Any, seconds: float = 30.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def _procs(marker: bytes) -> list[int]:
@@ -56,7 +42,7 @@ def _procs(marker: bytes) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdecimal():
             try:
-                if marker in Path(f"/proc/{entry}/cmdline").read_bytes() and _alive(int(entry)):
+                if marker in Path(f"/proc/{entry}/cmdline").read_bytes() and process_alive(int(entry)):
                     found.append(int(entry))
             except OSError:
                 pass
@@ -88,15 +74,15 @@ def test_kill_9_of_cas_serve_takes_its_delta_worker_with_it(tmp_path: Path) -> N
     srv = start_server(tmp_path / "store")
     worker = None
     try:
-        assert _wait(lambda: _worker_of(srv.proc.pid) is not None, 20), "the server started no delta worker"
+        assert wait_until(lambda: _worker_of(srv.proc.pid) is not None, 20), "the server started no delta worker"
         worker = _worker_of(srv.proc.pid)
         assert worker is not None
         time.sleep(1.0)  # the worker has armed its parent-death signal
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait(10)
-        assert _wait(lambda: not _alive(worker), 15), "the delta worker outlived the killed server"
+        assert wait_until(lambda: not process_alive(worker), 15), "the delta worker outlived the killed server"
     finally:
-        if worker is not None and _alive(worker):
+        if worker is not None and process_alive(worker):
             os.kill(worker, signal.SIGKILL)
         srv.stop()
 
@@ -112,16 +98,16 @@ def test_sigterm_of_cas_serve_ends_the_build_and_leaves_no_temp_dir(tmp_path: Pa
         worker = _worker_of(srv.proc.pid)
         assert worker is not None
         # Mid-build: the worker's temp directory exists (24 MiB at level 19 takes seconds).
-        assert _wait(lambda: list(tmp.glob("delta-*")), 60), "no build in progress"
+        assert wait_until(lambda: list(tmp.glob("delta-*")), 60), "no build in progress"
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(30)
-        assert _wait(lambda: not _alive(worker), 15)
+        assert wait_until(lambda: not process_alive(worker), 15)
         assert list(tmp.glob("delta-*")) == [], "the stopped build left its temp directory"
-        assert _wait(lambda: not _procs(str(tmp).encode()), 10), "a build worker outlived the stop"
+        assert wait_until(lambda: not _procs(str(tmp).encode()), 10), "a build worker outlived the stop"
         states = [state for state, _ in _jobs(srv.store)]
         assert "running" not in states and "failed" not in states, states  # handed back, not failed
     finally:
-        if worker is not None and _alive(worker):
+        if worker is not None and process_alive(worker):
             os.kill(worker, signal.SIGKILL)
         srv.stop()
 
@@ -154,7 +140,7 @@ def test_two_workers_on_one_store_never_build_at_once(tmp_path: Path) -> None:
     workers = [subprocess.Popen([sys.executable, "-m", "cas.cli", "deltas", "worker", "--store", str(store)],
                                 cwd=ROOT, env=env) for _ in range(2)]
     try:
-        assert _wait(lambda: all(s == "done" for s, _ in _jobs(store)), 240), _jobs(store)
+        assert wait_until(lambda: all(s == "done" for s, _ in _jobs(store)), 240), _jobs(store)
         assert all(w.poll() is None for w in workers), "a worker exited instead of waiting"
         owners = {owner for _, owner in _jobs(store)}
         assert len(owners) == 1, f"two workers built on one store: {owners}"
