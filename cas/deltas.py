@@ -138,13 +138,16 @@ SHIPPED = ("testing", "released", "deprecated")
 
 def read_may_queue(repo: Repo, target: Release, base: Release | None) -> bool:
     """Whether a read of the delta (anyone may read) may queue its builds: only for a target
-    that is testing or released, from nothing or from an older shipped release of the same
-    product, and only once per pair (``delta_plans``).  Drafts, reversed pairs (a newer base)
-    and pairs planned before queue nothing."""
+    that is testing or released, from nothing or from one of the bases a publish would plan
+    (``bases_for``: the last ``delta_bases`` shipped releases and the factory release), and
+    only once per pair (``delta_plans``).  Drafts, reversed pairs (a newer base), other bases
+    and pairs planned before queue nothing, so anonymous reads queue at most what publishing
+    the target would have queued."""
     if target.status not in ("testing", "released"):
         return False
     if base is not None and (base.product != target.product or base.status not in SHIPPED
-                             or base.version == target.version or base.created > target.created):
+                             or base.version == target.version or base.created > target.created
+                             or base.version not in {b.version for b in bases_for(repo, target)}):
         return False
     return not repo.meta.planned(target.product, base.version if base is not None else "", target.version)
 
@@ -248,7 +251,7 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     base_files, target_files = _signed(base)["files"], _signed(target)["files"]
     have = {e["blake3"] for e in base_files if e["type"] == "file"}
     sizes = {e["blake3"]: e["size"] for e in base_files + target_files if e["type"] == "file"}
-    pairs = plan_pairs(base_files, target_files, repo.config.delta_tiny_bytes)
+    pairs = planned_pairs(repo, base, target)
     first_base: dict[str, str] = {}
     for pair_base, t in pairs:
         if pair_base:

@@ -40,7 +40,6 @@ class Published:
 
 
 #: the name check as ``cas/http/dashboard.py`` imports it
-_names = check_release_names
 
 
 def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> Published:

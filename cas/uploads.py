@@ -23,7 +23,6 @@ from .errors import (
     RangeNotSatisfiable,
     TooLarge,
     TooManyRequests,
-    storage_full,
 )
 from .objectstore import Ingested
 from .repo import Repo
@@ -117,13 +116,11 @@ class Uploads:
                 if expected is not None and written != expected:
                     raise Invalid(f"body has {written} bytes, Content-Range declares {expected}",
                                   code="size_mismatch")
-            except BaseException as exc:
-                # Keep the upload at its previous, known-good offset.
+            except BaseException:
+                # Keep the upload at its previous, known-good offset (a full disk is answered
+                # 507 by cas/http/errors.handle_outage).
                 self._hashers.pop(upload_id, None)
                 os.ftruncate(fh.fileno(), offset)
-                full = storage_full(exc)
-                if full is not None:
-                    raise full from None
                 raise
             if hasher is not None:
                 self._hashers[upload_id] = hasher

@@ -151,15 +151,19 @@ def _bundle(recipe: Mapping[str, Any], signed_sizes: Mapping[str, int]) -> dict[
     if not isinstance(bases, list) or len(bases) > MAX_BUNDLE_BASES or not all(is_digest(b) for b in bases):
         return "bundle bases must be a list of digests"
     out_members: list[dict[str, Any]] = []
+    seen: set[str] = set()
     offset = total = 0
     for m in members:
         if not isinstance(m, dict):
             return "bundle member is not an object"
         digest, at, size = m.get("blake3"), _int(m.get("offset")), _int(m.get("size"))
+        if digest in seen:
+            return "bundle lists a member twice"
         if not isinstance(digest, str) or digest not in signed_sizes or size != signed_sizes[digest]:
             return "bundle member is not a file of the signed manifest with its signed size"
         if at != offset:
             return "bundle members do not tile the bundle"
+        seen.add(digest)
         offset += size
         total += size
         out_members.append({"blake3": digest, "offset": at, "size": size})

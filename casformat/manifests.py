@@ -6,7 +6,7 @@ list.  Signatures are checked by ``documents.verify`` against a root role.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, cast
+from typing import Any, cast
 
 from deltagen.digests import is_digest
 
@@ -91,10 +91,6 @@ def check_manifest(signed: Any, casefold: bool = False) -> dict[str, Any]:
     if problems:
         raise DocumentError("invalid manifest", detail=problems)
     return cast(dict[str, Any], signed)
-
-
-def file_entries(signed: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [e for e in signed["files"] if e["type"] == "file"]
 
 
 MAX_ROLLOUT_CLIENTS = 10_000

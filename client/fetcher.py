@@ -163,27 +163,19 @@ class Fetcher:
             self._servers.append(server)
 
     # ------------------------------------------------------------------ documents
-    async def document(self, path: str, max_bytes: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-        """GET a JSON document, at most ``max_bytes``; returns (status, body, headers)."""
-        return await self._with_retries(path, lambda server: self._document_once(server, path, max_bytes, headers))
-
     async def accepted(self, path: str, max_bytes: int, accept: Callable[[bytes], T]) -> T:
         """GET a document (at most ``max_bytes``) and return ``accept(body)``; a server whose
         document ``accept`` refuses (``DocumentError``) counts as failed and the next is asked."""
 
         async def once(server: str) -> T:
-            _, body, _ = await self._document_once(server, path, max_bytes)
-            return accept(body)
+            return accept(await self._document_once(server, path, max_bytes))
 
         return await self._with_retries(path, once)
 
-    async def _document_once(self, server: str, path: str, max_bytes: int, headers: dict[str, str] | None = None
-                             ) -> tuple[int, bytes, dict[str, str]]:
+    async def _document_once(self, server: str, path: str, max_bytes: int) -> bytes:
         try:
-            async with self._http.stream("GET", server + path, headers=headers or {}) as response:
+            async with self._http.stream("GET", server + path) as response:
                 self._check_status(response, path)
-                if response.status_code == 304:
-                    return 304, b"", dict(response.headers)
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
@@ -194,7 +186,7 @@ class Fetcher:
                     slow.add(len(chunk))
                     if len(body) > max_bytes:
                         raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
-                return response.status_code, bytes(body), dict(response.headers)
+                return bytes(body)
         except httpx.HTTPError as exc:
             raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None
 

@@ -171,9 +171,8 @@ async def _build_file(fetcher: ObjectSource, file_plan: FilePlan, dest: Path, lo
             dest.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 raise InsufficientSpace(f"disk full while staging {entry['path']}: {exc}") from None
-            errors.append(f"{recipe['kind']}: {getattr(exc, 'message', None) or exc}")
+            errors.append(f"{recipe['kind']}: {exc.message if isinstance(exc, (ClientError, DeltaError)) else exc}")
             log(f"{entry['path']}: {recipe['kind']} recipe failed ({errors[-1]}); trying the next")
             if isinstance(exc, DeltaError):
                 fetcher.final_path(recipe["object"]).unlink(missing_ok=True)
-            dest.unlink(missing_ok=True)
     raise ClientError(f"{entry['path']}: every recipe failed", detail=errors)

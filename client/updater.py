@@ -94,7 +94,6 @@ class Updater:
         self.progress = progress
         self.progress_total: Callable[[int], None] = progress_total or (lambda n: None)
         self.transport = transport
-        self._hashes: dict[Path, str] = {}  # BLAKE3 of local files, each hashed once by this Updater
 
     # ------------------------------------------------------------------ init
     @classmethod
@@ -223,7 +222,7 @@ class Updater:
                        journal: Journal) -> UpdateResult:
         """plan -> preflight -> fetch + stage -> publish ``versions/{v}``; the journal follows each phase."""
         layout = self.layout
-        local = LocalContent.scan(layout, self._hashes)
+        local = LocalContent.scan(layout)  # hashes each local file once per update, never across updates
         plan = plan_update(target.signed["files"], target.recipes, local.find)
         check_free_space(layout, plan, config.free_space_factor)
         write_journal(layout, journal.at("fetching"))

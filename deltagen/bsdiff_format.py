@@ -139,6 +139,7 @@ def _encode(x: int, y: int, z: int) -> bytes:
 
 
 BATCH = 4 << 20   # output bytes rebuilt per call of bsdiff4.core.patch
+BATCH_CONTROL_BYTES = 1 << 20   # and control bytes handed to one call
 
 
 class _Batch:
@@ -152,17 +153,6 @@ class _Batch:
     @property
     def size(self) -> int:
         return self.diff + self.extra
-
-
-def check_control(control: bytes, old_size: int, new_size: int) -> tuple[int, int]:
-    """Bounds-check every (x, y, z) of a whole control block; return the diff and extra lengths."""
-    if len(control) % _CONTROL_ENTRY:
-        raise CorruptPatch("BSDIFF40 control block is not a whole number of entries")
-    walk = _ControlWalk(old_size, new_size)
-    for raw_x, raw_y, raw_z in struct.iter_unpack("<3Q", control):
-        walk.step(decode_offset(raw_x), decode_offset(raw_y), decode_offset(raw_z))
-    walk.done()
-    return walk.diff_total, walk.extra_total
 
 
 # An entry that builds nothing (x = y = 0) only seeks: bsdiff4 emits them mid-patch too
@@ -208,6 +198,9 @@ def _check_header(fh: BinaryIO, patch_size: int, expected_size: int, limits: Del
     header = parse_header(fh.read(HEADER_SIZE), patch_size)
     if header.new_size > limits.max_output_bytes:
         raise SizeExceeded(f"patch declares {header.new_size} bytes, above max_output_bytes")
+    if header.new_size > limits.bsdiff_max_bytes:  # never built above the cap (make_bsdiff_patch)
+        raise SizeExceeded(f"patch declares {header.new_size} bytes, above bsdiff_max_bytes "
+                           f"({limits.bsdiff_max_bytes})")
     if header.new_size > expected_size:
         raise SizeExceeded(f"patch declares {header.new_size} bytes, expected {expected_size}")
     if header.new_size != expected_size:
@@ -250,7 +243,9 @@ def apply_bsdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink
         extra_at = HEADER_SIZE + header.control_len + header.diff_len
         extra = _Bz2Block(fh, extra_at, patch_size - extra_at, new_size, "extra")
         with open(old_path, "rb") as old_fh:   # bsdiff4.core.patch wants bytes (at most the cap)
-            old = old_fh.read()
+            old = old_fh.read(old_size + 1)
+        if len(old) != old_size:
+            raise SizeMismatch(f"old file changed size while read ({len(old)} bytes, expected {old_size})")
         walk = _ControlWalk(old_size, new_size)
         batch = _Batch(0)
 
@@ -267,6 +262,8 @@ def apply_bsdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink
             batch = _Batch(start)
 
         for x, y, z in _control_entries(control):
+            if len(batch.control) >= BATCH_CONTROL_BYTES:  # many tiny entries: bound the control too
+                flush(walk.oldpos)
             pos = walk.oldpos
             walk.step(x, y, z)
             if not x and not y:  # a pure seek

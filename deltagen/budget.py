@@ -27,11 +27,11 @@ from typing import Literal
 
 from . import errors
 from .children import child_env, die_with_parent
-from .limits import DeltaLimits
+from .limits import Algorithm, DeltaLimits
 from .output import StrPath
 from .patches import compress_file, make_patch
 
-Job = Literal["hdiffpatch", "bsdiff4", "zstd", "compressed"]
+Job = Algorithm | Literal["compressed"]
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 # The build workers this process is waiting for, and whether it is being stopped.

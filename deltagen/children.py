@@ -3,7 +3,7 @@
 A build worker (``python -m deltagen.budget``) or the server's delta worker
 (``cas deltas worker``) that outlives its parent runs on unsupervised: no deadline,
 nobody to collect its output, its temp directory never removed.  A child calls
-``die_with_parent(ppid)`` first thing: on Linux the kernel then sends it SIGKILL when
+``die_with_parent()`` first thing: on Linux the kernel then sends it SIGKILL when
 the parent exits (``prctl(PR_SET_PDEATHSIG)``); where that is not available, a
 daemon thread polls ``getppid()`` once a second and kills the process when the
 parent is gone.  Either way a parent that died before the call is noticed at once.
@@ -38,15 +38,14 @@ def _watch(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Make this process die (SIGKILL) when ``parent`` (default: from ``PARENT_ENV``) exits.
+def die_with_parent() -> None:
+    """Make this process die (SIGKILL) when the parent named by ``PARENT_ENV`` exits.
 
     Does nothing when no parent is named (the process was started by hand)."""
-    if parent is None:
-        named = os.environ.get(PARENT_ENV, "")
-        if not named.isdecimal():
-            return
-        parent = int(named)
+    named = os.environ.get(PARENT_ENV, "")
+    if not named.isdecimal():
+        return
+    parent = int(named)
     armed = _prctl_death_signal()
     if os.getppid() != parent:  # the parent is already gone (or we were re-parented)
         os.kill(os.getpid(), signal.SIGKILL)

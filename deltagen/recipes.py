@@ -120,13 +120,13 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
             out = scratch / f"patch.{algorithm}"
             try:
                 stats = build_before(algorithm, old_path, new_path, out, limits, deadline)
+                size = out.stat().st_size
+                if size >= bar or (best is not None and size >= best.size):  # not worth verifying
+                    log.append(Attempt(algorithm, "dropped: not smaller than the alternatives", size))
+                    continue
                 verify_patch(algorithm, old_path, out, target.size, target.blake3, limits)
             except DeltaError as exc:
                 log.append(Attempt(algorithm, f"dropped: {type(exc).__name__}: {exc}"))
-                continue
-            size = out.stat().st_size
-            if size >= bar or (best is not None and size >= best.size):
-                log.append(Attempt(algorithm, "dropped: not smaller than the alternatives", size))
                 continue
             log.append(Attempt(algorithm, "verified: smallest so far", size))
             best = Recipe("patch", algorithm, blake3_file(out), size, out, base,

@@ -142,3 +142,30 @@ def test_draft_or_reversed_delta_queues_nothing(renamed_store: Path, target: str
             assert _jobs(admin) == before
     finally:
         server.stop()
+
+
+def test_a_read_queues_only_the_bases_a_publish_plans(tmp_path: Path) -> None:
+    """An anonymous read cannot queue N^2 pairs: from a shipped release that is neither among
+    the last ``delta_bases`` nor the factory release, it queues nothing."""
+    from cas.config import load_config
+    from cas.deltas import bases_for, read_may_queue
+    from cas.repo import open_repo
+    store = tmp_path / "store"
+    run_cas("keys", "init", "--store", str(store))
+    (store / "config.toml").write_text("delta_builder = false\ndelta_build_on = []\ndelta_bases = 1\n")
+    for i in range(4):
+        tree = tmp_path / f"t{i}"
+        (tree / "bin").mkdir(parents=True)
+        (tree / "bin" / "app").write_bytes(bytes([i]) * 4096)
+        run_cas("publish", str(tree), "--store", str(store), "--product", "app", "--version", f"1.{i}",
+                "--status", "released")
+    repo = open_repo(load_config(store))
+    try:
+        target = repo.meta.get_release("app", "1.3")
+        assert target is not None
+        assert [b.version for b in bases_for(repo, target)] == ["1.2", "1.0"]
+        for version, allowed in (("1.2", True), ("1.0", True), ("1.1", False)):
+            base = repo.meta.get_release("app", version)
+            assert read_may_queue(repo, target, base) is allowed, version
+    finally:
+        repo.meta.close()

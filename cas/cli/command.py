@@ -15,11 +15,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from casformat.errors import DocumentError
 from deltagen.errors import DeltaError
 
+from .. import keys
 from ..config import load_config
 from ..errors import CasError
 from ..repo import Repo, open_repo
@@ -56,6 +60,20 @@ def add_remote(p: argparse.ArgumentParser) -> None:
 def local_repo(args: argparse.Namespace) -> Repo:
     """The store named by ``--store`` (and ``--config`` where the command has it)."""
     return open_repo(load_config(args.store, getattr(args, "config", None)))
+
+
+def release_keys(args: argparse.Namespace, store: str | os.PathLike[str] | None) -> list[Ed25519PrivateKey]:
+    """The release keys a command signs with: ``--key`` files, else ``CAS_RELEASE_KEY``, else the
+    store's own release keys (``store`` None: there is no store to fall back to)."""
+    files = args.key or ([os.environ["CAS_RELEASE_KEY"]] if os.environ.get("CAS_RELEASE_KEY") else [])
+    if files:
+        return [keys.load_private_key(Path(f)) for f in files]
+    if store is None:
+        raise CasError("publishing to a server needs --key FILE (the release key)", code="no_key")
+    signing = keys.load_role_keys(Path(store), "release")
+    if not signing:
+        raise CasError("no release key in the store (run `cas keys init`) and no --key", code="no_key")
+    return signing
 
 
 def remote_of(args: argparse.Namespace) -> Remote | None:

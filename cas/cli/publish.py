@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
-from .. import keys, publisher
+from .. import publisher
 from ..config import load_config
 from ..errors import CasError
 from ..trees import scan_tree
 from .channel import set_channel
-from .command import Subcommands, add_command, add_remote, emit, local_repo, progress_bar, remote_of
+from .command import Subcommands, add_command, add_remote, emit, local_repo, progress_bar, release_keys, remote_of
 from .release import move_status
 
 # --status S walks the lifecycle through each of these moves in turn
@@ -26,16 +25,8 @@ STATUS_STEPS = {"testing": ["testing"], "released": ["testing", "released"]}
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish ``args.dir`` as ``product version``; prints what was stored and what was deduplicated."""
     show = not args.json and sys.stderr.isatty()
-    key_files = args.key or ([os.environ["CAS_RELEASE_KEY"]] if os.environ.get("CAS_RELEASE_KEY") else [])
     remote = remote_of(args)
-    if key_files:
-        signing = [keys.load_private_key(Path(f)) for f in key_files]
-    elif remote is not None:
-        raise CasError("publishing to a server needs --key FILE (the release key)", code="no_key")
-    else:
-        signing = keys.load_role_keys(Path(load_config(args.store).store), "release")
-        if not signing:
-            raise CasError("no release key in the store (run `cas keys init`) and no --key", code="no_key")
+    signing = release_keys(args, None if remote is not None else load_config(args.store).store)
     tree = scan_tree(Path(args.dir))
     envelope = publisher.signed_manifest(args.product, args.version, tree, signing)
     if args.cms_cert or args.cms_key:  # enterprise CMS signature (cas/cms_signing.py)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from .. import channels, gc, keys, releases
+from .. import channels, gc, releases
 from ..errors import Invalid
 from ..remote import call
-from .command import Subcommands, add_command, add_group, add_remote, emit, local_repo, remote_of
+from .command import Subcommands, add_command, add_group, add_remote, emit, local_repo, release_keys, remote_of
 
 STATUSES = ["draft", "testing", "released", "deprecated"]
 
@@ -87,8 +86,7 @@ def cmd_release_resign(args: argparse.Namespace) -> int:
     if args.product and not args.version:
         raise Invalid("name the version: cas release resign P V", code="bad_request")
     repo = local_repo(args)
-    signing = ([keys.load_private_key(Path(k)) for k in args.key] if args.key
-               else keys.load_role_keys(Path(repo.config.store), "release"))
+    signing = release_keys(args, repo.config.store)
     if args.all:
         done = releases.resign_all(repo, signing, "local")
     else:

@@ -69,6 +69,5 @@ def require(request: Request, needed: str) -> str:
 
 
 def token_owner(request: Request) -> str:
-    """Who a request's quota is counted for: its bearer token, by a prefix of its hash."""
-    _, _, token = request.headers.get("authorization", "").partition(" ")
-    return hash_token(token.strip())[:32] if token.strip() else "anonymous"
+    """Who a request's quota is counted for: its token's ``token_fingerprint``, or "anonymous"."""
+    return token_fingerprint(request) or "anonymous"

@@ -9,7 +9,7 @@ from casformat.canonical import MAX_DEPTH, parse_json
 from casformat.errors import DocumentError
 
 from ..errors import BadRequest, CasError, TooLarge
-from .numbers import decimal
+from .numbers import byte_count
 
 
 def declared_length(request: Request, limit: int) -> int | None:
@@ -17,14 +17,7 @@ def declared_length(request: Request, limit: int) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    length = decimal(value)
-    if length is None:
-        if value.isascii() and value.isdigit():  # a well-formed number too large to store
-            raise TooLarge(f"body of {len(value)} digits of bytes exceeds the limit of {limit}")
-        raise BadRequest("bad Content-Length", code="bad_content_length")
-    if length > limit:
-        raise TooLarge(f"body of {length} bytes exceeds the limit of {limit}")
-    return length
+    return byte_count(value, limit, "body", BadRequest("bad Content-Length", code="bad_content_length"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -30,7 +30,7 @@ from ..dashboard import views
 from ..dashboard.figures import Figures
 from ..dashboard.rates import RequestRates
 from ..errors import NotFound, Unauthorized
-from ..releases import _names
+from ..release_lookup import check_release_names
 from .auth import caller
 
 STATIC = Path(__file__).parent / "static"
@@ -73,7 +73,7 @@ def _answer(data: dict, scope: str) -> Response:
 def _product(request: Request) -> str | None:
     product = request.query_params.get("product")
     if product is not None:
-        _names(product, "0")
+        check_release_names(product, "0")
         if not request.app.state.repo.meta.product_exists(product):
             raise NotFound(f"unknown product {product!r}", code="unknown_product")
     return product

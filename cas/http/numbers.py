@@ -7,8 +7,23 @@ each of these was a 500 ``internal``.  Handlers call ``decimal`` and answer thei
 """
 from __future__ import annotations
 
+from ..errors import TooLarge
+
 MAX_INTEGER = (1 << 63) - 1   # the largest value SQLite and PostgreSQL BIGINT store
 _MAX_DIGITS = len(str(MAX_INTEGER))
+
+
+def byte_count(text: str, limit: int, what: str, bad: Exception) -> int:
+    """A byte count (a size or a length) a caller wrote: ``bad`` when it is not a decimal,
+    413 when it is one above ``limit`` (however many digits), else its value."""
+    value = decimal(text)
+    if value is None:
+        if text.isascii() and text.isdigit():  # a well-formed number too large to store
+            raise TooLarge(f"{what} of {len(text)} digits of bytes exceeds the limit of {limit}")
+        raise bad
+    if value > limit:
+        raise TooLarge(f"{what} of {value} bytes exceeds the limit of {limit}")
+    return value
 
 
 def decimal(text: str | None, maximum: int = MAX_INTEGER) -> int | None:

@@ -20,13 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from deltagen.digests import is_digest
 
-from ..errors import BadRequest, Invalid, NotFound, TooLarge, storage_full
+from ..errors import BadRequest, Invalid, NotFound, TooLarge
 from ..objectstore import ObjectStore
 from .auth import require, token_owner
 from .bodies import declared_length, json_body
 from .conditional import etag_matches
 from .errors import error_body
-from .numbers import decimal
+from .numbers import byte_count, decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -177,13 +177,8 @@ async def put_object(request: Request) -> Response:
     size_param = request.query_params.get("size")
     expected_size = declared
     if size_param is not None:
-        expected_size = decimal(size_param)
-        if expected_size is None:
-            if size_param.isascii() and size_param.isdigit():
-                raise TooLarge(f"object of {len(size_param)} digits of bytes exceeds the limit of {limit}")
-            raise BadRequest("?size must be a decimal byte count", code="bad_size")
-    if expected_size is not None and expected_size > limit:
-        raise TooLarge(f"object of {expected_size} bytes exceeds the limit of {limit}")
+        expected_size = byte_count(size_param, limit, "object",
+                                   BadRequest("?size must be a decimal byte count", code="bad_size"))
     if digest in await run_in_threadpool(repo.present, [digest]):  # present, and spared by GC
         # Already stored: drain nothing more than needed and answer at once.
         return JSONResponse({"blake3": digest, "created": False}, status_code=200,
@@ -197,19 +192,10 @@ async def put_object(request: Request) -> Response:
     except ClientDisconnect:
         writer.abort()
         raise BadRequest("client disconnected before the body was complete", code="truncated_body") from None
-    except BaseException as exc:
-        writer.abort()  # nothing half-written stays in STORE/tmp
-        full = storage_full(exc)
-        if full is not None:
-            raise full from None
+    except BaseException:
+        writer.abort()  # nothing half-written stays in STORE/tmp; a full disk is 507 (handle_outage)
         raise
-    try:
-        committed = await run_in_threadpool(writer.commit, digest, expected_size)  # aborts itself on error
-    except OSError as exc:
-        full = storage_full(exc)
-        if full is not None:
-            raise full from None
-        raise
+    committed = await run_in_threadpool(writer.commit, digest, expected_size)  # aborts itself on error
     ingested = repo.ingested(committed)
     request.app.state.metrics.ingested(ingested.size if ingested.created else 0)
     return JSONResponse({"blake3": digest, "size": ingested.size, "created": ingested.created},

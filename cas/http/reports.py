@@ -26,6 +26,10 @@ async def post_report(request: Request) -> Response:
     if scope is None and (config.reports_require_token or not config.anonymous_read):
         raise Unauthorized("reports need a token (report, read or higher)", code="token_required")
     address = request.client.host if request.client else "unknown"
+    # Limited per address before the body is read or the database asked: an invalid or
+    # never-offered report costs the sender its place in the window too.
+    if not request.app.state.report_address_limiter.allow(address):
+        raise TooManyRequests("too many reports from this address; try later")
     product = request.path_params["product"]
     body = await json_body(request, repo.config.max_report_bytes, max_depth=4,
                            not_object=Invalid("a report is a JSON object", code="bad_report"))
@@ -48,8 +52,6 @@ async def post_report(request: Request) -> Response:
         await run_in_threadpool(releases.get_release, repo, product, from_v)
     if not await run_in_threadpool(repo.meta.was_offered, product, to_v):
         raise Invalid(f"{product} {to_v} was never offered on a channel or in a rollout", code="not_offered")
-    if not request.app.state.report_address_limiter.allow(address):
-        raise TooManyRequests("too many reports from this address; try later")
     if not request.app.state.report_limiter.allow(client_id):
         raise TooManyRequests("too many reports from this client; try later")
     clock = request.app.state.clock
@@ -58,10 +60,11 @@ async def post_report(request: Request) -> Response:
     counted = await run_in_threadpool(
         repo.meta.add_report, product, client_id, from_v, to_v, outcome, detail, clock.now(), reporter,
         eligible, config.reports_gate_ids_per_source, config.reports_gate_window_seconds)
-    try:  # the health gate reacts to each report; the background job catches up if this fails
-        await run_in_threadpool(rollouts.evaluate, repo, clock, product)
-    except Exception:
-        log.exception("rollout evaluation after a report failed")
+    if counted:  # the health gate reacts to each counted report; the background job catches up
+        try:
+            await run_in_threadpool(rollouts.evaluate, repo, clock, product)
+        except Exception:
+            log.exception("rollout evaluation after a report failed")
     return JSONResponse({"accepted": True, "counted": counted}, status_code=202)
 
 
