@@ -67,88 +67,157 @@ def peak_rss() -> int:
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
 
 
+class TreeRss:
+    """Samples the resident memory of this process and all its descendants together (every
+    20 ms): with builds running in parallel the peak is their sum, not the largest one."""
+
+    def __init__(self) -> None:
+        import threading
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        out = []
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    out += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+        return out
+
+    def _sample(self) -> int:
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += self._rss(pid)
+            todo += self._children(pid)
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, peak_rss())
+
+
 # ---------------------------------------------------------------- deltacas (run in children)
 
 def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
-    """Everything the server builds for this pair, then the manifest delta's choice."""
-    from cas.deltaplan import plan_pairs
-    from casformat.manifest_delta import offered, with_bundles
-    from deltagen import DEFAULT_LIMITS, best_recipes, build_bundle, bundle_candidates, compress_file
-    from deltagen.digests import blake3_file
+    """Everything the server builds when the new tree is published with the old one as its
+    base, the way its delta builder does (cas/deltas.py): the plan's jobs, a compress job
+    for every new file and a patch job per (base, target) pair (build policy, no second
+    compressed form), as many at once as the builder runs (one per CPU, under
+    delta_memory_bytes), then the bundles; and the manifest delta's choice."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    started = time.perf_counter()
-    limits = DEFAULT_LIMITS
+    from cas.config import Config
+    from cas.deltaplan import bundle_inputs, plan_pairs
+    from casformat.manifest_delta import offered, with_bundles
+    from deltagen import best_recipes, build_bundle, bundle_candidates, compress_file
+    from deltagen.budget import build_memory, memory_gate
+    from deltagen.digests import blake3_file
+    from deltagen.policy import classify
+    from deltagen.recipes import compress_level_for
+
+    config = Config(store=objects)
+    limits = config.delta_limits()
+    memory_gate.set_total(config.delta_memory_bytes)
+    workers = config.delta_workers or (os.cpu_count() or 1)
     objects.mkdir(parents=True, exist_ok=True)
-    old_files, new_files = tree_entries(old), tree_entries(new)
-    path_of = {e["blake3"]: old / e["path"] for e in old_files if e["type"] == "file"}
-    path_of.update({e["blake3"]: new / e["path"] for e in new_files if e["type"] == "file"})
-    size_of = {e["blake3"]: e["size"] for e in old_files + new_files if e["type"] == "file"}
-    have = {e["blake3"] for e in old_files if e["type"] == "file"}
-    rows: dict[str, list[dict[str, Any]]] = {}
-    pairs = plan_pairs(old_files, new_files, TINY_BYTES)
-    for base, target in pairs:
-        if base:
-            for r in best_recipes(path_of[base], path_of[target], objects, limits):
-                if r.kind != "raw":
-                    rows.setdefault(target, []).append({**r.to_dict(), "base": base if r.kind == "patch" else ""})
-        elif not any(b for b, t in pairs if t == target and b):
-            # the server's ("", target) job: compress only (skipped here when a pair with a
-            # base builds the same compressed form anyway)
-            out = objects / "compressed.tmp"
-            compress_file(path_of[target], out, limits.compress_level)
-            if out.stat().st_size < size_of[target]:
-                d = blake3_file(out)
-                os.replace(out, objects / d)
-                rows.setdefault(target, []).append({"kind": "compressed", "algorithm": "zstd", "object": d,
-                                                    "size": (objects / d).stat().st_size})
-            else:
+    with TreeRss() as rss:
+        started = time.perf_counter()
+        old_files, new_files = tree_entries(old), tree_entries(new)
+        path_of = {e["blake3"]: old / e["path"] for e in old_files if e["type"] == "file"}
+        path_of.update({e["blake3"]: new / e["path"] for e in new_files if e["type"] == "file"})
+        size_of = {e["blake3"]: e["size"] for e in old_files + new_files if e["type"] == "file"}
+        have = {e["blake3"] for e in old_files if e["type"] == "file"}
+        pairs = plan_pairs(old_files, new_files, TINY_BYTES)
+        # The plan's jobs: a compress job ("", target) for every new file, a patch job per
+        # (base, target) pair; largest first, so that the pool's workers finish together.
+        jobs = sorted(set(pairs), key=lambda job: -size_of[job[1]])
+
+        def run(job: tuple[str, str]) -> list[dict[str, Any]]:
+            base, target = job
+            if base:
+                return [{**r.to_dict(), "base": base} for r in
+                        best_recipes(path_of[base], path_of[target], objects / f"job-{base[:16]}-{target[:16]}",
+                                     limits, compressed=False) if r.kind == "patch"]
+            out = objects / f"compressed-{target}.tmp"
+            level = compress_level_for(classify(path_of[target]), limits)
+            with memory_gate.reserve(build_memory("compressed", 0, size_of[target])):
+                compress_file(path_of[target], out, level)
+            if out.stat().st_size >= size_of[target]:
                 out.unlink()
-    per_file_s = time.perf_counter() - started
-    wanted = {e["blake3"]: e for e in new_files if e["type"] == "file" and e["blake3"] not in have}
-    recipe_doc = {t: offered(rows.get(t, []), t, e["size"], have) for t, e in wanted.items()}
-    per_file_bytes = sum(r[0]["size"] for r in recipe_doc.values())
-    # bundle candidates: each changed file with the base of its best patch, else the old
-    # file at the same path (plan_pairs' first base)
-    first_base = {}
-    for b, t in pairs:
-        if b and t not in first_base:
-            first_base[t] = b
-    files = []
-    for t, e in sorted(wanted.items(), key=lambda kv: kv[1]["path"]):
-        patch = next((r for r in recipe_doc[t] if r["kind"] == "patch"), None)
-        base = patch["base"] if patch else first_base.get(t)
-        files.append({"target": t, "path": e["path"], "size": e["size"], "base": base,
-                      "base_size": size_of.get(base, 0) if base else 0})
-    bundles = []
-    bundle_build = []
-    for cand in bundle_candidates(files, limits):
-        if len(cand.targets) < 2:
-            continue
-        t0 = time.perf_counter()
-        info = build_bundle([path_of[b] for b in cand.bases], [path_of[t] for t in cand.targets],
-                            objects / "bundle.tmp", limits)
-        os.replace(info.path, objects / info.object)
-        row = info.to_dict()
-        bundles.append(row)
-        bundle_build.append({"name": cand.name, "targets": len(cand.targets), "bases": len(cand.bases),
-                             "size": info.size, "per_file": sum(recipe_doc[t][0]["size"] for t in cand.targets),
-                             "build_s": time.perf_counter() - t0})
-    doc = with_bundles({"recipes": recipe_doc, "bytes": {"recipes": per_file_bytes}}, bundles, have)
-    chosen = {}
-    for t, offers in doc["recipes"].items():
-        chosen[t] = offers[0]
+                return []
+            d = blake3_file(out)
+            os.replace(out, objects / d)
+            return [{"kind": "compressed", "algorithm": "zstd", "object": d, "size": (objects / d).stat().st_size,
+                     "base": ""}]
+
+        rows: dict[str, list[dict[str, Any]]] = {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for (base, target), made in zip(jobs, pool.map(run, jobs)):
+                for r in made:
+                    if r["kind"] == "patch":
+                        src = objects / f"job-{base[:16]}-{target[:16]}" / r["object"]
+                        os.replace(src, objects / r["object"])
+                    rows.setdefault(target, []).append(r)
+        for d in objects.glob("job-*"):
+            shutil.rmtree(d)
+        per_file_s = time.perf_counter() - started
+        wanted = {e["blake3"]: e for e in new_files if e["type"] == "file" and e["blake3"] not in have}
+        recipe_doc = {t: offered(rows.get(t, []), t, e["size"], have) for t, e in wanted.items()}
+        per_file_bytes = sum(r[0]["size"] for r in recipe_doc.values())
+        files = bundle_inputs(old_files, new_files, pairs, recipe_doc)
+        bundles = []
+        bundle_build = []
+        for cand in bundle_candidates(files, limits):
+            if len(cand.targets) < 2:
+                continue
+            t0 = time.perf_counter()
+            info = build_bundle([path_of[b] for b in cand.bases], [path_of[t] for t in cand.targets],
+                                objects / "bundle.tmp", limits)
+            os.replace(info.path, objects / info.object)
+            bundles.append(info.to_dict())
+            bundle_build.append({"name": cand.name, "targets": len(cand.targets), "bases": len(cand.bases),
+                                 "size": info.size, "per_file": sum(recipe_doc[t][0]["size"] for t in cand.targets),
+                                 "build_s": time.perf_counter() - t0})
+        doc = with_bundles({"recipes": recipe_doc, "bytes": {"recipes": per_file_bytes}}, bundles, have)
+        elapsed = time.perf_counter() - started
+    chosen = {t: offers[0] for t, offers in doc["recipes"].items()}
     kinds: dict[str, int] = {}
     for r in {r["object"]: r for r in chosen.values()}.values():
         key = r["kind"] if r["kind"] != "patch" else f"patch:{r['algorithm']}"
         kinds[key] = kinds.get(key, 0) + r["size"]
     return {"bytes": doc["bytes"]["recipes"], "per_file_bytes": per_file_bytes, "changed_files": len(wanted),
             "changed_bytes": sum(e["size"] for e in wanted.values()), "pairs_built": len(pairs),
+            "jobs": len(jobs), "workers": workers, "build_policy": limits.build_policy,
             "bundles": bundle_build, "bytes_by_kind": kinds, "chosen": chosen,
-            "per_file_s": per_file_s, "elapsed_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss()}
+            "per_file_s": per_file_s, "elapsed_s": elapsed, "peak_rss_bytes": rss.peak}
 
 
 def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], dest: Path) -> dict[str, Any]:
-    """What the client does once the objects are downloaded: rebuild, verify, link the rest."""
+    """What the client does once the objects are downloaded (client/stage.py): rebuild and
+    verify each changed file, link the rest, make the tree durable (one syncfs)."""
+    from client.install import fsync_tree
     from deltagen import apply_bundle, apply_patch, decompress_file
 
     started = time.perf_counter()
@@ -162,16 +231,17 @@ def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], 
     built: dict[str, Path] = {}
     for r in {r["object"]: r for r in chosen.values() if r["kind"] == "bundle"}.values():
         built.update(apply_bundle([old_by_digest[b] for b in r["bases"]], objects / r["object"], r["members"],
-                                  built_dir))
+                                  built_dir, durable=False))
     for t, r in chosen.items():
         if t in built:
             continue
         size = next(e["size"] for e in new_files if e.get("blake3") == t)
         out = built_dir / t
         if r["kind"] == "patch":
-            apply_patch(r["algorithm"], old_by_digest[r["base"]], objects / r["object"], out, size, t)
+            apply_patch(r["algorithm"], old_by_digest[r["base"]], objects / r["object"], out, size, t,
+                        durable=False)
         elif r["kind"] == "compressed":
-            decompress_file(objects / r["object"], out, size, t)
+            decompress_file(objects / r["object"], out, size, t, durable=False)
         else:
             shutil.copyfile(new / next(e["path"] for e in new_files if e.get("blake3") == t), out)
         built[t] = out
@@ -186,6 +256,7 @@ def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], 
             os.link(src, path)
         except OSError:
             shutil.copyfile(src, path)
+    fsync_tree(dest, [p for p in built.values()])  # as the client's staging does: durable before the swap
     return {"elapsed_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss()}
 
 

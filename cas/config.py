@@ -11,7 +11,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, cast
+
+from deltagen.limits import Algorithm, DeltaLimits
 
 SCOPES = ("report", "read", "publish", "admin")
 
@@ -84,10 +86,15 @@ class Config:
     delta_builder: bool = True          # run `cas deltas worker` beside `cas serve`
     delta_build_on: tuple[str, ...] = ("testing", "released")
     delta_bases: int = 3                 # last K released versions (plus the factory release)
-    delta_workers: int = 0               # 0: max(1, cpus // 2), capped by delta_memory_bytes
-    delta_memory_bytes: int = 4 << 30    # budget for concurrent builds (bsdiff: ~20x the file)
+    delta_workers: int = 0               # concurrent builds; 0: one per CPU
+    delta_memory_bytes: int = 4 << 30    # builds wait while their estimated peaks would pass this
     delta_time_budget_s: float = 300.0   # per file pair
     delta_bsdiff_max_bytes: int = 64 << 20
+    delta_hdiffpatch_max_bytes: int = 128 << 20
+    delta_zstd_patch_max_bytes: int = 1 << 30
+    # which patch algorithms may be built; ["zstd", "bsdiff4"]: only recipes stock zstd/bspatch read
+    delta_patch_algorithms: tuple[str, ...] = ("hdiffpatch", "zstd", "bsdiff4")
+    delta_build_policy: str = "auto"     # "auto" (per file class, deltagen/policy.py) or "exhaustive"
     delta_tiny_bytes: int = 512
     delta_max_attempts: int = 3
     delta_bundles: bool = True           # also build bundle recipes per release pair (deltagen/bundles.py)
@@ -112,6 +119,14 @@ class Config:
     s3_multipart_chunk_bytes: int = 16 << 20
     # Read-only mirror (cas/mirror.py): serve what `cas mirror sync` copied from this upstream.
     mirror_of: str = ""
+
+    def delta_limits(self) -> DeltaLimits:
+        """The delta builder's caps from these settings (ValueError names a bad one)."""
+        return DeltaLimits(bsdiff_max_bytes=self.delta_bsdiff_max_bytes, time_budget_s=self.delta_time_budget_s,
+                           tiny_bytes=self.delta_tiny_bytes, hdiffpatch_max_bytes=self.delta_hdiffpatch_max_bytes,
+                           zstd_patch_max_bytes=self.delta_zstd_patch_max_bytes,
+                           patch_algorithms=cast(tuple[Algorithm, ...], tuple(self.delta_patch_algorithms)),
+                           build_policy=cast(Literal["auto", "exhaustive"], self.delta_build_policy))
 
     def with_tokens(self, **scoped: str | None) -> Config:
         hashes = dict(self.token_hashes)
@@ -156,13 +171,15 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     unknown = set(data) - _SIMPLE - {"tokens"}
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    if "delta_build_on" in kwargs:
-        kwargs["delta_build_on"] = tuple(kwargs["delta_build_on"])
+    for key in ("delta_build_on", "delta_patch_algorithms"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
     if kwargs.get("object_store", "filesystem") not in ("filesystem", "s3"):
         raise ValueError('object_store must be "filesystem" or "s3"')
     if "webhooks" in kwargs:
         kwargs["webhooks"] = check_webhooks(kwargs["webhooks"])
     config = Config(store=store_path, **kwargs)
+    config.delta_limits()  # a bad delta setting is refused here, with DeltaLimits's message
     # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
     hashes: dict[str, str] = {}
     for entry in data.get("tokens", []):

@@ -13,7 +13,7 @@ import bisect
 import posixpath
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 MAX_BASES_PER_FILE = 3
 RENAME_SIZE_RATIO = 0.5  # a removed file within +-50% of the size may be a renamed one
@@ -133,3 +133,33 @@ class PlanCache:
                 while len(self._plans) > self.entries:
                     self._plans.popitem(last=False)
         return made
+
+
+def bundle_inputs(base_files: Iterable[Mapping[str, Any]], target_files: Iterable[Mapping[str, Any]],
+                  pairs: Iterable[tuple[str, str]],
+                  offers: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The changed files of a release pair as ``deltagen.bundle_candidates`` takes them.
+
+    ``offers``: each changed target's per-file offers, cheapest first (``offered``).  A
+    target brings the base of its best patch, else the first base the plan gave it, and
+    its cheapest offer (``best_size``, ``best_algorithm``: the build policy keeps files
+    whose best is a machine-code patch or large out of bundles)."""
+    base_list = [e for e in base_files if e["type"] == "file"]
+    have = {e["blake3"] for e in base_list}
+    sizes = {e["blake3"]: e["size"] for e in base_list}
+    first_base: dict[str, str] = {}
+    for pair_base, t in pairs:
+        if pair_base:
+            first_base.setdefault(t, pair_base)
+    files = []
+    changed = (e for e in target_files if e["type"] == "file" and e["blake3"] not in have)
+    for entry in sorted(changed, key=lambda e: e["path"]):
+        t = entry["blake3"]
+        mine = offers.get(t) or [{"kind": "raw", "size": entry["size"]}]
+        patch = next((r for r in mine if r["kind"] == "patch"), None)
+        b = patch["base"] if patch else first_base.get(t)
+        best = mine[0]
+        files.append({"target": t, "path": entry["path"], "size": entry["size"], "base": b,
+                      "base_size": sizes.get(b, 0) if b else 0, "best_size": best["size"],
+                      "best_algorithm": best.get("algorithm") if best["kind"] != "raw" else None})
+    return files

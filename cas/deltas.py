@@ -23,6 +23,7 @@ back to the queue.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -45,11 +46,13 @@ from deltagen import (
     bundle_candidates,
     verify_compressed,
 )
-from deltagen.budget import build_before, builds_cancelled, cancel_builds
+from deltagen.budget import build_before, build_memory, builds_cancelled, cancel_builds, memory_gate
 from deltagen.digests import blake3_file
 from deltagen.errors import BuildCancelled
+from deltagen.policy import classify
+from deltagen.recipes import compress_level_for
 
-from .deltaplan import plan_pairs
+from .deltaplan import bundle_inputs, plan_pairs
 from .errors import NotFound
 from .metadata import ObjectsBeingDeleted, Release
 from .metadata.errors import metadata_unavailable
@@ -60,9 +63,7 @@ log = logging.getLogger("cas.deltas")
 
 
 def limits_for(repo: Repo) -> DeltaLimits:
-    c = repo.config
-    return DeltaLimits(bsdiff_max_bytes=c.delta_bsdiff_max_bytes, time_budget_s=c.delta_time_budget_s,
-                       tiny_bytes=c.delta_tiny_bytes)
+    return repo.config.delta_limits()
 
 
 def lease_seconds(repo: Repo) -> float:
@@ -78,12 +79,10 @@ def store_built(repo: Repo, job: tuple[str, str], path: Path, digest: str) -> In
 
 
 def worker_count(repo: Repo) -> int:
-    c = repo.config
-    if c.delta_workers:
-        return c.delta_workers
-    by_cpu = max(1, (os.cpu_count() or 2) // 2)
-    per_build = 20 * c.delta_bsdiff_max_bytes  # bsdiff's suffix sort dominates
-    return max(1, min(by_cpu, c.delta_memory_bytes // max(per_build, 1)))
+    """Concurrent builds: ``delta_workers``, else one per CPU.  Memory is bounded apart:
+    each build reserves its estimated peak from ``delta_memory_bytes`` first
+    (``deltagen.budget.memory_gate``), so large builds wait for each other."""
+    return repo.config.delta_workers or max(1, os.cpu_count() or 1)
 
 
 def _signed(release: Release) -> dict[str, Any]:
@@ -191,8 +190,11 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
     try:
         if base:
             # local_copy: the object's own file (filesystem) or a verified download (S3).
+            # A planned pair comes with a ("", target) job that builds the compressed form:
+            # build it here too only if that job does not exist (never twice).
+            compressed = ("", target) not in repo.meta.job_states([("", target)])
             with store.local_copy(base) as base_file, store.local_copy(target) as target_file:
-                made = best_recipes(base_file, target_file, workdir, limits)
+                made = best_recipes(base_file, target_file, workdir, limits, compressed=compressed)
             if builds_cancelled():  # a cancelled attempt looks like a dropped one: record nothing
                 raise BuildCancelled("stopping")
             for recipe in made:
@@ -208,8 +210,10 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             started = time.monotonic()
             # The same budget as a patch build: a worker process under the time budget
             # (in this process only when small, limits.inprocess_max_bytes).
-            with store.local_copy(target) as target_file:
-                build_before("compressed", None, target_file, out, limits, started + limits.time_budget_s)
+            with store.local_copy(target) as target_file, memory_gate.reserve(build_memory("compressed", 0, size)):
+                level = compress_level_for(classify(target_file), limits)
+                build_before("compressed", None, target_file, out, dataclasses.replace(limits, compress_level=level),
+                             started + limits.time_budget_s)
             verify_compressed(out, size, target, limits)
             if out.stat().st_size < size:
                 ingested = store_built(repo, (base, target), out, blake3_file(out))
@@ -250,21 +254,11 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     the first base the planner chose for it."""
     base_files, target_files = _signed(base)["files"], _signed(target)["files"]
     have = {e["blake3"] for e in base_files if e["type"] == "file"}
-    sizes = {e["blake3"]: e["size"] for e in base_files + target_files if e["type"] == "file"}
     pairs = planned_pairs(repo, base, target)
-    first_base: dict[str, str] = {}
-    for pair_base, t in pairs:
-        if pair_base:
-            first_base.setdefault(t, pair_base)
     recipes = repo.meta.recipes_for({t for _, t in pairs})
-    files = []
-    for entry in sorted((e for e in target_files if e["type"] == "file" and e["blake3"] not in have),
-                        key=lambda e: e["path"]):
-        t = entry["blake3"]
-        patch = next((r for r in offered(recipes.get(t, []), t, entry["size"], have) if r["kind"] == "patch"), None)
-        b = patch["base"] if patch else first_base.get(t)
-        files.append({"target": t, "path": entry["path"], "size": entry["size"], "base": b,
-                      "base_size": sizes.get(b, 0) if b else 0})
+    offers = {e["blake3"]: offered(recipes.get(e["blake3"], []), e["blake3"], e["size"], have)
+              for e in target_files if e["type"] == "file" and e["blake3"] not in have}
+    files = bundle_inputs(base_files, target_files, pairs, offers)
     rows: list[dict[str, Any]] = []
     for candidate in bundle_candidates(files, limits):
         if len(candidate.targets) < 2:
@@ -422,6 +416,7 @@ class DeltaBuilder:
         self.owner = owner_id()
         self.workers = worker_count(repo)
         self.limits = limits_for(repo)
+        memory_gate.set_total(repo.config.delta_memory_bytes)
         self.backoff = 0.0  # seconds the builder waits after a database outage, doubled while it lasts
         self._stop = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Staging: build the new version tree from a plan, verified and fsynced, in ``.cas/staging/{v}``.
+"""Staging: build the new version tree from a plan, verified and made durable, in ``.cas/staging/{v}``.
 
 The first choice of every file (each chosen bundle once) is downloaded in parallel;
 bundles are rebuilt into ``.cas/downloads/<blake3>``; then every file is placed: a
@@ -75,8 +75,8 @@ async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping
         if source is not None:
             files_local += 1
             place_file(source, dest, installed_mode(file_plan.entry), link=True)
-            if not dest.stat().st_nlink > 1:
-                written.append(dest)  # copied (mode differs): needs its fsync
+            if file_plan.local is None or not dest.stat().st_nlink > 1:
+                written.append(dest)  # a bundle member, or copied (mode differs): needs its fsync
         else:
             await _build_file(fetcher, file_plan, dest, log)
             written.append(dest)
@@ -119,7 +119,7 @@ async def _apply_bundles(fetcher: ObjectSource, plan: Plan, downloads: Path, log
         try:
             obj = await fetcher.object(digest, int(bundle["size"]))
             members = apply_bundle([Path(b) for b in bundle["base_paths"]], obj, bundle["members"],
-                                   downloads, errors=errors)
+                                   downloads, errors=errors, durable=False)  # fsync_tree makes them durable
         except (DownloadError, DeltaError, OSError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 raise InsufficientSpace(f"disk full while applying a bundle: {exc}") from None
@@ -155,10 +155,11 @@ async def _build_file(fetcher: ObjectSource, file_plan: FilePlan, dest: Path, lo
             obj = await fetcher.object(recipe["object"], int(recipe["size"]))
             dest.parent.mkdir(parents=True, exist_ok=True)
             if recipe["kind"] == "patch":
+                # durable=False: fsync_tree makes the whole staged tree durable at once
                 apply_patch(recipe["algorithm"], Path(recipe["base_path"]), obj, dest, entry["size"],
-                            entry["blake3"])
+                            entry["blake3"], durable=False)
             elif recipe["kind"] == "compressed":
-                decompress_file(obj, dest, entry["size"], entry["blake3"])
+                decompress_file(obj, dest, entry["size"], entry["blake3"], durable=False)
             else:
                 # fetcher.object() returns only downloads whose BLAKE3 it checked: link, don't copy.
                 if recipe["object"] != entry["blake3"]:

@@ -7,12 +7,18 @@ its budget, and a killed caller leaves no build running.  The worker writes thro
 ``atomic_output``; a killed worker can leave only a temp file, so callers give it a
 private directory and remove that directory afterwards.
 
+``memory_gate`` bounds what concurrent builds of one process may use together: each
+build reserves an estimate of its peak (``build_memory``) before it starts and waits while
+the reservations of the others would pass the budget (one build always runs, however
+large).  The server's delta builder sets the budget from ``delta_memory_bytes``.
+
 ``cancel_builds`` kills every worker this process is waiting for: a caller that is
 being stopped (the delta worker on SIGTERM) uses it so that its builds end now, with
 a ``BuildCancelled``, and their ``finally`` blocks remove their temp directories.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -21,13 +27,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from . import errors
 from .children import child_env, die_with_parent
-from .limits import Algorithm, DeltaLimits
+from .limits import Algorithm, DeltaLimits, MiB
 from .output import StrPath
 from .patches import compress_file, make_patch
 
@@ -56,6 +63,51 @@ def cancel_builds() -> int:
         except ProcessLookupError:
             pass
     return len(procs)
+
+
+def build_memory(job: Job | Literal["bundle"], old_size: int, new_size: int) -> int:
+    """A generous estimate of a build's peak memory (bytes), measured on this corpus's
+    files (docs/deltagen.md, "Memory"): suffix arrays for hdiffpatch/bsdiff4, window +
+    level-19 match-finder tables for zstd."""
+    if job == "hdiffpatch":
+        return 6 * (old_size + new_size) + 200 * MiB
+    if job == "bsdiff4":
+        return 18 * old_size + 3 * new_size + 64 * MiB
+    if job in ("zstd", "bundle"):
+        return 3 * (old_size + new_size) + 320 * MiB
+    return 256 * MiB  # compressed: a streamed level-19 pass, window <= 8 MiB
+
+
+class MemoryGate:
+    """Reservations against one budget in bytes (0: no budget)."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def set_total(self, total: int) -> None:
+        with self._cond:
+            self.total = total
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget; waits while others hold too much of it."""
+        with self._cond:
+            while self.total and self.used and self.used + nbytes > self.total:
+                self._cond.wait()
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+#: the memory budget of this process's builds (set by the server's delta builder)
+memory_gate = MemoryGate()
 
 
 @dataclass(frozen=True)

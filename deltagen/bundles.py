@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from . import zstd_prefix
+from .budget import build_memory, memory_gate
 from .digests import StreamHasher, blake3_file, is_digest
 from .errors import CorruptPatch, DeltaError, DigestMismatch, SizeExceeded, SizeMismatch
 from .limits import DEFAULT_LIMITS, DeltaLimits
@@ -224,8 +225,9 @@ def _decoded(prefix: bytes | bytearray | mmap.mmap, bundle_path: StrPath, total:
 class _Writer:
     """One member's output: hashed and counted; a temp file when ``out_dir`` is given."""
 
-    def __init__(self, member: BundleMember, out_dir: Path | None) -> None:
+    def __init__(self, member: BundleMember, out_dir: Path | None, durable: bool = True) -> None:
         self.member = member
+        self.durable = durable
         self.hasher = StreamHasher()
         self.tmp: str | None = None
         self.fh: BinaryIO | None = None
@@ -255,7 +257,8 @@ class _Writer:
             if self.fh is None or out_dir is None or self.tmp is None:
                 return None
             self.fh.flush()
-            os.fsync(self.fh.fileno())
+            if self.durable:
+                os.fsync(self.fh.fileno())
             self.fh.close()
             final = out_dir / self.member.blake3
             os.replace(self.tmp, final)
@@ -267,7 +270,7 @@ class _Writer:
 
 
 def _split(chunks: Iterator[bytes], members: list[BundleMember], out_dir: Path | None,
-           errors: dict[str, str]) -> dict[str, Path | None]:
+           errors: dict[str, str], durable: bool = True) -> dict[str, Path | None]:
     """Cut the decoded stream into members; keep those that verify, note the others."""
     done: dict[str, Path | None] = {}
     index = 0
@@ -277,7 +280,7 @@ def _split(chunks: Iterator[bytes], members: list[BundleMember], out_dir: Path |
         nonlocal index, current
         while index < len(members):
             if current is None:
-                current = _Writer(members[index], out_dir)
+                current = _Writer(members[index], out_dir, durable)
             if current.hasher.size < current.member.size:
                 return
             try:
@@ -305,7 +308,7 @@ def _split(chunks: Iterator[bytes], members: list[BundleMember], out_dir: Path |
     finally:
         if current is not None:
             current.abort()
-    if out_dir is not None and done:
+    if out_dir is not None and done and durable:
         _fsync_dir(out_dir)
     for digest in list(done):
         if digest in errors:  # a duplicate member digest that failed once: do not trust it
@@ -314,6 +317,30 @@ def _split(chunks: Iterator[bytes], members: list[BundleMember], out_dir: Path |
 
 
 # ---------------------------------------------------------------------------- build / apply
+
+def _write_bundle(base_list: list[tuple[Path, str, int]], target_list: list[tuple[Path, str, int]],
+                  prefix_size: int, total: int, out: Path, limits: DeltaLimits) -> None:
+    window_log = patch_window_log(prefix_size, total)
+    src = _Concat([t[0] for t in target_list])
+    try:
+        with atomic_output(out) as dst:
+            if base_list and zstd_prefix.available():
+                with _prefix_file([b[0] for b in base_list], out.parent) as (fd, size):
+                    zstd_prefix.compress_with_prefix(fd, size, src, total, dst, limits.zstd_level, window_log)
+            else:
+                # no prefix (only new files) or no libzstd: python-zstandard (the dictionary form
+                # is weaker than refPrefix on large prefixes; see zstd_prefix)
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    limits.zstd_level, source_size=total, window_log=window_log, enable_ldm=True,
+                    write_content_size=True, write_checksum=True, write_dict_id=False)
+                with _prefix_bytes([b[0] for b in base_list]) if base_list else contextlib.nullcontext(b"") as pre:
+                    cctx = zstandard.ZstdCompressor(
+                        dict_data=zstandard.ZstdCompressionDict(cast(bytes, pre), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+                        if len(pre) else None, compression_params=params)
+                    cctx.copy_stream(cast(BinaryIO, src), dst, size=total, read_size=CHUNK, write_size=CHUNK)
+    finally:
+        src.close()
+
 
 def build_bundle(bases: Sequence[StrPath], targets: Sequence[StrPath], out: StrPath,
                  limits: DeltaLimits = DEFAULT_LIMITS) -> BundleInfo:
@@ -338,35 +365,17 @@ def build_bundle(bases: Sequence[StrPath], targets: Sequence[StrPath], out: StrP
     for _, digest, size in target_list:
         members.append(BundleMember(digest, offset, size))
         offset += size
-    window_log = patch_window_log(prefix_size, total)
-    src = _Concat([t[0] for t in target_list])
-    try:
-        with atomic_output(out) as dst:
-            if base_list and zstd_prefix.available():
-                with _prefix_file([b[0] for b in base_list], out.parent) as (fd, size):
-                    zstd_prefix.compress_with_prefix(fd, size, src, total, dst, limits.zstd_level, window_log)
-            else:
-                # no prefix (only new files) or no libzstd: python-zstandard (the dictionary form
-                # is weaker than refPrefix on large prefixes; see zstd_prefix)
-                params = zstandard.ZstdCompressionParameters.from_level(
-                    limits.zstd_level, source_size=total, window_log=window_log, enable_ldm=True,
-                    write_content_size=True, write_checksum=True, write_dict_id=False)
-                with _prefix_bytes([b[0] for b in base_list]) if base_list else contextlib.nullcontext(b"") as pre:
-                    cctx = zstandard.ZstdCompressor(
-                        dict_data=zstandard.ZstdCompressionDict(cast(bytes, pre), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                        if len(pre) else None, compression_params=params)
-                    cctx.copy_stream(cast(BinaryIO, src), dst, size=total, read_size=CHUNK, write_size=CHUNK)
-    finally:
-        src.close()
-    try:
-        errors: dict[str, str] = {}
-        with _prefix_bytes([b[0] for b in base_list]) if base_list else contextlib.nullcontext(b"") as pre:
-            _split(_decoded(pre, out, total), members, None, errors)
-        if errors:
-            raise DigestMismatch(f"bundle does not rebuild its targets: {next(iter(errors.values()))}")
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    with memory_gate.reserve(build_memory("bundle", prefix_size, total)):  # building and checking
+        _write_bundle(base_list, target_list, prefix_size, total, out, limits)
+        try:
+            errors: dict[str, str] = {}
+            with _prefix_bytes([b[0] for b in base_list]) if base_list else contextlib.nullcontext(b"") as pre:
+                _split(_decoded(pre, out, total), members, None, errors)
+            if errors:
+                raise DigestMismatch(f"bundle does not rebuild its targets: {next(iter(errors.values()))}")
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
     return BundleInfo(blake3_file(out), out.stat().st_size, out, tuple(b[1] for b in base_list),
@@ -376,8 +385,9 @@ def build_bundle(bases: Sequence[StrPath], targets: Sequence[StrPath], out: StrP
 def apply_bundle(bases: Sequence[StrPath], bundle_path: StrPath,
                  members: Iterable[BundleMember | Mapping[str, Any]], out_dir: StrPath,
                  limits: DeltaLimits = DEFAULT_LIMITS,
-                 errors: dict[str, str] | None = None) -> dict[str, Path]:
+                 errors: dict[str, str] | None = None, durable: bool = True) -> dict[str, Path]:
     """Rebuild the members of a bundle into ``out_dir/<blake3>``; returns {blake3: path}.
+    ``durable=False``: no fsync of the members (see ``output.atomic_output``).
 
     ``bases`` are local files with the contents the recipe's ``bases`` name, in that
     order (callers verify them).  Decoding never produces more than the sum of the
@@ -396,7 +406,7 @@ def apply_bundle(bases: Sequence[StrPath], bundle_path: StrPath,
     out.mkdir(parents=True, exist_ok=True)
     nonempty = [b for b in bases if os.path.getsize(b) > 0]
     with _prefix_bytes(nonempty) if nonempty else contextlib.nullcontext(b"") as pre:
-        done = _split(_decoded(pre, bundle_path, total), parsed, out, errors)
+        done = _split(_decoded(pre, bundle_path, total), parsed, out, errors, durable)
     return {digest: path for digest, path in done.items() if path is not None}
 
 
@@ -518,12 +528,25 @@ def bundle_candidates(files: Sequence[Mapping[str, Any]],
     ``path``, ``size`` and, when it has one, ``base`` (BLAKE3) and ``base_size`` (the
     base of its best per-file patch, else the old file at the same path).  Groups: all
     changed files, then all of each kind (:func:`file_kind`) when that kind has at least
-    two files and is not already the whole set.  A group whose bases + targets pass
+    two files and is not already the whole set.
+
+    When a file carries ``best_size`` and ``best_algorithm`` (its cheapest per-file offer:
+    a patch's algorithm, or "zstd" for a compressed form, None for raw) and the build
+    policy is "auto", it joins no group if it is a native library (:func:`file_kind`)
+    whose offer is an hdiffpatch or bsdiff4 patch (a zstd frame does not beat those on
+    machine code: on the benchmark corpus such bundles cost up to 860 s each and won
+    once, by 7%), or if that offer is larger than
+    ``bundle_member_max_bytes`` (a bundle wins by sharing frame overhead and context
+    between small recipes, which large ones do not need).  A group whose bases + targets pass
     ``bundle_max_bytes`` is cut, in order, into consecutive pieces that fit (a single
     file that alone does not fit is left out of bundles).
     """
     seen_targets: dict[str, Mapping[str, Any]] = {}
     for f in files:
+        if limits.build_policy == "auto" and "best_size" in f and (
+                (f.get("best_algorithm") in ("hdiffpatch", "bsdiff4") and file_kind(f["path"]) == "native")
+                or f["best_size"] > limits.bundle_member_max_bytes):
+            continue
         seen_targets.setdefault(f["target"], f)
     entries = list(seen_targets.values())
     groups: list[tuple[str, list[Mapping[str, Any]]]] = [("all", entries)]

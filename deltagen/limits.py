@@ -36,6 +36,8 @@ class DeltaLimits:
     bundle_max_bytes: a bundle (deltagen/bundles.py) is refused, on build and on apply,
         when its bases (the prefix) plus its targets are larger.  Build memory is about
         3x this plus ~300 MiB of level-19 tables; apply memory about 2x this.
+    bundle_member_max_bytes: under the "auto" build policy, a changed file whose cheapest
+        per-file offer is larger joins no bundle (deltagen.bundles.bundle_candidates).
     hdiffpatch_max_bytes: neither old nor new may be larger for an hdiffpatch attempt,
         on build and on apply.  Build: old + new in memory, a suffix array of ~4 bytes
         per old byte, and an LZMA encoder of at most ~190 MiB (16 MiB dictionary):
@@ -45,12 +47,12 @@ class DeltaLimits:
         and its copy), all bounded by this cap.
     hdiffpatch_compressor: what the streams inside an HDiffPatch patch are compressed
         with when built: "lzma" (smaller) or "zstd" (faster to apply).  Apply reads both.
-    patch_algorithms: the patch algorithms ``best_recipes`` builds, in this order
-        (each gets what is left of ``time_budget_s``): hdiffpatch first (smallest on most
-        files and faster to build than the others), zstd (smallest on small text edits),
-        bsdiff4 last (smallest on a few large shared libraries, by ~2%; the slowest
-        build).  ("zstd", "bsdiff4") gives only recipes the stock ``zstd``/``bspatch``
-        read; ("hdiffpatch", "zstd") builds ~40% faster for ~1-2% more bytes.
+    patch_algorithms: the patch algorithms ``best_recipes`` may build.  ("zstd",
+        "bsdiff4") gives only recipes the stock ``zstd``/``bspatch`` read.
+    build_policy: "auto" builds, per file, the algorithm its content class favours and
+        the others only where they can still win (deltagen/policy.py); "exhaustive"
+        builds every one of ``patch_algorithms`` for every file, in that order (each
+        gets what is left of ``time_budget_s``).
     """
 
     bsdiff_max_bytes: int = 64 * MiB
@@ -62,9 +64,11 @@ class DeltaLimits:
     compress_level: int = 19
     max_output_bytes: int = 4 * GiB
     bundle_max_bytes: int = 256 * MiB
+    bundle_member_max_bytes: int = 64 * 1024
     hdiffpatch_max_bytes: int = 128 * MiB
     hdiffpatch_compressor: Literal["lzma", "zstd"] = "lzma"
     patch_algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4")
+    build_policy: Literal["auto", "exhaustive"] = "auto"
 
     def __post_init__(self) -> None:
         if self.zstd_patch_max_bytes > (1 << ZSTD_WINDOW_LOG_MAX):
@@ -76,6 +80,8 @@ class DeltaLimits:
                 raise ValueError(f"{name} must be 1..22")
         if self.hdiffpatch_compressor not in ("lzma", "zstd"):
             raise ValueError("hdiffpatch_compressor must be 'lzma' or 'zstd'")
+        if self.build_policy not in ("auto", "exhaustive"):
+            raise ValueError("build_policy must be 'auto' or 'exhaustive'")
         unknown = [a for a in self.patch_algorithms if a not in ALGORITHMS]
         if unknown or len(set(self.patch_algorithms)) != len(self.patch_algorithms):
             raise ValueError(f"patch_algorithms must be distinct names from {ALGORITHMS} (got {unknown})")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,17 +41,20 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: StrPath, mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_output(path: StrPath, mode: int | None = None, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a file to write; it appears at ``path`` only if the block succeeds.
 
-    ``mode``: the permission bits of the result (default: 0600, as ``mkstemp`` makes it)."""
+    ``mode``: the permission bits of the result (default: 0600, as ``mkstemp`` makes it).
+    ``durable=False`` skips the file's and the directory's fsync: for a caller that makes
+    a whole tree durable at once afterwards (the client's staging, ``sync_filesystem``)."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
@@ -58,7 +62,27 @@ def atomic_output(path: StrPath, mode: int | None = None) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
+
+
+def sync_filesystem(path: StrPath) -> bool:
+    """Flush everything written to the filesystem holding ``path`` (Linux ``syncfs``: one
+    call instead of an fsync per file; it reports writeback errors since Linux 5.8).
+    Returns False where ``syncfs`` is unavailable: the caller then fsyncs file by file."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}", os.fspath(path))
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_atomic(path: StrPath, data: bytes, mode: int = 0o644) -> None:

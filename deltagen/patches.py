@@ -59,14 +59,14 @@ def _apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
 
 def apply_patch(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath, out_path: StrPath,
                 expected_size: int, expected_blake3: str | None = None,
-                limits: DeltaLimits = DEFAULT_LIMITS) -> str:
+                limits: DeltaLimits = DEFAULT_LIMITS, durable: bool = True) -> str:
     """Apply a patch; out_path appears only if size (and digest, when given) match.
 
-    Returns the BLAKE3 of the output.
+    Returns the BLAKE3 of the output.  ``durable=False``: no fsync (see ``atomic_output``).
     """
     _check_algorithm(algorithm)
     _check_expected(expected_size, limits)
-    with atomic_output(out_path) as fh:
+    with atomic_output(out_path, durable=durable) as fh:
         sink = HashingSink(expected_size, fh)
         _apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
         return _check_result(sink, expected_size, expected_blake3)
@@ -90,10 +90,11 @@ def compress_file(src_path: StrPath, out_path: StrPath, level: int = DEFAULT_LIM
 
 def decompress_file(src_path: StrPath, out_path: StrPath, expected_size: int,
                     expected_blake3: str | None = None,
-                    limits: DeltaLimits = DEFAULT_LIMITS) -> str:
-    """Decompress a compressed object, never past expected_size; returns the BLAKE3."""
+                    limits: DeltaLimits = DEFAULT_LIMITS, durable: bool = True) -> str:
+    """Decompress a compressed object, never past expected_size; returns the BLAKE3.
+    ``durable=False``: no fsync (see ``atomic_output``)."""
     _check_expected(expected_size, limits)
-    with atomic_output(out_path) as fh:
+    with atomic_output(out_path, durable=durable) as fh:
         sink = HashingSink(expected_size, fh)
         zstd_frames.decompress_to(src_path, sink, expected_size)
         return _check_result(sink, expected_size, expected_blake3)

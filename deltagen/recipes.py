@@ -3,23 +3,27 @@
 Rule (cheapest first; each kept only if it beats the next cheaper-to-serve form):
 
 1. ``raw``: always; the object is the target itself.
-2. ``compressed`` (zstd full file): kept if verified and smaller than raw.
-3. ``patch``: tried only when the target is at least ``tiny_bytes``, for each of
-   ``limits.patch_algorithms`` (default: hdiffpatch, zstd, bsdiff4)
-   within its cap: hdiffpatch when old and new are each <= ``hdiffpatch_max_bytes``,
-   zstd patch-from when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and
-   new are each <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is
-   smaller than the compressed form (or raw when there is no compressed form).
+2. ``compressed`` (zstd full file): kept if verified and smaller than raw.  Built unless
+   the caller builds it elsewhere (``compressed=False``: the server's own compress job).
+3. ``patch``: tried only when the target is at least ``tiny_bytes``.  Which algorithms,
+   and in which order, is the build policy's (``deltagen.policy``): the one the file's
+   content class favours first, the others only where they can still win; each within
+   its cap: hdiffpatch when old and new are each <= ``hdiffpatch_max_bytes``, zstd
+   patch-from when old + new <= ``zstd_patch_max_bytes``, bsdiff4 when old and new are
+   each <= ``bsdiff_max_bytes``.  The smallest verified patch is kept if it is smaller
+   than the compressed form (or raw when there is none).  A candidate is verified
+   (applied once) only when it is smaller than everything kept so far.
 
 Builds run under one per-file ``time_budget_s`` (compressed, then the patch algorithms
 in order, each with what is left), in a killable worker process unless old + new is
-at most ``inprocess_max_bytes``; a build over a cap, over the
-budget, or failing verification is dropped and the next rule applies.  Every object
-kept has been decoded once and matched against the target's BLAKE3.
+at most ``inprocess_max_bytes``; a build over a cap, over the budget, or failing
+verification is dropped and the next rule applies.  Every object kept has been decoded
+once and matched against the target's BLAKE3.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -28,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .budget import BuildStats, build_before
+from .budget import BuildStats, build_before, build_memory, memory_gate
 from .digests import blake3_file, file_digest
 from .errors import DeltaError
 from .limits import DEFAULT_LIMITS, DeltaLimits
 from .output import StrPath
 from .patches import Algorithm, verify_compressed, verify_patch
+from .policy import FileClass, classify, patch_order, worth_another
 
 Kind = Literal["patch", "compressed", "raw"]
 
@@ -72,9 +77,10 @@ class Attempt:
     size: int | None = None
 
 
-def _candidates(old_size: int, new_size: int, limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
-    """Patch algorithms to try (``limits.patch_algorithms``, in order), each with a reason
-    it is skipped (None: try it)."""
+def _candidates(old_size: int, new_size: int, file_class: FileClass,
+                limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
+    """Patch algorithms to consider (the policy's order), each with a reason it is
+    skipped (None: try it)."""
     tiny = f"target below tiny_bytes ({limits.tiny_bytes})" if new_size < limits.tiny_bytes else None
     over = {
         "zstd": (f"old + new above zstd_patch_max_bytes ({limits.zstd_patch_max_bytes})"
@@ -84,18 +90,29 @@ def _candidates(old_size: int, new_size: int, limits: DeltaLimits) -> list[tuple
         "hdiffpatch": (f"old or new above hdiffpatch_max_bytes ({limits.hdiffpatch_max_bytes})"
                        if max(old_size, new_size) > limits.hdiffpatch_max_bytes else None),
     }
-    return [(algorithm, tiny or over[algorithm]) for algorithm in limits.patch_algorithms]
+    return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)]
 
 
 def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
                  limits: DeltaLimits = DEFAULT_LIMITS,
-                 attempts: list[Attempt] | None = None) -> list[Recipe]:
+                 attempts: list[Attempt] | None = None, *, compressed: bool = True) -> list[Recipe]:
     """Build, verify and keep the recipes for ``new_path`` from ``old_path``.
 
     Objects are written into ``workdir`` named by their BLAKE3.  Returned cheapest
     first; the last one is always raw (pointing at ``new_path``).  Pass a list as
-    ``attempts`` to learn why candidates were dropped.
+    ``attempts`` to learn why candidates were dropped or not built; ``compressed=False``
+    builds no compressed form (patches are then kept when smaller than raw).
     """
+    file_class = classify(new_path)
+    old_size, new_size = os.path.getsize(old_path), os.path.getsize(new_path)
+    jobs = [a for a, skip in _candidates(old_size, new_size, file_class, limits) if skip is None]
+    peak = max([build_memory(a, old_size, new_size) for a in jobs] + [build_memory("compressed", 0, new_size)])
+    with memory_gate.reserve(peak):  # the builds run one after the other: the largest counts
+        return _best_recipes(old_path, new_path, workdir, limits, attempts, compressed, file_class)
+
+
+def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits: DeltaLimits,
+                  attempts: list[Attempt] | None, compressed: bool, file_class: FileClass) -> list[Recipe]:
     log = attempts if attempts is not None else []
     target = file_digest(new_path)
     old_size = os.path.getsize(old_path)
@@ -106,15 +123,22 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
     kept: list[Recipe] = []
     scratch = Path(tempfile.mkdtemp(prefix=".deltagen-", dir=workdir))
     try:
-        compressed = _build_compressed(new_path, target.blake3, target.size, scratch,
-                                       limits, deadline, log)
-        bar = compressed.size if compressed is not None else raw.size
+        packed = (_build_compressed(new_path, target.blake3, target.size, scratch, limits,
+                                    file_class, deadline, log) if compressed else None)
+        bar = packed.size if packed is not None else raw.size
         base: str | None = None
         best: Recipe | None = None
-        for algorithm, skip in _candidates(old_size, target.size, limits):
+        tried = False
+        for algorithm, skip in _candidates(old_size, target.size, file_class, limits):
             if skip is not None:
                 log.append(Attempt(algorithm, f"skipped: {skip}"))
                 continue
+            if tried and not worth_another(file_class, best.size if best is not None else None,
+                                           target.size, limits):
+                log.append(Attempt(algorithm, f"not built: the {file_class} policy keeps "
+                                              f"{best.algorithm if best else '-'} ({best.size if best else '-'} B)"))
+                continue
+            tried = True
             if base is None:
                 base = blake3_file(old_path)
             out = scratch / f"patch.{algorithm}"
@@ -134,20 +158,28 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
         if best is not None:
             log.append(Attempt(best.algorithm or "patch", "kept", best.size))
             kept.append(_publish(best, workdir))
-        if compressed is not None:
-            kept.append(_publish(compressed, workdir))
+        if packed is not None:
+            kept.append(_publish(packed, workdir))
         kept.append(raw)
         return kept
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def compress_level_for(file_class: FileClass, limits: DeltaLimits) -> int:
+    """``compress_level``, except for data that is already compressed: level 3 finds what
+    little there is to find (stored archive members) at ~100x the speed of level 19."""
+    return min(limits.compress_level, 3) if file_class == "compressed" else limits.compress_level
+
+
 def _build_compressed(new_path: StrPath, target_blake3: str, target_size: int, scratch: Path,
-                      limits: DeltaLimits, deadline: float,
+                      limits: DeltaLimits, file_class: FileClass, deadline: float,
                       log: list[Attempt]) -> Recipe | None:
     out = scratch / "compressed.zstd"
+    level = compress_level_for(file_class, limits)
     try:
-        stats: BuildStats = build_before("compressed", None, new_path, out, limits, deadline)
+        stats: BuildStats = build_before("compressed", None, new_path, out,
+                                         dataclasses.replace(limits, compress_level=level), deadline)
         verify_compressed(out, target_size, target_blake3, limits)
     except DeltaError as exc:
         log.append(Attempt("compressed", f"dropped: {type(exc).__name__}: {exc}"))

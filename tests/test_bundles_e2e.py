@@ -32,7 +32,8 @@ def write_tree(dest: Path, version: int) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("bundles")
-    server = start_server(base / "store", config="delta_poll_seconds = 0.2\n")
+    # bundles of native libraries (.so) are built under the exhaustive build policy only
+    server = start_server(base / "store", config='delta_poll_seconds = 0.2\ndelta_build_policy = "exhaustive"\n')
     key = str(server.store / "keys" / "release.pem")
     for v in (0, 1):
         write_tree(base / f"t{v}", v)

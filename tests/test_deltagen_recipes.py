@@ -93,7 +93,8 @@ def test_time_budget_exceeded_falls_back_and_kills_the_build(tmp_path: Path) -> 
     # bsdiff of 12 MiB takes seconds; zstd at level 1 takes well under a second
     old, new = _similar(tmp_path, 12 << 20)
     # hdiffpatch (first by default) would take the budget that this test gives zstd
-    limits = DeltaLimits(zstd_level=1, compress_level=1, time_budget_s=2.0, patch_algorithms=("zstd", "bsdiff4"))
+    limits = DeltaLimits(zstd_level=1, compress_level=1, time_budget_s=2.0, patch_algorithms=("zstd", "bsdiff4"),
+                             build_policy="exhaustive")
     attempts: list[deltagen.Attempt] = []
     started = time.monotonic()
     recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)

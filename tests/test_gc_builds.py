@@ -34,7 +34,9 @@ def write_tree(dest: Path, version: int) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path, metadata_url: str) -> Repo:
-    r = open_repo(load_config(tmp_path / "store", metadata_url=metadata_url, delta_workers=1))
+    # bundles of .so files are built under the exhaustive build policy only
+    r = open_repo(load_config(tmp_path / "store", metadata_url=metadata_url, delta_workers=1,
+                              delta_build_policy="exhaustive"))
     init_keys(tmp_path / "store", r.meta)
     r.reload_keys()
     key = load_private_key(key_path(r.config.store, "release"))
@@ -121,7 +123,7 @@ def test_recording_an_object_gc_deleted_is_refused_and_the_build_retried(
 
 def test_fsck_reports_dangling_recipe_and_bundle_references(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    r = open_repo(load_config(store, delta_workers=1))
+    r = open_repo(load_config(store, delta_workers=1, delta_build_policy="exhaustive"))
     init_keys(store, r.meta)
     r.reload_keys()
     key = load_private_key(key_path(store, "release"))
