@@ -12,7 +12,9 @@ predictable from the file's content class:
   whose patch was also smaller), so those get HDiffPatch first.
 - ``compressed`` (a known compressed or image format by its magic, or data zstd cannot
   shrink by 5%): a patch only finds what is byte-identical; HDiffPatch does that fastest.
-- ``binary`` (anything else): HDiffPatch, then zstd patch-from (few files, no clear winner).
+- ``binary`` (anything else; on the corpus mostly locale catalogues and small data files):
+  no clear winner: HDiffPatch, then zstd patch-from where HDiffPatch's patch is over 5%
+  of the file (+0.3% bytes against building both everywhere, 19% less build time).
 
 The first algorithm of a class's order (among ``limits.patch_algorithms`` and within its
 size cap) is always built; the next ones only when nothing was kept yet (a failure, a
@@ -61,7 +63,7 @@ POLICIES: dict[FileClass, ClassPolicy] = {
     "executable": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.5),
     "text": ClassPolicy(("zstd", "hdiffpatch", "bsdiff4"), 0.25),
     "compressed": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), None),
-    "binary": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.0),
+    "binary": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.05),
 }
 
 
