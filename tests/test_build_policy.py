@@ -316,3 +316,22 @@ def test_a_release_builds_each_compressed_form_once(tmp_path: Path, monkeypatch:
     for e in parse_json(release.manifest)["signed"]["files"]:
         kinds = sorted(x["kind"] for x in r.meta.recipes_for([e["blake3"]])[e["blake3"]])
         assert kinds == ["compressed", "patch", "patch"], kinds  # from 1.0 and from 1.1
+
+
+def test_already_compressed_data_is_compressed_at_a_low_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Level 19 finds nothing more in compressed data, at ~100x the time of level 3."""
+    import deltagen.budget as budget
+    levels: list[int] = []
+    real = budget._run_job
+
+    def spy(job, old_path, new_path, out_path, limits):  # type: ignore[no-untyped-def]
+        if job == "compressed":
+            levels.append(limits.compress_level)
+        return real(job, old_path, new_path, out_path, limits)
+
+    monkeypatch.setattr(budget, "_run_job", spy)
+    rng = random.Random(8)
+    for name, data in (("archive.gz", gzip.compress(rng.randbytes(50_000))), ("notes.txt", _text(rng, 500).encode())):
+        (tmp_path / name).write_bytes(data)
+        deltagen.best_recipes(tmp_path / name, tmp_path / name, tmp_path / "w", DeltaLimits())
+    assert levels == [3, 19]
