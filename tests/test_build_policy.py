@@ -335,3 +335,16 @@ def test_already_compressed_data_is_compressed_at_a_low_level(tmp_path: Path, mo
         (tmp_path / name).write_bytes(data)
         deltagen.best_recipes(tmp_path / name, tmp_path / name, tmp_path / "w", DeltaLimits())
     assert levels == [3, 19]
+
+
+def test_the_all_bundle_is_left_out_when_the_kind_groups_hold_nearly_every_file() -> None:
+    def f(path: str) -> dict[str, object]:
+        return {"target": path.ljust(64, "0"), "path": path, "size": 1000, "base": None, "base_size": 0,
+                "best_size": 100, "best_algorithm": "zstd"}
+    split = [f(f"m{i}.py") for i in range(10)] + [f(f"d{i}.txt") for i in range(9)] + [f("x.so")]
+    names = [c.name for c in deltagen.bundle_candidates(split, DeltaLimits())]
+    assert names == ["python", "other"]  # 19 of 20 files in kind groups
+    assert [c.name for c in deltagen.bundle_candidates(split, DeltaLimits(build_policy="exhaustive"))] == [
+        "all", "python", "other"]
+    mixed = [f("a.py"), f("b.py"), f("c.txt"), f("d.so")]  # half the files in no kind group
+    assert [c.name for c in deltagen.bundle_candidates(mixed, DeltaLimits())] == ["all", "python"]
