@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from casformat.canonical import MAX_MANIFEST_BYTES
+
 SCOPES = ("report", "read", "publish", "admin")
 
 
@@ -46,7 +48,7 @@ class Config:
     http_keep_alive_seconds: int = 30
     # Limits.
     max_object_bytes: int = 16 << 30
-    max_document_bytes: int = 64 << 20
+    max_document_bytes: int = MAX_MANIFEST_BYTES  # a published manifest; may only be lowered (clients cap it there)
     max_request_json_bytes: int = 1 << 20
     max_missing_query: int = 100_000
     upload_ttl_seconds: int = 24 * 3600  # an upload idle this long is removed by the sweep
@@ -162,6 +164,9 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         raise ValueError('object_store must be "filesystem" or "s3"')
     if "webhooks" in kwargs:
         kwargs["webhooks"] = check_webhooks(kwargs["webhooks"])
+    if not 0 < kwargs.get("max_document_bytes", MAX_MANIFEST_BYTES) <= MAX_MANIFEST_BYTES:
+        raise ValueError(f"max_document_bytes must be 1..{MAX_MANIFEST_BYTES}: clients refuse a larger manifest "
+                         "(casformat's MAX_MANIFEST_BYTES)")
     config = Config(store=store_path, **kwargs)
     # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
     hashes: dict[str, str] = {}
