@@ -34,6 +34,8 @@ class Config:
     rate_limit_max_keys: int = 10_000    # keys each rate limiter keeps (memory bound; exhausted keys kept first)
     sqlite_cache_kib: int = 1024         # page cache per SQLite connection (one per thread)
     dashboard_cache_releases: int = 256  # releases whose file maps the dashboard keeps (dedup figures)
+    malloc_arena_max: int = 2            # glibc malloc arenas of `cas serve` (0: glibc's 8 per core; docs/performance.md)
+    dashboard_cache_bytes: int = 16 << 20  # ... and the manifest JSON bytes behind its parsed manifests, and its maps
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to
