@@ -23,7 +23,7 @@ stops by itself when the time is up.
 
 ``--malloc-stats`` runs the server with ``CAS_MEMTRACE_DIR`` (cas/http/memtrace.py) and sends it
 ``SIGUSR2`` at every sample: each sample then also records glibc's arena figures (held from
-the kernel / in use / free but kept).  ``--tracemalloc FRAMES`` adds ``CAS_TRACEMALLOC=FRAMES``:
+the kernel / in use / free but kept), the malloc arena count and the bytes SQLite holds.  ``--tracemalloc FRAMES`` adds ``CAS_TRACEMALLOC=FRAMES``:
 the bytes tracemalloc traces, and at the end the allocation sites that grew between sample
 K (``--warmup-sample``, default 3: past the warm-up) and the last are written next to the JSON
 (``soak-tracemalloc.txt``).  Tracing slows the server and adds its own memory to the RSS: the
@@ -193,7 +193,9 @@ class Soak:
                 out = {"n": fig["n"], "traced_mb": round(fig.get("traced_bytes", 0) / mb, 1),
                        "malloc_arena_mb": round((mi.get("arena", 0) + mi.get("hblkhd", 0)) / mb, 1),
                        "malloc_in_use_mb": round(mi.get("uordblks", 0) / mb, 1),
-                       "malloc_free_kept_mb": round(mi.get("fordblks", 0) / mb, 1)}
+                       "malloc_free_kept_mb": round(mi.get("fordblks", 0) / mb, 1),
+                       "arenas": fig.get("arenas"),
+                       "sqlite_mb": round(fig["sqlite_bytes"] / mb, 1) if fig.get("sqlite_bytes") is not None else None}
                 if "rss_after_trim_kib" in fig:
                     out["rss_before_trim_mb"] = round(fig["rss_kib"] / 1024, 1)
                     out["rss_after_trim_mb"] = round(fig["rss_after_trim_kib"] / 1024, 1)
@@ -274,7 +276,7 @@ def table(samples: list[dict[str, Any]]) -> str:
                      f"{wk.get('rss_mb', '-'):>9} {wk.get('open_files', '-'):>5}"
                      + trace_columns(s.get("trace")))
     if any("trace" in s for s in samples):
-        lines[0] += " | traced MB, malloc MB: held / in use / free kept [RSS before -> after trim]"
+        lines[0] += " | traced MB, malloc MB: held / in use / free kept, SQLite MB [RSS before -> after trim]"
     return "\n".join(lines)
 
 
@@ -282,7 +284,7 @@ def trace_columns(t: dict[str, Any] | None) -> str:
     if not t:
         return ""
     out = (f" | {t['traced_mb']:>6} {t['malloc_arena_mb']:>6} {t['malloc_in_use_mb']:>6} "
-           f"{t['malloc_free_kept_mb']:>6}")
+           f"{t['malloc_free_kept_mb']:>6} {t.get('sqlite_mb') if t.get('sqlite_mb') is not None else '-':>6}")
     if "rss_after_trim_mb" in t:
         out += f" [{t['rss_before_trim_mb']} -> {t['rss_after_trim_mb']}]"
     return out

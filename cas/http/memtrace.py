@@ -5,7 +5,8 @@ Off unless asked for.  ``CAS_MEMTRACE_DIR=DIR`` installs a ``SIGUSR2`` handler i
 :mod:`tracemalloc` before the app is built.  Each ``SIGUSR2`` writes into DIR (default: the
 current directory):
 
-- ``snapshot-NNN.json``: RSS, the number of malloc arenas, glibc's ``mallinfo2`` figures over all arenas (``arena`` +
+- ``snapshot-NNN.json``: RSS, the number of malloc arenas, the bytes SQLite holds (in
+  malloc's "in use"), glibc's ``mallinfo2`` figures over all arenas (``arena`` +
   ``hblkhd``: bytes malloc holds from the kernel; ``uordblks``: in use; ``fordblks``: free
   but kept), and with tracing the bytes tracemalloc traces, so growth of the live heap can be
   told from memory glibc keeps after it was freed,
@@ -96,6 +97,19 @@ def arena_count() -> int | None:
         return Path(tmp.name).read_text().count("<heap nr=")
 
 
+def sqlite_memory() -> int | None:
+    """Bytes SQLite holds in this process (page caches of every connection, schema, statements):
+    ``sqlite3_memory_used`` of the library the ``sqlite3`` module uses; None where it is not found."""
+    import _sqlite3
+    try:
+        lib = ctypes.CDLL(_sqlite3.__file__)  # resolves through to the linked libsqlite3
+        fn = lib.sqlite3_memory_used
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int64
+    return int(fn())
+
+
 def malloc_trim() -> bool:
     libc = _libc()
     fn = getattr(libc, "malloc_trim", None) if libc is not None else None
@@ -133,7 +147,7 @@ class MemTrace:
         self.count += 1
         stem = self.directory / f"snapshot-{self.count:03d}"
         figures: dict[str, Any] = {"n": self.count, "rss_kib": rss_kib(), "mallinfo2": mallinfo(),
-                                   "arenas": arena_count()}
+                                   "arenas": arena_count(), "sqlite_bytes": sqlite_memory()}
         if self.frames:
             figures["traced_bytes"], figures["traced_peak_bytes"] = tracemalloc.get_traced_memory()
         if self.trim:
