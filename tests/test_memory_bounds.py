@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -148,3 +150,12 @@ def test_cas_serve_keeps_to_malloc_arena_max(tmp_path: Path, monkeypatch: pytest
     # glibc's own default (malloc_arena_max = 0) gives the pool's threads arenas of their own:
     # the bound above is the setting's doing.
     assert _arenas(tmp_path / "glibc", monkeypatch, "malloc_arena_max = 0\n") > 1
+
+
+def test_a_bad_tracemalloc_setting_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "CAS_TRACEMALLOC": "lots"}
+    done = subprocess.run([sys.executable, "-m", "cas.cli", "serve", "--store", str(tmp_path / "store"),
+                           "--port", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "cas: error: CAS_TRACEMALLOC must be a number of frames (0-50), not 'lots' (bad_environment)"]

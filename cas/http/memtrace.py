@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Mapping
 
+from ..errors import Invalid
+
 log = logging.getLogger("cas.memtrace")
 
 
@@ -186,7 +188,7 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> MemTrace | Non
     except ValueError:
         frames = -1
     if not 0 <= frames <= 50:
-        raise ValueError(f"CAS_TRACEMALLOC must be a number of frames (0-50), not {raw!r}")
+        raise Invalid(f"CAS_TRACEMALLOC must be a number of frames (0-50), not {raw!r}", code="bad_environment")
     directory = env.get("CAS_MEMTRACE_DIR", "").strip()
     if not frames and not directory:
         return None
