@@ -19,6 +19,16 @@ are sampled at the start, every minute and at the end.  Prints a table and write
 stops by itself when the time is up.
 
     python benchmarks/soak.py [--minutes 30] [--clients 3] [--work DIR]
+                              [--malloc-stats] [--malloc-trim] [--tracemalloc FRAMES [--warmup-sample K]]
+
+``--malloc-stats`` runs the server with ``CAS_MEMTRACE_DIR`` (cas/http/memtrace.py) and sends it
+``SIGUSR2`` at every sample: each sample then also records glibc's arena figures (held from
+the kernel / in use / free but kept), the malloc arena count and the bytes SQLite holds.  ``--tracemalloc FRAMES`` adds ``CAS_TRACEMALLOC=FRAMES``:
+the bytes tracemalloc traces, and at the end the allocation sites that grew between sample
+K (``--warmup-sample``, default 3: past the warm-up) and the last are written next to the JSON
+(``soak-tracemalloc.txt``).  Tracing slows the server and adds its own memory to the RSS: the
+RSS of such a run is not the figure to quote.  ``--malloc-trim`` also calls ``malloc_trim(0)`` at
+each sample and records the RSS after it (what glibc gives back).
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cas.http.memtrace import diff_text  # noqa: E402
 from client.updater import Updater  # noqa: E402
 
 PRODUCT = "soak"
@@ -102,13 +114,19 @@ def worker_of(server_pid: int) -> int | None:
 
 
 class Soak:
-    def __init__(self, work: Path, clients: int) -> None:
+    def __init__(self, work: Path, clients: int, trace_frames: int = 0, malloc_stats: bool = False,
+                 malloc_trim: bool = False) -> None:
         self.work = work
         self.store = work / "store"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "CAS_ADMIN_TOKEN": ADMIN, "CAS_SERVER": self.url, "CAS_TOKEN": ADMIN,
                     "PYTHONPATH": str(ROOT)}
+        self.trace_dir = work / "tracemalloc"
+        self.dumps = bool(trace_frames or malloc_stats or malloc_trim)
+        if self.dumps:
+            self.env.update(CAS_TRACEMALLOC=str(trace_frames), CAS_MEMTRACE_DIR=str(self.trace_dir),
+                            CAS_MALLOC_TRIM="1" if malloc_trim else "0")
         self.clients = clients
         self.proc: subprocess.Popen[bytes] | None = None
         self.counts = {"releases": 0, "channel_moves": 0, "client_updates": 0, "client_failures": 0,
@@ -130,7 +148,7 @@ class Soak:
         self.proc = subprocess.Popen([sys.executable, "-m", "cas.cli", "serve", "--store", str(self.store),
                                       "--port", str(self.port)], env=self.env, cwd=ROOT, stdout=log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a loaded machine, or tracemalloc, makes the start slow
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
@@ -159,11 +177,40 @@ class Soak:
                 return round(float(line.split()[1]) / (1 << 20), 1)
         return None
 
+    def trace_dump(self) -> dict[str, Any] | None:
+        """SIGUSR2 the server (CAS_TRACEMALLOC) and read the figures of the dump it writes."""
+        assert self.proc is not None
+        have = len(list(self.trace_dir.glob("snapshot-*.json")))
+        self.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = sorted(self.trace_dir.glob("snapshot-*.json"))
+            if len(done) > have:
+                time.sleep(0.2)  # the JSON is written last, in one call
+                fig = json.loads(done[-1].read_text())
+                mb = 1 << 20
+                mi = fig.get("mallinfo2") or {}
+                out = {"n": fig["n"], "traced_mb": round(fig.get("traced_bytes", 0) / mb, 1),
+                       "malloc_arena_mb": round((mi.get("arena", 0) + mi.get("hblkhd", 0)) / mb, 1),
+                       "malloc_in_use_mb": round(mi.get("uordblks", 0) / mb, 1),
+                       "malloc_free_kept_mb": round(mi.get("fordblks", 0) / mb, 1),
+                       "arenas": fig.get("arenas"),
+                       "sqlite_mb": round(fig["sqlite_bytes"] / mb, 1) if fig.get("sqlite_bytes") is not None else None}
+                if "rss_after_trim_kib" in fig:
+                    out["rss_before_trim_mb"] = round(fig["rss_kib"] / 1024, 1)
+                    out["rss_after_trim_mb"] = round(fig["rss_after_trim_kib"] / 1024, 1)
+                return out
+            time.sleep(0.2)
+        return None
+
     def sample(self, started: float) -> dict[str, Any]:
         assert self.proc is not None
-        return {"minute": round((time.monotonic() - started) / 60, 2), **self.counts,
-                "server": proc_stats(self.proc.pid), "small_object_cache_mb": self.cache_mb(),
-                "worker": proc_stats(worker_of(self.proc.pid))}
+        out = {"minute": round((time.monotonic() - started) / 60, 2), **self.counts,
+               "server": proc_stats(self.proc.pid), "small_object_cache_mb": self.cache_mb(),
+               "worker": proc_stats(worker_of(self.proc.pid))}
+        if self.dumps:
+            out["trace"] = self.trace_dump()
+        return out
 
     def publish(self, version: int) -> str:
         tree = self.work / "trees" / str(version)
@@ -226,8 +273,21 @@ def table(samples: list[dict[str, Any]]) -> str:
         lines.append(f"{s['minute']:>6} {s['releases']:>8} {s['client_updates']:>7} {s['reads']:>7} | "
                      f"{srv.get('rss_mb', '-'):>9} {srv.get('open_files', '-'):>5} {srv.get('threads', '-'):>4} "
                      f"{s.get('small_object_cache_mb') if s.get('small_object_cache_mb') is not None else '-':>8} | "
-                     f"{wk.get('rss_mb', '-'):>9} {wk.get('open_files', '-'):>5}")
+                     f"{wk.get('rss_mb', '-'):>9} {wk.get('open_files', '-'):>5}"
+                     + trace_columns(s.get("trace")))
+    if any("trace" in s for s in samples):
+        lines[0] += " | traced MB, malloc MB: held / in use / free kept, SQLite MB [RSS before -> after trim]"
     return "\n".join(lines)
+
+
+def trace_columns(t: dict[str, Any] | None) -> str:
+    if not t:
+        return ""
+    out = (f" | {t['traced_mb']:>6} {t['malloc_arena_mb']:>6} {t['malloc_in_use_mb']:>6} "
+           f"{t['malloc_free_kept_mb']:>6} {t.get('sqlite_mb') if t.get('sqlite_mb') is not None else '-':>6}")
+    if "rss_after_trim_mb" in t:
+        out += f" [{t['rss_before_trim_mb']} -> {t['rss_after_trim_mb']}]"
+    return out
 
 
 def main() -> int:
@@ -236,9 +296,17 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir, removed)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                    help="trace the server's allocations (CAS_TRACEMALLOC) and diff them at the end")
+    ap.add_argument("--malloc-stats", action="store_true",
+                    help="record glibc's arena figures at each sample (CAS_MEMTRACE_DIR, no tracing)")
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="call malloc_trim(0) in the server at each sample, recording RSS before and after")
+    ap.add_argument("--warmup-sample", type=int, default=3, help="with --tracemalloc: diff from this sample")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cas-soak-"))
-    soak = Soak(work, args.clients)
+    soak = Soak(work, args.clients, args.tracemalloc, args.malloc_stats, args.malloc_trim)
+    diff = ""
     samples: list[dict[str, Any]] = []
     try:
         soak.start()
@@ -281,6 +349,14 @@ def main() -> int:
                     next_sample += 60
         samples.append(soak.sample(started))
         print(table(samples).splitlines()[-1], flush=True)
+        if args.tracemalloc:
+            snaps = sorted(soak.trace_dir.glob("snapshot-*.pickle"))
+            k = min(args.warmup_sample, len(snaps) - 1)
+            if k >= 0 and len(snaps) > 1:
+                diff = (f"# server allocations that grew from sample {k} (minute {samples[k]['minute']}) "
+                        f"to the last (minute {samples[-1]['minute']}), {args.tracemalloc} frames\n"
+                        + diff_text(tracemalloc.Snapshot.load(str(snaps[k])),
+                                    tracemalloc.Snapshot.load(str(snaps[-1]))))
     finally:
         soak.stop()
         if args.work is None:
@@ -291,11 +367,17 @@ def main() -> int:
               "phase_seconds": {k: round(v, 1) for k, v in soak.phase_seconds.items()},
               "server_rss_mb": {"start": first["server"]["rss_mb"], "end": last["server"]["rss_mb"]},
               "server_open_files": {"start": first["server"]["open_files"], "end": last["server"]["open_files"]},
+              "tracemalloc_frames": args.tracemalloc, "malloc_stats": soak.dumps, "malloc_trim": args.malloc_trim,
+              "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
               "samples": samples}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n" + table(samples))
     print("seconds per phase: " + ", ".join(f"{k} {v:.0f}" for k, v in soak.phase_seconds.items()))
+    if diff:
+        diff_out = args.out.with_name(args.out.stem + "-tracemalloc.txt")
+        diff_out.write_text(diff)
+        print(f"wrote {diff_out}")
     print(f"\nwrote {args.out}")
     return 0
 

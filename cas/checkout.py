@@ -10,7 +10,10 @@ as before: a file is hardlinked to the object itself when its read-only mode is
 ``STORE/variants/{mode}/ab/cdef...`` made once per (object, mode).  Such a
 checkout is recorded in ``STORE/checkout-records/`` (destination, release, which file
 links which object) so that ``cas fsck`` can name the checkouts that share the
-inode of an object it found damaged (``damaged_checkouts``).  Where links cannot
+inode of an object it found damaged (``damaged_checkouts``).  ``cas fsck`` re-hashes the
+per-mode variants too (``fsck_variants``): a damaged variant is moved to
+``STORE/quarantine/`` (a later checkout makes it again from the object) and the checkouts
+sharing its inode are named the same way.  Where links cannot
 be made (another filesystem) files are copied.  The tree is built beside DEST and
 renamed into place when complete.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from casformat.canonical import parse_json
+from deltagen.digests import hash_stream, is_digest
 from deltagen.output import fsync_dir, write_atomic
 
 from .errors import Conflict
@@ -66,6 +70,63 @@ def _variant(repo: Repo, digest: str, mode: int) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def variants_dir(repo: Repo) -> Path:
+    return Path(repo.config.store) / "variants"
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """What ``fsck_variants`` checked and found: ``corrupt`` lists {mode, digest, path} (the
+    path it had), ``quarantined`` where each went."""
+    checked: int
+    bytes: int
+    corrupt: list[dict[str, str]]
+    quarantined: list[str]
+
+
+def fsck_variants(repo: Repo, quarantine: bool = True) -> VariantReport:
+    """Re-hash every per-mode variant of ``--hardlink`` checkouts (``STORE/variants/{mode}/``).
+
+    A variant whose bytes no longer hash to its name (a write through a hardlink checkout)
+    is moved to ``STORE/quarantine/variant-{mode}-{digest}.{time}``, keeping its inode so
+    ``damaged_checkouts`` can name the checkouts that share it; the next checkout that needs
+    it makes it again from the object.  A variant that lost its read-only mode gets it back."""
+    root = variants_dir(repo)
+    checked = total = 0
+    corrupt: list[dict[str, str]] = []
+    moved: list[str] = []
+    modes = sorted(root.iterdir()) if root.is_dir() else []
+    for mode_dir in modes:
+        try:
+            mode = int(mode_dir.name, 8)
+        except ValueError:
+            continue
+        if not mode_dir.is_dir() or mode & ~0o555:
+            continue
+        for shard in sorted(mode_dir.iterdir()):
+            if not shard.is_dir() or len(shard.name) != 2:
+                continue
+            for path in sorted(shard.iterdir()):
+                digest = shard.name + path.name
+                if not is_digest(digest) or not path.is_file():
+                    continue
+                with open(path, "rb") as fh:
+                    h = hash_stream(fh)
+                checked += 1
+                total += h.size
+                if h.blake3 != digest:
+                    corrupt.append({"mode": f"{mode:o}", "digest": digest, "path": str(path)})
+                    if quarantine:
+                        target = Path(repo.config.store) / "quarantine" / f"variant-{mode:o}-{digest}.{int(time.time())}"
+                        target.parent.mkdir(exist_ok=True)
+                        os.replace(path, target)
+                        fsync_dir(path.parent)
+                        moved.append(str(target))
+                elif os.stat(path).st_mode & 0o7777 != mode:
+                    os.chmod(path, mode)
+    return VariantReport(checked, total, corrupt, moved)
 
 
 def records_dir(repo: Repo) -> Path:
@@ -137,12 +198,24 @@ def _records(repo: Repo) -> list[dict[str, Any]]:
     return out
 
 
-def damaged_checkouts(repo: Repo, report: FsckReport) -> list[dict[str, Any]]:
-    """For each object ``fsck`` found corrupt, the recorded hardlink checkouts whose file
-    still shares that object's inode (the likely way the object was damaged)."""
-    if not report.corrupt:
+def damaged_checkouts(repo: Repo, report: FsckReport, variants: VariantReport | None = None
+                      ) -> list[dict[str, Any]]:
+    """For each object ``fsck`` found corrupt, and each corrupt per-mode variant
+    (``fsck_variants``; its entries carry ``variant``: the mode), the recorded hardlink
+    checkouts whose file still shares its inode (the likely way it was damaged)."""
+    bad_variants = variants.corrupt if variants is not None else []
+    if not report.corrupt and not bad_variants:
         return []
     inodes: dict[tuple[int, int], str] = {}
+    variant_inodes: dict[tuple[int, int], dict[str, str]] = {}
+    for i, bad in enumerate(bad_variants):
+        assert variants is not None
+        where = variants.quarantined[i] if len(variants.quarantined) == len(bad_variants) else bad["path"]
+        try:
+            held = os.stat(where)
+        except OSError:
+            continue
+        variant_inodes[(held.st_dev, held.st_ino)] = bad
     files = report.quarantined if report.quarantined else []
     for digest in report.corrupt:
         moved = [Path(q) for q in files if Path(q).name.startswith(digest + ".")]
@@ -164,4 +237,8 @@ def damaged_checkouts(repo: Repo, report: FsckReport) -> list[dict[str, Any]]:
             if hit is not None:
                 found.append({"digest": hit, "checkout": record["dest"], "product": record["product"],
                               "version": record["version"], "path": rel})
+            variant = variant_inodes.get((st.st_dev, st.st_ino))
+            if variant is not None:
+                found.append({"digest": variant["digest"], "variant": variant["mode"], "checkout": record["dest"],
+                              "product": record["product"], "version": record["version"], "path": rel})
     return found

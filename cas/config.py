@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping, cast
 
 from deltagen.limits import Algorithm, DeltaLimits
 
+from casformat.canonical import MAX_MANIFEST_BYTES
+
 SCOPES = ("report", "read", "publish", "admin")
 
 
@@ -34,6 +36,8 @@ class Config:
     rate_limit_max_keys: int = 10_000    # keys each rate limiter keeps (memory bound; exhausted keys kept first)
     sqlite_cache_kib: int = 1024         # page cache per SQLite connection (one per thread)
     dashboard_cache_releases: int = 256  # releases whose file maps the dashboard keeps (dedup figures)
+    malloc_arena_max: int = 2            # glibc malloc arenas of `cas serve` (0: glibc's 8 per core; docs/performance.md)
+    dashboard_cache_bytes: int = 16 << 20  # ... and the manifest JSON bytes behind its parsed manifests, and its maps
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to
@@ -48,7 +52,7 @@ class Config:
     http_keep_alive_seconds: int = 30
     # Limits.
     max_object_bytes: int = 16 << 30
-    max_document_bytes: int = 64 << 20
+    max_document_bytes: int = MAX_MANIFEST_BYTES  # a published manifest; may only be lowered (clients cap it there)
     max_request_json_bytes: int = 1 << 20
     max_missing_query: int = 100_000
     upload_ttl_seconds: int = 24 * 3600  # an upload idle this long is removed by the sweep
@@ -178,6 +182,9 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         raise ValueError('object_store must be "filesystem" or "s3"')
     if "webhooks" in kwargs:
         kwargs["webhooks"] = check_webhooks(kwargs["webhooks"])
+    if not 0 < kwargs.get("max_document_bytes", MAX_MANIFEST_BYTES) <= MAX_MANIFEST_BYTES:
+        raise ValueError(f"max_document_bytes must be 1..{MAX_MANIFEST_BYTES}: clients refuse a larger manifest "
+                         "(casformat's MAX_MANIFEST_BYTES)")
     config = Config(store=store_path, **kwargs)
     config.delta_limits()  # a bad delta setting is refused here, with DeltaLimits's message
     # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}

@@ -310,7 +310,7 @@ def _retry(repo: Repo, owner: str, base: str, target: str, exc: ObjectsBeingDele
     repo.meta.retry_job(base, target, owner, repo.config.delta_max_attempts, f"{type(exc).__name__}: {exc}")
 
 
-def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
+def run_one(repo: Repo, owner: str, limits: DeltaLimits, stop: threading.Event | None = None) -> bool:
     """Claim and build one job; False when the queue is empty (or only waits).
 
     A database outage (``MetadataUnavailable``) while the claimed job is built or recorded
@@ -318,7 +318,7 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
     (``_give_back``), instead of leaving it ``running`` for its whole lease; False then.
     An outage before a job is claimed raises, and ``DeltaBuilder`` backs off.  Recording an
     object GC deleted meanwhile is refused (``ObjectsBeingDeleted``) and the job is queued
-    again (``_retry``)."""
+    again (``_retry``).  ``stop`` (the builder's) cuts the waits of ``_give_back`` short."""
     job = repo.meta.claim_job(owner, lease_seconds(repo), repo.config.delta_max_attempts)
     if job is None:
         return False
@@ -344,14 +344,17 @@ def run_one(repo: Repo, owner: str, limits: DeltaLimits) -> bool:
             raise
         log.warning("delta build %s -> %s: the metadata database is unavailable (%s); giving the job back",
                     base[:12], target[:12], exc)
-        _give_back(repo, owner, base, target)
+        _give_back(repo, owner, base, target, stop)
         return False
 
 
-def _give_back(repo: Repo, owner: str, base: str, target: str) -> None:
+def _give_back(repo: Repo, owner: str, base: str, target: str, stop: threading.Event | None = None) -> None:
     """Put a claimed job back in the queue, retrying with backoff while the database is down
     (``delta_db_backoff_seconds``, doubled up to ``delta_db_max_backoff_seconds``, at most
-    ``delta_db_attempts`` tries); past that the job's lease returns it to the queue."""
+    ``delta_db_attempts`` tries); past that the job's lease returns it to the queue.  The
+    waits end when ``stop`` is set (the builder is stopping): the job then stays with its
+    lease, and ``release_jobs`` on the way out or ``requeue_dead`` at the next start returns it."""
+    stop = stop if stop is not None else threading.Event()
     delay = repo.config.delta_db_backoff_seconds
     for attempt in range(repo.config.delta_db_attempts):
         try:
@@ -362,7 +365,9 @@ def _give_back(repo: Repo, owner: str, base: str, target: str) -> None:
                 log.warning("could not give back delta job %s -> %s: %s (its lease will)", base[:12],
                             target[:12], exc)
                 return
-        time.sleep(delay)
+        if stop.wait(delay):
+            log.warning("delta job %s -> %s not given back: the builder is stopping", base[:12], target[:12])
+            return
         delay = min(delay * 2, repo.config.delta_db_max_backoff_seconds)
 
 
@@ -422,7 +427,7 @@ class DeltaBuilder:
 
     def _run_safe(self) -> bool:
         try:
-            done = run_one(self.repo, self.owner, self.limits)
+            done = run_one(self.repo, self.owner, self.limits, self._stop)
         except Exception as exc:
             if metadata_unavailable(exc) is None:
                 log.exception("delta build crashed")

@@ -27,6 +27,10 @@ from .errors import (
 from .objectstore import Ingested
 from .repo import Repo
 
+#: bytes an append of unknown length reserves at a time against its token's quota (one
+#: transaction each; a declared length, Content-Range, is reserved whole before the body)
+RESERVE_STEP = 8 << 20
+
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
@@ -94,21 +98,20 @@ class Uploads:
             fh.seek(offset)
             written = 0
             limit = self.repo.config.max_object_bytes
-            quota = self.repo.config.upload_max_bytes_per_token
-            allowed = quota - self.repo.meta.upload_bytes(owner, excluding=upload_id)
             expected = None if end is None or start is None else end - start + 1
+            reserved = offset
             try:
+                if expected is not None and offset + expected <= limit:
+                    reserved = self._reserve(upload_id, owner, offset + expected, offset + expected)
                 async for chunk in body:
                     if offset + written + len(chunk) > limit:
                         raise TooLarge(f"upload exceeds the object limit of {limit} bytes")
-                    if offset + written + len(chunk) > allowed:
-                        raise TooLarge(f"this token's uploads in progress would exceed {quota} bytes "
-                                       "(upload_max_bytes_per_token); complete or cancel some first",
-                                       detail={"quota": "upload_max_bytes_per_token", "limit": quota},
-                                       code="upload_quota")
                     if expected is not None and written + len(chunk) > expected:
                         raise Invalid(f"body is longer than Content-Range declares ({expected})",
                                       code="size_mismatch")
+                    if offset + written + len(chunk) > reserved:
+                        reserved = self._reserve(upload_id, owner, offset + written + len(chunk),
+                                                 min(offset + written + len(chunk) + RESERVE_STEP, limit))
                     _write_all(fh.fileno(), chunk)
                     if hasher is not None:
                         hasher.update(chunk)
@@ -121,14 +124,31 @@ class Uploads:
                 # 507 by cas/http/errors.handle_outage).
                 self._hashers.pop(upload_id, None)
                 os.ftruncate(fh.fileno(), offset)
+                if reserved != offset:  # give back what this append reserved
+                    self.repo.meta.touch_upload(upload_id, offset)
                 raise
             if hasher is not None:
                 self._hashers[upload_id] = hasher
             else:
                 self._hashers.pop(upload_id, None)
-            # Touch while still holding the lock, so a sweep cannot find it stale in between.
+            # Touch while still holding the lock, so a sweep cannot find it stale in between;
+            # the upload now holds what it has (the rest of the reservation is given back).
             self.repo.meta.touch_upload(upload_id, offset + written)
         return offset + written
+
+    def _reserve(self, upload_id: str, owner: str, need: int, want: int) -> int:
+        """Reserve ``want`` bytes for the upload (at least ``need``) within its token's
+        ``upload_max_bytes_per_token``: the check and the reservation are one transaction
+        (``reserve_upload_bytes``), so parallel appends of one token cannot overshoot it.
+        Returns the bytes reserved; 413 ``upload_quota`` when ``need`` does not fit."""
+        quota = self.repo.config.upload_max_bytes_per_token
+        for size in dict.fromkeys((want, need)):
+            if self.repo.meta.reserve_upload_bytes(upload_id, owner, size, quota):
+                return size
+        self._still_recorded(upload_id)
+        raise TooLarge(f"this token's uploads in progress would exceed {quota} bytes "
+                       "(upload_max_bytes_per_token); complete or cancel some first",
+                       detail={"quota": "upload_max_bytes_per_token", "limit": quota}, code="upload_quota")
 
     def _still_recorded(self, upload_id: str) -> None:
         """After taking the lock: the upload may have been expired or cancelled meanwhile."""

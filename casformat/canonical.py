@@ -14,6 +14,11 @@ from deltagen.digests import blake3_bytes
 from .errors import DocumentError, DocumentTooLarge
 
 MAX_DOCUMENT_BYTES = 64 << 20  # a manifest of ~200k files fits
+#: The one cap on a manifest envelope's canonical bytes: what the server takes at publish
+#: (``max_document_bytes`` may only lower it), what a client accepts over the network, full
+#: or rebuilt from a delta (``max_manifest_bytes`` may only lower it), and what it reads
+#: back from its cache.
+MAX_MANIFEST_BYTES = MAX_DOCUMENT_BYTES
 MAX_DEPTH = 32
 
 

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from casformat.canonical import MAX_MANIFEST_BYTES
+
 if TYPE_CHECKING:
     from casformat.cms import CmsPolicy
 
@@ -36,7 +38,7 @@ class ClientConfig:
     # Documents without a size in signed metadata are capped.
     max_channel_bytes: int = 64 << 10       # the server signs at most rollout_max_document_bytes (60 KiB)
     max_root_bytes: int = 1 << 20
-    max_manifest_bytes: int = 64 << 20
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES  # may only be lowered: the cache is read with casformat's cap
     max_delta_bytes: int = 128 << 20
     max_root_rotations: int = 32
     free_space_factor: float = 2.0
@@ -48,6 +50,11 @@ class ClientConfig:
     cms_trust_anchors: str | None = None
     require_cms: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_manifest_bytes <= MAX_MANIFEST_BYTES:
+            raise ValueError(f"max_manifest_bytes must be 1..{MAX_MANIFEST_BYTES} (casformat's MAX_MANIFEST_BYTES), "
+                             f"not {self.max_manifest_bytes}")
 
     def cms_policy(self) -> CmsPolicy | None:
         """The CMS policy for ``trust.accept_manifest`` (``None`` when not configured); fails closed."""

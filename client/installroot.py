@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import IO, Any
 
-from casformat.canonical import parse_json
+from casformat.canonical import MAX_MANIFEST_BYTES, parse_json
 from casformat.paths import MAX_ROOT_BYTES, check_name
 from deltagen.output import fsync_dir, write_atomic
 
@@ -204,7 +204,8 @@ class InstallRoot:
         path = self.manifest_path(version)
         if not path.exists():
             return None
-        envelope: dict[str, Any] = parse_json(path.read_bytes())
+        # The cap every accepted manifest was held to (ClientConfig.max_manifest_bytes <= it).
+        envelope: dict[str, Any] = parse_json(path.read_bytes(), max_bytes=MAX_MANIFEST_BYTES)
         return envelope
 
     def remove_version(self, version: str) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casformat.canonical import document_digest, parse_json
+from casformat.canonical import canonical_bytes, document_digest, parse_json
 from casformat.errors import DocumentError
 from casformat.manifest_delta import rebuild_target, usable_recipes
 from casformat.roots import Root, verify_first_root, verify_next_root
@@ -135,6 +135,11 @@ async def fetch_target(layout: InstallRoot, config: ClientConfig, fetcher: Fetch
                 expected = digest or delta["to"]["manifest"]
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise DocumentError(f"malformed delta: {type(exc).__name__}: {exc}") from None
+            # The manifest a delta rebuilds is held to the cap of a full one (and of the cache).
+            size = len(canonical_bytes(envelope))
+            if size > config.max_manifest_bytes:
+                raise DocumentError(f"the manifest rebuilt from the delta has {size} bytes, over the cap of "
+                                    f"{config.max_manifest_bytes} (max_manifest_bytes)")
             accept_manifest(root, envelope, expected, config.cms_policy())
             check_identity(signed, config.product, version)
             return Target(envelope, checked_recipes(delta.get("recipes"), signed, log), True)

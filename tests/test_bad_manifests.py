@@ -348,3 +348,19 @@ def test_signature_checked_before_the_tree(srv: Server) -> None:
     assert "signature" in error["message"]
     # Signed by the trusted key, the same tree is refused for its tree.
     refused(srv, signed_body(srv, signed), 422, "invalid_manifest", "escape")
+
+
+def test_max_document_bytes_may_only_lower_the_manifest_cap(tmp_path: Path) -> None:
+    """The server may not take manifests its clients refuse: casformat's MAX_MANIFEST_BYTES
+    is the most ``max_document_bytes`` may be (the default), and a store asking for more is
+    refused when its config is read."""
+    from cas.config import load_config
+    from casformat.canonical import MAX_MANIFEST_BYTES
+    store = tmp_path / "store"
+    store.mkdir()
+    assert load_config(store, env={}).max_document_bytes == MAX_MANIFEST_BYTES
+    (store / "config.toml").write_text(f"max_document_bytes = {MAX_MANIFEST_BYTES + 1}\n")
+    with pytest.raises(ValueError, match="max_document_bytes"):
+        load_config(store, env={})
+    (store / "config.toml").write_text("max_document_bytes = 65536\n")
+    assert load_config(store, env={}).max_document_bytes == 65536

@@ -174,6 +174,44 @@ def test_checkout_has_its_own_inodes_and_hardlinks_are_named_by_fsck(tree: Path,
                                                "product": "app", "version": "4.0.0", "path": str(readme)}]
 
 
+def test_fsck_checks_the_per_mode_variants_of_hardlink_checkouts(tree: Path, tmp_path: Path) -> None:
+    """An executable in a `--hardlink` checkout links a per-mode copy of its object
+    (STORE/variants/555/...), not the object: a write through it damages the variant, which
+    later hardlink checkouts would share.  `cas fsck` re-hashes the variants, names the damaged
+    one and the checkout sharing it, quarantines it, and the next checkout makes it afresh."""
+    own = tmp_path / "own-store"
+    run_cas("keys", "init", "--store", str(own))
+    run_cas("publish", str(tree), "--product", "app", "--version", "4.0.0", "--store", str(own))
+    app = Path("bin/app")
+    original = (tree / app).read_bytes()
+    linked = tmp_path / "linked"
+    run_cas("checkout", "app", "4.0.0", str(linked), "--store", str(own), "--hardlink")
+    [variant] = [p for p in (own / "variants").rglob("*") if p.is_file() and p.read_bytes() == original]
+    assert variant.parent.parent.name == "555" and os.stat(linked / app).st_ino == os.stat(variant).st_ino
+    assert run_cas("fsck", "--store", str(own), check=False).returncode == 0   # clean so far
+
+    os.chmod(linked / app, 0o755)
+    (linked / app).write_bytes(b"#!/bin/sh\necho corrupted through a hardlink checkout\n")
+    human = run_cas("fsck", "--store", str(own), "--no-quarantine", check=False)
+    assert human.returncode == 1, human.stdout
+    digest = variant.parent.name + variant.name
+    assert f"corrupt variant 555 of {digest}" in human.stdout
+    assert f"variant 555 of {digest} shares its inode with {linked.resolve()}/{app}" in human.stdout
+    assert variant.exists()                                                      # --no-quarantine: left
+    fsck = run_cas("fsck", "--store", str(own), "--json", check=False)
+    assert fsck.returncode == 1
+    report = json.loads(fsck.stdout)
+    assert report["corrupt"] == []                                               # the object is intact
+    assert [v["digest"] for v in report["variants"]["corrupt"]] == [digest]
+    assert report["damaged_in_checkouts"] == [{"digest": digest, "variant": "555", "checkout": str(linked.resolve()),
+                                               "product": "app", "version": "4.0.0", "path": str(app)}]
+    assert not variant.exists() and len(report["variants"]["quarantined"]) == 1
+    again = tmp_path / "again"
+    run_cas("checkout", "app", "4.0.0", str(again), "--store", str(own), "--hardlink")
+    assert (again / app).read_bytes() == original                                # made again from the object
+    assert run_cas("fsck", "--store", str(own), check=False).returncode == 0
+
+
 def test_publish_to_a_closed_port_is_one_line_after_retries(tree: Path, tmp_path: Path) -> None:
     """Issue 14 item 5: an unreachable server is retried (bounded) and then one line with its
     code and exit status 1, never a traceback (the first request bypassed the retrying helper)."""

@@ -21,6 +21,7 @@ import pytest
 from conftest import READ, Server, start_server
 from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
+from casformat.canonical import MAX_MANIFEST_BYTES, canonical_bytes
 from client.config import ClientConfig
 from client.errors import ClientError, DownloadError
 from client.fetcher import Fetcher
@@ -343,6 +344,33 @@ def test_endless_manifest_is_cut(world: World, proxy: HostileProxy, tmp_path: Pa
     cli = run_cli(root, "update", "--json", timeout=30)
     assert cli.rc != 0 and "cap" in cli.err, cli.err
     assert cli.seconds < 15 and cli.maxrss_kb < 300 * 1024
+
+
+def test_a_manifest_rebuilt_from_a_delta_is_held_to_the_manifest_cap(world: World, proxy: HostileProxy,
+                                                                   tmp_path: Path) -> None:
+    """A fresh install takes its manifest from the delta from nothing: the manifest that
+    delta rebuilds is held to ``max_manifest_bytes`` as a full one is (and every accepted
+    manifest is then readable from the cache, whose cap is casformat's ``MAX_MANIFEST_BYTES``,
+    the most ``max_manifest_bytes`` may be)."""
+    size = len(canonical_bytes(world.manifests["1.2.0"]))
+    root = tmp_path / "c"
+    up = init_client(root, [proxy.url], world.server.store, max_manifest_bytes=size - 1, fresh_install_delta=True)
+    with pytest.raises(DownloadError, match="cap"):
+        up.update()
+    assert current(root) is None
+    assert proxy.seen(r"/releases/1\.2\.0/delta")  # the delta was fetched, then refused
+    set_config(root, max_manifest_bytes=size)
+    Updater(root).update()
+    assert current(root) == "1.2.0"
+    assert Updater(root).layout.cached_manifest("1.2.0") == world.manifests["1.2.0"]
+
+
+def test_max_manifest_bytes_cannot_exceed_the_cap_the_cache_is_read_with() -> None:
+    ClientConfig(servers=("http://x",), product="app", channel="stable", client_id="c",
+                 max_manifest_bytes=MAX_MANIFEST_BYTES)
+    with pytest.raises(ValueError, match="max_manifest_bytes"):
+        ClientConfig(servers=("http://x",), product="app", channel="stable", client_id="c",
+                     max_manifest_bytes=MAX_MANIFEST_BYTES + 1)
 
 
 @pytest.mark.parametrize("kind,params", [("huge_length", {"length": 10 << 30}),

@@ -132,3 +132,28 @@ def test_claim_during_an_outage_backs_off_without_crashing(tmp_path: Path, postg
     assert builder._run_safe() is False      # the queue is empty: nothing to do
     assert builder.backoff == 0
     repo.meta.close_all()
+
+
+def test_giving_a_job_back_during_an_outage_stops_at_once_when_asked(tmp_path: Path, postgres_url: str,
+                                                                   cluster: Cluster) -> None:
+    """The retry waits of ``_give_back`` wait on the builder's stop event: a SIGTERM of the
+    worker during an outage ends it now, not after the backoff (1+2+4+... s, up to minutes)."""
+    repo = open_repo(load_config(tmp_path / "store", metadata_url=postgres_url,
+                                 delta_db_backoff_seconds=30.0, delta_db_attempts=5))
+    stop = threading.Event()
+    ended = threading.Event()
+
+    def give_back() -> None:
+        deltas._give_back(repo, deltas.owner_id(), "", "0" * 64, stop)
+        ended.set()
+
+    cluster.stop()
+    try:
+        worker = threading.Thread(target=give_back, daemon=True)
+        worker.start()
+        assert not ended.wait(1.0)  # the database is down: it waits to try again
+        stop.set()
+        assert ended.wait(10.0), "_give_back kept sleeping after the stop event was set"
+    finally:
+        cluster.start()
+    repo.meta.close_all()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -318,6 +318,12 @@ def test_missing_bad_body_is_4xx_json(srv: Server, body: bytes) -> None:
 # ----------------------------------------------------------------------------------------- curl
 
 def test_curl_resumes_an_interrupted_download(srv: Server, tmp_path: Path) -> None:
+    """curl is cut off after a known prefix, then ``curl -C -`` resumes it (206).
+
+    The cut is made by the test, not by a clock: the first curl writes to a pipe the test
+    reads, so it can get no further than the test lets it (the pipe fills); the test keeps
+    the first 128 KiB in the file and kills curl.  (This waited for a rate-limited curl to
+    have written 128 KiB within 10 s: under load curl had often not started by then.)"""
     assert shutil.which("curl"), "curl is not installed (.ci/run installs it)"
     big = os.urandom(8 << 20)
     digest = blake3_bytes(big)
@@ -325,20 +331,25 @@ def test_curl_resumes_an_interrupted_download(srv: Server, tmp_path: Path) -> No
         assert http.put(f"/v1/objects/{digest}", content=big).status_code == 201
     url = f"{srv.url}/v1/objects/{digest}"
     out = tmp_path / "object"
-    slow = subprocess.Popen(["curl", "-sS", "--limit-rate", "256K", "-o", str(out), url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = 128 << 10
+    first = subprocess.Popen(["curl", "-sS", "-o", "-", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             bufsize=0)
+    assert first.stdout is not None
+    got = b""
     try:
-        deadline = time.monotonic() + 10
-        while (not out.exists() or out.stat().st_size < (128 << 10)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while len(got) < prefix:
+            ready, _, _ = select.select([first.stdout], [], [], 120)  # a safety net: curl never stops by itself
+            assert ready, f"curl sent nothing for 120 s after {len(got)} bytes"
+            chunk = os.read(first.stdout.fileno(), prefix - len(got))
+            assert chunk, f"curl ended after {len(got)} bytes: {first.stderr.read() if first.stderr else ''!r}"
+            got += chunk
     finally:
-        slow.send_signal(signal.SIGKILL)
-        slow.wait()
-    partial = out.stat().st_size
-    assert 0 < partial < len(big), partial
-    assert out.read_bytes() == big[:partial]
+        first.kill()
+        first.communicate()
+    assert got == big[:prefix]
+    out.write_bytes(got)
     done = subprocess.run(["curl", "-sS", "-f", "-C", "-", "-o", str(out), "-w", "%{http_code}", url],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "206"  # resumed, not re-downloaded
     assert blake3_file(out) == digest

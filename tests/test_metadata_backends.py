@@ -404,6 +404,20 @@ def test_uploads(meta: Metadata) -> None:
     assert meta.all_uploads() == ["u2"]
 
 
+def test_upload_byte_reservations_stay_within_the_quota(meta: Metadata) -> None:
+    meta.create_upload("a", "tok")
+    meta.create_upload("b", "tok")
+    meta.create_upload("c", "other")
+    assert meta.reserve_upload_bytes("a", "tok", 600, 1000)
+    assert not meta.reserve_upload_bytes("b", "tok", 600, 1000)   # 1200 > 1000: nothing reserved
+    assert meta.upload_bytes("tok") == 600
+    assert meta.reserve_upload_bytes("b", "tok", 400, 1000)
+    assert meta.reserve_upload_bytes("c", "other", 1000, 1000)    # another owner's quota
+    assert meta.reserve_upload_bytes("a", "tok", 100, 1000)       # a reservation shrinks too
+    assert meta.upload_bytes("tok") == 500
+    assert not meta.reserve_upload_bytes("gone", "tok", 1, 1000)  # no such upload
+
+
 def test_roots(meta: Metadata) -> None:
     assert meta.get_root() is None
     meta.put_root(1, b"one")

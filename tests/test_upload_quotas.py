@@ -9,10 +9,12 @@ keep working, and `cas publish` prints the same one line.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 from conftest import ADMIN, PUBLISH, Server, start_server
 from proc_helpers import fill, tmpfs
@@ -58,6 +60,66 @@ def test_bytes_in_progress_over_quota_is_413_and_keeps_the_offset(quota_server: 
         # Within the quota the same upload goes on.
         assert http.patch(b, content=b"y" * 300).status_code == 202
         assert http.put(b, params={"blake3": blake3_bytes(b"y" * 300)}).status_code == 201
+
+
+def test_parallel_appends_of_one_token_cannot_overshoot_its_bytes_quota(quota_server: Server) -> None:
+    """Two appends of one token run at once, each within the quota alone (600 of 1000 bytes)
+    but not together.  Both are under way (their first 100 bytes written, which the server
+    checks the quota for) before either sends the rest: at most one may succeed, and the
+    token's uploads never hold more than the quota."""
+    with quota_server.client(PUBLISH) as http:
+        uploads = [http.post("/v1/uploads").headers["location"] for _ in range(2)]
+    go = threading.Event()
+    results: dict[str, httpx.Response | BaseException] = {}
+
+    def body() -> Iterator[bytes]:
+        yield b"a" * 100
+        if not go.wait(SAFETY_NET):
+            raise RuntimeError("the test never let the bodies go on")
+        yield b"b" * 500
+
+    def append(location: str) -> None:
+        try:
+            with quota_server.client(PUBLISH) as own:
+                results[location] = own.patch(location, content=body())
+        except BaseException as exc:  # reported by the assertions below
+            results[location] = exc
+
+    threads = [threading.Thread(target=append, args=(u,), daemon=True) for u in uploads]
+    for t in threads:
+        t.start()
+    try:
+        with quota_server.client(PUBLISH) as http:
+            deadline = time.monotonic() + SAFETY_NET
+            while not all(http.head(u).headers["upload-offset"] == "100" for u in uploads):
+                assert time.monotonic() < deadline, [http.head(u).headers["upload-offset"] for u in uploads]
+                time.sleep(0.02)
+    finally:
+        go.set()
+        for t in threads:
+            t.join(SAFETY_NET)
+    statuses = sorted(r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results.values())
+    assert statuses == [202, 413], statuses
+    refused = next(r for r in results.values() if isinstance(r, httpx.Response) and r.status_code == 413)
+    assert refused.json()["error"]["code"] == "upload_quota"
+    with quota_server.client(PUBLISH) as http:
+        offsets = sorted(int(http.head(u).headers["upload-offset"]) for u in uploads)
+        assert offsets == [0, 600], offsets  # the refused append is cut back to its offset
+        # The quota is free again for what the refused one gave back: 400 more bytes fit.
+        small = next(u for u in uploads if http.head(u).headers["upload-offset"] == "0")
+        assert http.patch(small, content=b"c" * 400).status_code == 202
+        assert http.patch(small, content=b"d").status_code == 413
+
+
+def test_a_declared_length_over_the_quota_is_refused_before_the_body(quota_server: Server) -> None:
+    with quota_server.client(PUBLISH) as http:
+        upload = http.post("/v1/uploads").headers["location"]
+        over = http.patch(upload, content=b"z" * 1001, headers={"content-range": "0-1000"})
+        assert over.status_code == 413, over.text
+        assert over.json()["error"]["code"] == "upload_quota"
+        assert http.head(upload).headers["upload-offset"] == "0"
+        fits = http.patch(upload, content=b"z" * 1000, headers={"content-range": "0-999"})
+        assert fits.status_code == 202, fits.text
 
 
 def test_abandoned_uploads_expire_and_free_the_quota(tmp_path: Path) -> None:

@@ -18,8 +18,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server; ``--init-keys`` makes keys first on a store that has none."""
     import uvicorn
 
+    from ..http.memtrace import install_from_env, set_arena_max
     from ..http.protocol import ConnectionLimits, LimitedHttpToolsProtocol
+    install_from_env()  # CAS_MEMTRACE_DIR, CAS_TRACEMALLOC: opt-in memory dumps on SIGUSR2 (cas/http/memtrace.py)
     config = load_config(args.store, args.config, host=args.host, port=args.port)
+    if config.malloc_arena_max > 0 and "MALLOC_ARENA_MAX" not in os.environ:
+        set_arena_max(config.malloc_arena_max)  # before any thread: per-thread arenas keep freed memory
     repo = open_repo(config)
     if args.init_keys and repo.root() is None:
         keys.init_keys(Path(config.store), repo.meta)

@@ -48,8 +48,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    """Re-hash every object (quarantining corrupt ones), look for referenced objects that are missing
-    (release files, recipe objects, bundle objects).
+    """Re-hash every object (quarantining corrupt ones) and every per-mode variant of ``--hardlink``
+    checkouts, look for referenced objects that are missing (release files, recipe objects, bundle objects).
 
     The result is kept in ``STORE/fsck-last.json`` for the dashboard; exit 1 when anything is wrong."""
     repo = local_repo(args)
@@ -60,20 +60,28 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     dangling = [{"kind": "release", "object": d, "by": "release files"} for d in missing]
     dangling += [ref for ref in repo.meta.build_references() if not repo.objects.exists(ref["object"])]
     missing = list(dict.fromkeys(ref["object"] for ref in dangling))
-    holders = checkout.damaged_checkouts(repo, report)  # hardlink checkouts sharing a damaged inode
-    data = {**report.__dict__, "missing_referenced": missing, "dangling": dangling, "damaged_in_checkouts": holders}
+    variants = checkout.fsck_variants(repo, quarantine=not args.no_quarantine)  # --hardlink's per-mode copies
+    holders = checkout.damaged_checkouts(repo, report, variants)  # hardlink checkouts sharing a damaged inode
+    data = {**report.__dict__, "missing_referenced": missing, "dangling": dangling, "damaged_in_checkouts": holders,
+            "variants": variants.__dict__}
     record_fsck(repo.config.store, data, started, time.time())
     by_kind = {kind: sum(1 for ref in dangling if ref["kind"] == kind) for kind in ("release", "recipe", "bundle")}
     human = (f"checked {report.checked} objects ({report.bytes:,} bytes): {len(report.corrupt)} corrupt"
              + "".join(f"\n  corrupt {d} -> quarantined" if not args.no_quarantine else f"\n  corrupt {d}"
                        for d in report.corrupt)
-             + "".join(f"\n  {h['digest']} shares its inode with {h['checkout']}/{h['path']} "
+             + (f"\nchecked {variants.checked} checkout variants: {len(variants.corrupt)} corrupt"
+                if variants.checked else "")
+             + "".join(f"\n  corrupt variant {v['mode']} of {v['digest']}"
+                       + (" -> quarantined (made again by the next checkout)" if not args.no_quarantine else "")
+                       for v in variants.corrupt)
+             + "".join(f"\n  {'variant ' + h['variant'] + ' of ' if 'variant' in h else ''}{h['digest']} shares "
+                       f"its inode with {h['checkout']}/{h['path']} "
                        f"(hardlink checkout of {h['product']} {h['version']})" for h in holders)
              + (f"\n  {by_kind['release']} objects referenced by releases are missing" if by_kind["release"] else "")
              + "".join(f"\n  {ref['kind']} object {ref['object']} is missing ({ref['by']})"
                        for ref in dangling if ref["kind"] != "release"))
     emit(args, data, human)
-    return 1 if report.corrupt or missing else 0
+    return 1 if report.corrupt or variants.corrupt or missing else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -20,28 +20,43 @@ V = TypeVar("V")
 
 MANIFESTS_CACHED = 64
 RELEASES_CACHED = 256   # the default of dashboard_cache_releases: each entry is a release's blake3 -> size map
+CACHE_BYTES = 16 << 20  # the default of dashboard_cache_bytes: manifest JSON bytes behind each cache
 DELTAS_CACHED = 4096
 
 
 class Lru(Generic[V]):
-    """A thread-safe least-recently-used cache of ``size`` values, each made on first use."""
+    """A thread-safe least-recently-used cache of ``size`` values, each made on first use.
 
-    def __init__(self, size: int) -> None:
+    With ``max_weight``, the weights the values are kept with (``get(..., weight=)``) also
+    stay within it: the least recently used go first, and a value heavier than all of it is
+    returned but not kept."""
+
+    def __init__(self, size: int, max_weight: int | None = None) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self.max_weight = max_weight
+        self.weight = 0
+        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, make: Callable[[], V]) -> V:
-        """The value under ``key``, made (outside the lock) and kept when absent."""
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, make: Callable[[], V], weight: int = 0) -> V:
+        """The value under ``key``, made (outside the lock) and kept, weighing ``weight``, when absent."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
         value = make()
+        if self.max_weight is not None and weight > self.max_weight:
+            return value
         with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self.weight -= self._items.pop(key)[1]
+            self._items[key] = (value, weight)
+            self.weight += weight
+            while len(self._items) > self.size or (self.max_weight is not None and self.weight > self.max_weight):
+                self.weight -= self._items.popitem(last=False)[1][1]
         return value
 
 
@@ -53,10 +68,14 @@ class Figures:
     complete delta's figures are cached under its (base, target) manifests
     (``deltas``); the store walk (objects and bytes) is cached for ``usage_seconds``."""
 
-    def __init__(self, usage_seconds: float = 5.0, releases_cached: int = RELEASES_CACHED) -> None:
+    def __init__(self, usage_seconds: float = 5.0, releases_cached: int = RELEASES_CACHED,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.usage_seconds = usage_seconds
-        self._manifests: Lru[dict[str, Any]] = Lru(MANIFESTS_CACHED)
-        self._blobs: Lru[dict[str, int]] = Lru(max(1, releases_cached))
+        # Both caches are bounded by a count and by the JSON bytes of the manifests they
+        # hold or came from (``dashboard_cache_bytes``): a count alone lets a few releases
+        # of 200,000 files each take gigabytes.
+        self._manifests: Lru[dict[str, Any]] = Lru(MANIFESTS_CACHED, cache_bytes)
+        self._blobs: Lru[dict[str, int]] = Lru(max(1, releases_cached), cache_bytes)
         self.deltas: Lru[dict[str, Any]] = Lru(DELTAS_CACHED)
         self._dedup: tuple[Any, dict[tuple[str, str], dict[str, int]]] | None = None
         self._usage: tuple[float, tuple[int, int]] | None = None
@@ -64,14 +83,15 @@ class Figures:
 
     def manifest(self, release: Release) -> dict[str, Any]:
         """The release's manifest envelope, parsed."""
-        return self._manifests.get(release.manifest_digest, lambda: parse_json(release.manifest))
+        return self._manifests.get(release.manifest_digest, lambda: parse_json(release.manifest),
+                                   len(release.manifest))
 
     def blobs(self, release: Release) -> dict[str, int]:
         """Distinct contents of a release: blake3 -> size."""
         def make() -> dict[str, int]:
             return {f["blake3"]: f["size"] for f in self.manifest(release)["signed"]["files"]
                     if f["type"] == "file"}
-        return self._blobs.get(release.manifest_digest, make)
+        return self._blobs.get(release.manifest_digest, make, len(release.manifest))
 
     def usage(self, repo: Repo) -> tuple[int, int]:
         """(objects, stored bytes) of the object store, at most ``usage_seconds`` old."""

@@ -23,14 +23,16 @@ def record_fsck(store: Path, data: dict[str, Any], started: float, finished: flo
     """Keep the result of ``cas fsck`` in STORE/fsck-last.json (written atomically)."""
     record = {"started": format_epoch(started), "finished": format_epoch(finished),
               "duration_seconds": round(finished - started, 3),
-              "ok": not data.get("corrupt") and not data.get("missing_referenced"),
+              "ok": (not data.get("corrupt") and not data.get("missing_referenced")
+                     and not (data.get("variants") or {}).get("corrupt")),
               "checked": data.get("checked"), "bytes": data.get("bytes"),
               "corrupt": list(data.get("corrupt", []))[:LISTED], "corrupt_count": len(data.get("corrupt", [])),
               "quarantined": list(data.get("quarantined", []))[:LISTED],
               "missing_referenced": list(data.get("missing_referenced", []))[:LISTED],
               "missing_count": len(data.get("missing_referenced", [])),
               "dangling": list(data.get("dangling", []))[:LISTED],
-              "stray_temp": data.get("stray_temp")}
+              "stray_temp": data.get("stray_temp"),
+              "corrupt_variants": list((data.get("variants") or {}).get("corrupt", []))[:LISTED]}
     write_atomic(fsck_path(store), json.dumps(record, indent=1, sort_keys=True).encode())
     return record
 

@@ -146,5 +146,6 @@ def create_app(repo: Repo) -> Starlette:
                                                      max_keys=repo.config.rate_limit_max_keys)
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute,
                                             max_keys=repo.config.rate_limit_max_keys)
-    app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases)
+    app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases,
+                                                   repo.config.dashboard_cache_bytes)
     return app

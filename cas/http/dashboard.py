@@ -47,15 +47,16 @@ PAGE_HEADERS = {
 class DashboardState:
     """Per-app caches and the request-rate samples (one per server process)."""
 
-    def __init__(self, releases_cached: int) -> None:
-        self.figures = Figures(releases_cached=releases_cached)
+    def __init__(self, releases_cached: int, cache_bytes: int) -> None:
+        self.figures = Figures(releases_cached=releases_cached, cache_bytes=cache_bytes)
         self.rates = RequestRates()
 
 
 def _state(request: Request) -> DashboardState:
     state = getattr(request.app.state, "dashboard", None)
     if state is None:
-        state = request.app.state.dashboard = DashboardState(request.app.state.config.dashboard_cache_releases)
+        state = request.app.state.dashboard = DashboardState(request.app.state.config.dashboard_cache_releases,
+                                                             request.app.state.config.dashboard_cache_bytes)
     return state
 
 

@@ -23,10 +23,26 @@ class UploadQueries(MetadataBackend):
             return True
 
     def upload_bytes(self, owner: str, excluding: str = "") -> int:
-        """Bytes held by ``owner``'s uploads in progress, other than ``excluding``."""
+        """Bytes held or reserved by ``owner``'s uploads in progress, other than ``excluding``."""
         row = self._conn().execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner = ? AND id <> ?",
                                    (owner, excluding)).fetchone()
         return int(row[0])
+
+    def reserve_upload_bytes(self, upload_id: str, owner: str, size: int, quota: int) -> bool:
+        """Let ``upload_id`` hold ``size`` bytes if ``owner``'s uploads then hold at most ``quota``.
+
+        The check and the reservation are one transaction, with the owner's rows locked
+        (``FOR_UPDATE``; SQLite's writers are serialised), so parallel appends of one token
+        cannot each see room the other is about to take.  False, nothing changed, when it
+        would not fit or the upload is gone."""
+        with self._tx() as c:
+            rows = c.execute("SELECT id, bytes FROM uploads WHERE owner = ?" + self.FOR_UPDATE, (owner,)).fetchall()
+            if not any(row[0] == upload_id for row in rows):
+                return False
+            if sum(int(row[1]) for row in rows if row[0] != upload_id) + size > quota:
+                return False
+            c.execute("UPDATE uploads SET bytes = ?, updated = ? WHERE id = ?", (size, time.time(), upload_id))
+            return True
 
     def upload_exists(self, upload_id: str) -> bool:
         """Whether an upload is in progress."""

@@ -132,11 +132,19 @@ class FilesystemObjectStore(StagedObjectStore):
                     yield digest
 
     def usage(self) -> tuple[int, int]:
-        """(objects, bytes) stored."""
+        """(objects, bytes) stored: one ``scandir`` per shard, no path object per object (the
+        dashboard asks every few seconds; a ``Path`` per object churned the interpreter's
+        table of interned strings, which pathlib adds every name to)."""
         count = total = 0
-        for digest in self.iter_digests():
-            count += 1
-            total += self.path(digest).stat().st_size
+        with os.scandir(self.objects_dir) as shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        if is_digest(shard.name + entry.name):
+                            count += 1
+                            total += entry.stat(follow_symlinks=False).st_size
         return count, total
 
     def fsck(self, quarantine: bool = True) -> FsckReport:
