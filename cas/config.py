@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, cast
 
-from deltagen.limits import Algorithm, DeltaLimits
-
 from casformat.canonical import MAX_MANIFEST_BYTES
+from deltagen.limits import Algorithm, DeltaLimits
 
 SCOPES = ("report", "read", "publish", "admin")
 
