@@ -99,6 +99,8 @@ class Config:
     # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
     # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).
     metadata_url: str = ""
+    postgres_pool_size: int = 10              # PostgreSQL connections per process at most (psycopg_pool)
+    postgres_pool_timeout_seconds: float = 5.0  # a query waits this long for one, then 503 + Retry-After
     # Object store (cas/objectstore/): "filesystem" (STORE/objects, the default) or "s3".
     # S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
     object_store: str = "filesystem"
