@@ -87,6 +87,9 @@ class Config:
     delta_workers: int = 0               # 0: max(1, cpus // 2), capped by delta_memory_bytes
     delta_memory_bytes: int = 4 << 30    # budget for concurrent builds (bsdiff: ~20x the file)
     delta_time_budget_s: float = 300.0   # per file pair
+    # A claimed job is its builder's for this long, renewed every third of it while the builder
+    # lives (a killed build host's jobs return to the queue within it); 0: 3 x budget + 60 s.
+    delta_lease_seconds: float = 0.0
     delta_bsdiff_max_bytes: int = 64 << 20
     delta_tiny_bytes: int = 512
     delta_max_attempts: int = 3
