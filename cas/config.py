@@ -92,6 +92,9 @@ class Config:
     delta_workers: int = 0               # concurrent builds; 0: one per CPU
     delta_memory_bytes: int = 4 << 30    # builds wait while their estimated peaks would pass this
     delta_time_budget_s: float = 300.0   # per file pair
+    # A claimed job is its builder's for this long, renewed every third of it while the builder
+    # lives (a killed build host's jobs return to the queue within it); 0: 3 x budget + 60 s.
+    delta_lease_seconds: float = 0.0
     delta_bsdiff_max_bytes: int = 64 << 20
     delta_hdiffpatch_max_bytes: int = 128 << 20
     delta_zstd_patch_max_bytes: int = 1 << 30
@@ -109,6 +112,8 @@ class Config:
     # Metadata (cas/metadata/): empty for SQLite at STORE/meta.db (the embedded default),
     # "postgresql://user@host:5432/db" for PostgreSQL shared by replicas (cas/metadata/postgres.py).
     metadata_url: str = ""
+    postgres_pool_size: int = 10              # PostgreSQL connections per process at most (psycopg_pool)
+    postgres_pool_timeout_seconds: float = 5.0  # a query waits this long for one, then 503 + Retry-After
     # Object store (cas/objectstore/): "filesystem" (STORE/objects, the default) or "s3".
     # S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
     object_store: str = "filesystem"

@@ -67,7 +67,10 @@ def limits_for(repo: Repo) -> DeltaLimits:
 
 
 def lease_seconds(repo: Repo) -> float:
-    """How long a claimed job (and the pins of the objects it writes) stays its builder's."""
+    """How long a claimed job (and the pins of the objects it writes) stays its builder's
+    without a renewal (``DeltaBuilder`` renews every third of it while it lives)."""
+    if repo.config.delta_lease_seconds > 0:
+        return repo.config.delta_lease_seconds
     return repo.config.delta_time_budget_s * 3 + 60
 
 
@@ -447,10 +450,25 @@ class DeltaBuilder:
             if held:
                 self._build_until_stopped()
 
+    def _heartbeat(self) -> None:
+        """Renew this builder's leases every third of a lease until it stops: a live builder
+        keeps its jobs however long they build, a dead one's return to the queue within a lease."""
+        lease = lease_seconds(self.repo)
+        while not self._stop.wait(lease / 3):
+            try:
+                self.repo.meta.renew_leases(self.owner, time.time() + lease)
+            except Exception as exc:
+                if metadata_unavailable(exc) is None:
+                    log.exception("renewing delta job leases failed")
+                else:
+                    log.warning("metadata database unavailable (%s); leases not renewed", exc)
+
     def _build_until_stopped(self) -> None:
         requeue_dead(self.repo)
         poll = self.repo.config.delta_poll_seconds
         running: set[Future[bool]] = set()
+        heartbeat = threading.Thread(target=self._heartbeat, name="delta-leases", daemon=True)
+        heartbeat.start()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delta") as pool:
             try:
                 while not self._stop.is_set():

@@ -61,5 +61,6 @@ def open_repo(config: Config) -> Repo:
     store = Path(config.store)
     store.mkdir(parents=True, exist_ok=True)
     objects = open_object_store(config)
-    meta = open_metadata(config.metadata_url, store, config.sqlite_cache_kib)
+    meta = open_metadata(config.metadata_url, store, config.sqlite_cache_kib, config.postgres_pool_size,
+                         config.postgres_pool_timeout_seconds)
     return Repo(config, objects, meta, load_server_keys(store))

@@ -20,6 +20,9 @@ from pg_fixture import metadata_url, postgres_server, postgres_url  # noqa: F401
 # The moto S3 server (session fixture) for the S3 object-store backend.
 from s3_fixture import s3_server  # noqa: F401
 
+# SeaweedFS (session fixture): a real distributed object store behind the same S3 backend.
+from seaweed_fixture import seaweed_server  # noqa: F401
+
 from cas.processes import stop_process
 from fixtures import write_release
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 from conftest import start_server
 
@@ -83,7 +84,9 @@ def test_a_delta_job_meeting_an_outage_is_given_back_then_built(tmp_path: Path, 
                                                                 cluster: Cluster,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path / "store"
-    config = load_config(store, metadata_url=postgres_url)
+    # The outage (2 s and a restart) outlasts the pool's wait for a connection: shorter ones are
+    # absorbed by the wait (the query just waits), longer ones are what this test is about.
+    config = load_config(store, metadata_url=postgres_url, postgres_pool_timeout_seconds=0.5)
     repo = open_repo(config)
     content = os.urandom(1 << 16) * 4
     source = tmp_path / "file.bin"
@@ -157,3 +160,62 @@ def test_giving_a_job_back_during_an_outage_stops_at_once_when_asked(tmp_path: P
     finally:
         cluster.start()
     repo.meta.close_all()
+
+
+def _deltacas_connections(admin_url: str, database: str) -> int:
+    import psycopg
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                           "'deltacas'", (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_pool_bounds_connections_and_recovers_from_a_restart(tmp_path: Path, postgres_url: str,
+                                                                 cluster: Cluster) -> None:
+    """A real `cas serve` with postgres_pool_size = 3: forty concurrent requests use at most
+    three connections; while PostgreSQL is down every request is 503 + Retry-After (none 500,
+    none hangs past the pool's wait); once it is back the same process answers again."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    database = postgres_url.rsplit("/", 1)[1]
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    server = start_server(tmp_path / "store", config=f'metadata_url = "{postgres_url}"\ndelta_builder = false\n'
+                                                     'postgres_pool_size = 3\npostgres_pool_timeout_seconds = 1.0\n')
+    try:
+        with server.client() as http:
+            def get(_: int) -> int:  # a client per request: one httpx.Client is not shared by 40 threads
+                return httpx.get(server.url + "/v1/products/app/releases", timeout=60).status_code
+
+            with ThreadPoolExecutor(40) as pool:
+                codes = list(pool.map(get, range(200)))
+            assert set(codes) == {404}, codes  # no such product: every query ran
+            assert 1 <= _deltacas_connections(admin_url, database) <= 3
+
+            cluster.stop()
+            try:
+                for _ in range(3):
+                    started = time.monotonic()
+                    r = http.get("/v1/products")
+                    assert r.status_code == 503, (r.status_code, r.text)
+                    assert r.json()["error"]["code"] == "metadata_unavailable"
+                    assert int(r.headers["retry-after"]) > 0
+                    assert time.monotonic() - started < 15
+            finally:
+                cluster.start()
+            deadline = time.monotonic() + 30
+            codes = []
+            while True:
+                r = http.get("/v1/products")
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    break
+                assert time.monotonic() < deadline, codes
+                time.sleep(0.2)
+            assert set(codes) <= {200, 503}, codes
+            with ThreadPoolExecutor(10) as pool:
+                assert set(pool.map(get, range(50))) == {404}
+            assert server.proc.poll() is None  # the same process: nothing restarted
+            assert 1 <= _deltacas_connections(admin_url, database) <= 3
+    finally:
+        server.stop()

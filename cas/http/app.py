@@ -16,7 +16,7 @@ from .. import channels, webhooks
 from .. import rollouts as rollout_gate
 from ..clock import clock_from_env
 from ..repo import Repo
-from ..uploads import Uploads
+from ..uploads import open_uploads
 from . import dashboard, objects, releases, reports, rollouts
 from .deltaworker import DeltaWorkerProcess
 from .metrics import Metrics
@@ -63,7 +63,7 @@ def create_app(repo: Repo) -> Starlette:
         return create_mirror_app(repo)
     metrics_ = Metrics()
     metrics_.delta_plans_computed.set_function(lambda: repo.plans.computed)
-    uploads = Uploads(repo)
+    uploads = open_uploads(repo)
 
     def resign() -> None:
         metrics_.channel_resigned.inc(len(channels.resign_expiring(repo)))

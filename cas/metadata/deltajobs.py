@@ -97,6 +97,17 @@ class DeltaJobQueries(MetadataBackend):
                       "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
                       "WHERE state = 'running' AND owner = ?", (owner,))
 
+    def renew_leases(self, owner: str, until: float) -> int:
+        """A live builder's heartbeat: its running jobs (and the pins of the objects they write)
+        stay its own until ``until``; how many jobs it holds."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE delta_jobs SET lease_until = ? WHERE state = 'running' AND owner = ?",
+                            (until, owner))
+            c.execute("UPDATE build_pins SET expires = ? WHERE expires < ? AND EXISTS (SELECT 1 FROM delta_jobs j "
+                      "WHERE j.base = build_pins.base AND j.target = build_pins.target AND j.state = 'running' "
+                      "AND j.owner = ?)", (until, until, owner))
+            return max(int(cur.rowcount), 0)
+
     def job_states(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """(base, target) -> state, for the pairs that have a job."""
         c = self._conn()

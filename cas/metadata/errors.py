@@ -51,13 +51,14 @@ def metadata_unavailable(exc: BaseException) -> MetadataUnavailable | None:
 
     psycopg's ``OperationalError`` (connection refused or lost, server shutting down) and
     ``InterfaceError`` (a connection already closed); SQLite's ``OperationalError`` with
-    one of its "not now" messages."""
+    one of its "not now" messages; psycopg_pool's ``PoolTimeout`` (no pooled connection free
+    within ``postgres_pool_timeout_seconds``, or none can be made) is an ``OperationalError``."""
     if isinstance(exc, sqlite3.OperationalError):
         if any(words in str(exc).lower() for words in _SQLITE_UNAVAILABLE):
             return MetadataUnavailable("the metadata database is busy or unavailable; retry shortly",
                                        detail={"backend": "sqlite"})
         return None
-    if type(exc).__module__.split(".")[0] == "psycopg":
+    if type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool"):
         import psycopg
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             return MetadataUnavailable("the metadata database is unavailable; retry shortly",

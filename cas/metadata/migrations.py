@@ -265,6 +265,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX build_pins_digest ON build_pins(digest);
     """,
+    # 15: uploads whose bytes live in a shared object store (cas/uploads.py, SharedUploads):
+    # each append is one part object; a part counts once recorded here, in upload order.
+    """
+    CREATE TABLE upload_parts (
+        upload_id TEXT NOT NULL,
+        part_start INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        part_key TEXT NOT NULL,
+        PRIMARY KEY (upload_id, part_start)
+    );
+    """,
 ]
 
 

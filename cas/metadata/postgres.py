@@ -1,6 +1,7 @@
 """The PostgreSQL metadata backend: ``Metadata``'s queries run by psycopg 3.
 
-Several ``cas serve`` replicas (and their delta workers) may share one database.
+Several ``cas serve`` replicas (and their delta workers) may share one database;
+each process holds at most ``postgres_pool_size`` connections (``PostgresMetadata``).
 Transactions run at READ COMMITTED; where replicas race, the queries in
 ``cas/metadata/`` hold a row lock or let a constraint decide:
 
@@ -31,8 +32,10 @@ from .migrations import MIGRATIONS, check_schema
 
 try:
     import psycopg
+    from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("the PostgreSQL metadata backend needs psycopg: pip install 'deltacas[postgres]'") from exc
+    raise ImportError("the PostgreSQL metadata backend needs psycopg and psycopg_pool: "
+                      "pip install 'deltacas[postgres]'") from exc
 
 #: pg_advisory_xact_lock key held while migrating ('deltacas' as a bigint)
 MIGRATION_LOCK = 0x64656C7461636173
@@ -98,6 +101,25 @@ def _row_factory(cursor: Any) -> Any:
     return _row_class(tuple(d.name for d in cursor.description))
 
 
+class _Result:
+    """A statement's rows, read before its connection went back to the pool."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.rowcount = cursor.rowcount
+        self.description = cursor.description
+        self._rows: list[Any] = cursor.fetchall() if cursor.description is not None else []
+
+    def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
 class _Connection:
     """A psycopg connection that takes the SQLite-style queries of ``Metadata``."""
 
@@ -113,83 +135,129 @@ class _Connection:
         return cur
 
 
+class _PooledStatements:
+    """Outside a transaction: each statement borrows a pooled connection (autocommit) just for itself."""
+
+    def __init__(self, owner: PostgresMetadata) -> None:
+        self.owner = owner
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self.owner._borrow() as raw:
+            return _Result(raw.execute(_pg_sql(sql), _params(params) if params else None))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        with self.owner._borrow() as raw:
+            cur = raw.cursor()
+            cur.executemany(_pg_sql(sql), [_params(r) for r in rows])
+            return _Result(cur)
+
+
 class PostgresMetadata(Metadata):
-    """``Metadata`` in a PostgreSQL database that several replicas may share, migrated at open."""
+    """``Metadata`` in a PostgreSQL database that several replicas may share, migrated at open.
+
+    Connections come from a bounded pool (psycopg_pool): at most ``pool_size`` per process,
+    whatever the number of threads.  A statement outside a transaction holds one only while
+    it runs; a transaction (``_tx``) holds one until it ends, and statements of that thread
+    inside it run on it.  A thread that waits longer than ``pool_timeout`` for one, or a
+    database that does not answer, raises psycopg's ``OperationalError`` (``PoolTimeout`` is
+    one): HTTP answers 503 ``metadata_unavailable`` with ``Retry-After``.  A pooled connection
+    is checked before it is handed out, so after a PostgreSQL restart the dead ones are
+    replaced instead of failing one request each."""
 
     FOR_UPDATE = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
     INTEGRITY_ERRORS = (psycopg.IntegrityError,)
 
-    def __init__(self, url: str, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, connect_timeout: int = 10, pool_size: int = 10,
+                 pool_timeout: float = 5.0) -> None:
+        if pool_size < 1:
+            raise ValueError("postgres_pool_size must be at least 1")
         self.url = url
         self.connect_timeout = connect_timeout
-        self._local = threading.local()
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self._local = threading.local()   # the connection of the transaction this thread is in
         self._lock = threading.Lock()
-        self._open: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []  # (owner, connection)
+        self._pool: ConnectionPool[Any] | None = None
         self.migrate()
 
-    # -- connections: one per thread, as with SQLite; autocommit outside ``_tx``
-    def _conn(self) -> _Connection:
-        conn: _Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.raw.closed or conn.raw.broken:
-            raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
-                                  connect_timeout=self.connect_timeout, application_name="deltacas")
-            conn = self._local.conn = _Connection(raw)
-            with self._lock:
-                # Connections of threads that have ended are closed (the thread pool replaces
-                # idle threads; their connections used to stay open for the process's life).
-                keep = []
-                for thread, c in self._open:
-                    if c.closed:
-                        continue
-                    if not thread.is_alive():
-                        c.close()
-                        continue
-                    keep.append((thread, c))
-                self._open = keep + [(threading.current_thread(), raw)]
-        return conn
+    # -- connections: a bounded pool; autocommit outside ``_tx``
+    def pool(self) -> ConnectionPool[Any]:
+        """The connection pool, opened on first use (and again after ``close_all``)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url, min_size=1, max_size=self.pool_size, timeout=self.pool_timeout,
+                    kwargs={"autocommit": True, "row_factory": _row_factory,
+                            "connect_timeout": self.connect_timeout, "application_name": "deltacas"},
+                    check=ConnectionPool.check_connection, name="deltacas-metadata", open=False)
+                # Do not wait for min_size connections here: a database that is down must give
+                # a 503 on the first query, not an error (or a hang) when the pool is built.
+                self._pool.open(wait=False)
+            return self._pool
+
+    @contextmanager
+    def _borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of this thread's transaction, else one borrowed from the pool."""
+        current: psycopg.Connection[Any] | None = getattr(self._local, "tx", None)
+        if current is not None:
+            yield current
+            return
+        with self.pool().connection() as raw:
+            yield raw
+
+    def _conn(self) -> Any:
+        current: psycopg.Connection[Any] | None = getattr(self._local, "tx", None)
+        return _Connection(current) if current is not None else _PooledStatements(self)
 
     @contextmanager
     def _tx(self) -> Iterator[_Connection]:
-        conn = self._conn()
-        with conn.raw.transaction():
-            yield conn
+        current: psycopg.Connection[Any] | None = getattr(self._local, "tx", None)
+        if current is not None:  # nested: a savepoint on the same connection
+            with current.transaction():
+                yield _Connection(current)
+            return
+        with self.pool().connection() as raw:
+            self._local.tx = raw
+            try:
+                with raw.transaction():
+                    yield _Connection(raw)
+            finally:
+                self._local.tx = None
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn: _Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.raw.close()
-            self._local.conn = None
+        """Nothing per thread: connections belong to the pool (``close_all`` closes it)."""
 
     def open_connections(self) -> int:
-        """Connections open now (live threads', and ended threads' not yet closed)."""
+        """Connections the pool holds now (at most ``pool_size``)."""
         with self._lock:
-            return sum(1 for _, c in self._open if not c.closed)
+            if self._pool is None:
+                return 0
+            return int(self._pool.get_stats().get("pool_size", 0))
 
     def close_all(self) -> None:
-        """Close every connection this object opened, in any thread (shutdown, tests)."""
+        """Close the pool and every connection in it (shutdown, tests); the next query opens a new one."""
         with self._lock:
-            opened, self._open = self._open, []
-        for _, raw in opened:
-            raw.close()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self._local = threading.local()
 
     # -- schema
     def schema_version(self) -> int:
         """The one row of ``schema_version`` (0 before the first migration)."""
-        raw = self._conn().raw
-        exists = raw.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
-        if exists is None or not exists[0]:
-            return 0
-        row = raw.execute("SELECT version FROM schema_version").fetchone()
-        return int(row[0]) if row else 0
+        with self._borrow() as raw:
+            exists = raw.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+            if exists is None or not exists[0]:
+                return 0
+            row = raw.execute("SELECT version FROM schema_version").fetchone()
+            return int(row[0]) if row else 0
 
     def migrate(self) -> None:
         """Apply the migrations the database lacks, under an advisory lock (replicas starting
         together apply each once); refuse a database newer than this program."""
-        raw = self._conn().raw
-        with raw.transaction():
+        with self._tx() as conn:
+            raw = conn.raw
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             raw.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             row = raw.execute("SELECT version FROM schema_version").fetchone()

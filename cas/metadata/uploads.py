@@ -1,4 +1,5 @@
-"""Resumable uploads in progress (their bytes live in ``STORE/uploads/{id}``)."""
+"""Resumable uploads in progress: their bytes live in ``STORE/uploads/{id}`` (filesystem
+object store) or as part objects in the shared object store, listed in ``upload_parts``."""
 from __future__ import annotations
 
 import time
@@ -57,9 +58,36 @@ class UploadQueries(MetadataBackend):
                 c.execute("UPDATE uploads SET updated = ?, bytes = ? WHERE id = ?", (time.time(), size, upload_id))
 
     def delete_upload(self, upload_id: str) -> bool:
-        """Forget an upload; False if there was none."""
+        """Forget an upload (and its recorded parts); False if there was none."""
         with self._tx() as c:
+            c.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
             return bool(c.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount == 1)
+
+    def upload_size(self, upload_id: str) -> int | None:
+        """The bytes an upload holds (the offset the next append starts at); None when unknown."""
+        row = self._conn().execute("SELECT bytes FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def record_upload_part(self, upload_id: str, start: int, size: int, part_key: str) -> bool | None:
+        """Add a part stored at ``part_key`` holding bytes ``[start, start + size)``, only if the
+        upload still holds exactly ``start`` bytes (a compare-and-set: of two appends at one
+        offset, on any replicas, one wins).  None when the upload is gone, False when it moved."""
+        with self._tx() as c:
+            row = c.execute("SELECT bytes FROM uploads WHERE id = ?" + self.FOR_UPDATE, (upload_id,)).fetchone()
+            if row is None:
+                return None
+            if int(row[0]) != start:
+                return False
+            c.execute("INSERT INTO upload_parts(upload_id, part_start, size, part_key) VALUES (?, ?, ?, ?)",
+                      (upload_id, start, size, part_key))
+            c.execute("UPDATE uploads SET bytes = ?, updated = ? WHERE id = ?", (start + size, time.time(), upload_id))
+            return True
+
+    def upload_parts(self, upload_id: str) -> list[tuple[int, int, str]]:
+        """(start, size, part key) of an upload's recorded parts, in order."""
+        rows = self._conn().execute("SELECT part_start, size, part_key FROM upload_parts WHERE upload_id = ? "
+                                    "ORDER BY part_start", (upload_id,)).fetchall()
+        return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
 
     def stale_uploads(self, older_than: float) -> list[str]:
         """Uploads that received nothing for ``older_than`` seconds."""

@@ -191,6 +191,54 @@ class S3ObjectStore(StagedObjectStore):
         finally:
             temp_path.unlink(missing_ok=True)
 
+    # -- parts of uploads in progress (cas/uploads.py, SharedUploads): any replica can add or read them
+    def part_prefix(self, upload_id: str) -> str:
+        """Where an upload's parts live: ``{prefix}uploads/{id}/``."""
+        if not (len(upload_id) == 32 and all(c in "0123456789abcdef" for c in upload_id)):
+            raise Invalid(f"not an upload id: {upload_id[:80]!r}", code="unknown_upload")
+        return f"{self.prefix}uploads/{upload_id}/"
+
+    def put_part(self, upload_id: str, start: int, path: Path) -> str:
+        """Store a local file as a new part of an upload; its key (unique, never overwritten)."""
+        key = f"{self.part_prefix(upload_id)}{start:020d}-{os.urandom(8).hex()}"
+        self.client.upload_file(str(path), self.bucket, key, Config=self.transfer,
+                                ExtraArgs={"ContentType": "application/octet-stream"})
+        return key
+
+    def open_part(self, key: str) -> Any:
+        """A part's body, streamed (``iter_chunks``, ``close``)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise StoreCorrupt(f"upload part {key} is missing from the bucket", code="upload_part_missing") \
+                    from None
+            raise
+
+    def delete_part(self, key: str) -> None:
+        """Remove one part (a lost compare-and-set, or an append that failed after storing it)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_parts(self, upload_id: str) -> int:
+        """Remove every part of an upload, recorded or not; how many."""
+        removed = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.part_prefix(upload_id)):
+            for item in page.get("Contents", ()):
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                removed += 1
+        return removed
+
+    def part_upload_ids(self) -> set[str]:
+        """The uploads that have parts in the bucket."""
+        base = f"{self.prefix}uploads/"
+        out: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+            for common in page.get("CommonPrefixes", ()):
+                out.add(common["Prefix"][len(base):].rstrip("/"))
+        return out
+
     def delete(self, digest: str) -> bool:
         """Remove the object; False if the bucket did not hold it."""
         if not self.exists(digest):
