@@ -6,9 +6,11 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from casformat.errors import DocumentError
 
+from .config import SETTINGS, ClientConfig, ConfigError, default_of, parse_value, unknown_setting
 from .errors import ClientError
 from .updater import Updater, UpdateResult
 
@@ -43,15 +45,109 @@ def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
                    progress_total=lambda n: bar.update(task, total=n))
 
 
+# Flags for the common settings: (flag, setting); each value goes through config.parse_value.
+INIT_FLAGS = (("--health-timeout", "health_timeout_s"), ("--keep-versions", "keep_versions"),
+              ("--concurrency", "concurrency"), ("--bandwidth-limit", "bandwidth_bytes_per_s"),
+              ("--attempts", "attempts"), ("--cms-trust-anchors", "cms_trust_anchors"))
+UPDATE_FLAGS = (("--health-timeout", "health_timeout_s"), ("--concurrency", "concurrency"),
+                ("--bandwidth-limit", "bandwidth_bytes_per_s"), ("--attempts", "attempts"))
+
+
+def _flag_settings(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The settings given as flags (and ``--set NAME=VALUE``), each checked by ``parse_value``."""
+    values: dict[str, Any] = {}
+    words: dict[str, list[str]] = {}
+    for item in getattr(args, "set", None) or []:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes NAME=VALUE; got {item!r}")
+        words.setdefault(name.strip(), []).append(text)   # a list setting: one --set per element
+    for name, texts in words.items():
+        values[name] = parse_value(name, texts)
+    for flag, name in flags:
+        text = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if text is not None:
+            values[name] = parse_value(name, [text])
+    return values
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     root_doc = Path(args.root_file).read_bytes()
-    extra = {"windows": args.window or [], "blackouts": args.blackout or [], "timezone": args.timezone,
-             "report_token": args.report_token, "report_url": args.report_url}
+    settings = _flag_settings(args, INIT_FLAGS)
+    for flag, name in (("window", "windows"), ("blackout", "blackouts")):
+        if getattr(args, flag):
+            settings[name] = parse_value(name, getattr(args, flag))
+    for name in ("timezone", "report_token", "report_url"):
+        if getattr(args, name) is not None:
+            settings[name] = parse_value(name, [getattr(args, name)])
+    if args.require_cms:
+        settings["require_cms"] = True
     updater = Updater.init(args.root, args.server, args.product, args.channel, root_doc,
-                           client_id=args.client_id, health_cmd=args.health_cmd, **extra)
+                           client_id=args.client_id, health_cmd=args.health_cmd, **settings)
     config = updater.config
     _emit(args, config.to_dict(), f"initialised {args.root} for {config.product}/{config.channel} "
           f"(client id {config.client_id})")
+    return 0
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(repr(v) for v in value) if value else "(none)"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _config_rows(updater: Updater) -> dict[str, dict[str, Any]]:
+    stored = updater.stored_config()
+    current = ClientConfig.from_dict(stored).to_dict()
+    rows: dict[str, dict[str, Any]] = {}
+    for name, setting in SETTINGS.items():
+        value = current[name]
+        if name == "report_token" and value:
+            value = "(set)"   # a secret: shown only by `config get`
+        rows[name] = {"value": value, "default": default_of(name), "set": name in stored,
+                      "allowed": setting.allowed(), "help": setting.help, "settable": setting.settable}
+    return rows
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    rows = _config_rows(Updater(args.root))
+    lines = []
+    for name, row in rows.items():
+        mark = "" if row["set"] or not row["settable"] else "  (default)"
+        lines.append(f"{name:22} {_shown(row['value'])}{mark}")
+    _emit(args, {"ok": True, "settings": rows}, "\n".join(lines))
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    updater = Updater(args.root)
+    if args.name not in SETTINGS:
+        raise unknown_setting(args.name)
+    value = updater.config.to_dict()[args.name]
+    _emit(args, {"ok": True, "name": args.name, "value": value, "default": default_of(args.name),
+                 "set": args.name in updater.stored_config()}, _shown(value))
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    value = parse_value(args.name, args.value)
+    config = Updater(args.root).set_config({args.name: value})
+    stored = config.to_dict()[args.name]
+    _emit(args, {"ok": True, "name": args.name, "value": stored}, f"{args.name} = {_shown(stored)}")
+    return 0
+
+
+def cmd_config_unset(args: argparse.Namespace) -> int:
+    config = Updater(args.root).set_config({args.name: None})
+    value = config.to_dict()[args.name]
+    _emit(args, {"ok": True, "name": args.name, "value": value},
+          f"{args.name} = {_shown(value)} (the default)")
     return 0
 
 
@@ -75,6 +171,8 @@ def _summary(result: UpdateResult) -> str:
 
 def cmd_update(args: argparse.Namespace) -> int:
     updater = _updater(args, with_progress=True)
+    updater.overrides = _flag_settings(args, UPDATE_FLAGS)
+    updater.config  # noqa: B018 - check the overrides against the stored settings before any work
     try:
         result = updater.update(to=args.to, health_cmd=args.health_cmd, ignore_window=args.ignore_window,
                                 retry_failed=args.retry_failed)
@@ -146,16 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-cmd", default=None)
     p.add_argument("--window", action="append", help="maintenance window, e.g. 'mon-fri 02:00-04:00' (repeatable)")
     p.add_argument("--blackout", action="append", help="no updates in START/END, e.g. 2026-12-20/2027-01-05")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the windows")
+    p.add_argument("--timezone", default=None, help="IANA time zone of the windows (default UTC)")
     p.add_argument("--report-token", default=None, help="token sent with update reports")
     p.add_argument("--report-url", default=None,
                    help="the server (the origin) that takes reports and the report token; default: the last --server")
+    _setting_flags(p, INIT_FLAGS)
+    p.add_argument("--require-cms", action="store_true", help="refuse manifests without a valid CMS signature")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="any other setting (see `cas-client config show`); repeatable")
     p = add("update", cmd_update, help="update to the channel's release")
     p.add_argument("--to", default=None)
     p.add_argument("--health-cmd", default=None)
     p.add_argument("--ignore-window", action="store_true", help="apply now even outside the window")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again a release that failed its health check here (cleared mark)")
+    _setting_flags(p, UPDATE_FLAGS, " (this run only)")
     p = add("rollback", cmd_rollback, help="go back to previous, factory or a version")
     p.add_argument("--to", default="previous")
     p.add_argument("--health-cmd", default=None)
@@ -164,7 +267,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, help="re-hash an installed tree")
     p.add_argument("--version", default=None)
     add("gc", cmd_gc, help="remove versions other than current, previous and factory")
+
+    group = sub.add_parser("config", help="show or change the settings in ROOT/.cas/config.json")
+    csub = group.add_subparsers(dest="config_command", required=True)
+
+    def add_config(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = csub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        p.add_argument("root", help="install root")
+        p.add_argument("--json", action="store_true")
+        return p
+
+    add_config("show", cmd_config_show, help="every setting, its value and whether it is the default")
+    add_config("get", cmd_config_get, help="one setting's value").add_argument("name")
+    p = add_config("set", cmd_config_set, help="change a setting (checked; nothing written when refused)")
+    p.add_argument("name")
+    p.add_argument("value", nargs="+", help="the value (lists: one word per element)")
+    add_config("unset", cmd_config_unset, help="put a setting back to its default").add_argument("name")
     return parser
+
+
+def _setting_flags(p: argparse.ArgumentParser, flags: tuple[tuple[str, str], ...], note: str = "") -> None:
+    for flag, name in flags:
+        setting = SETTINGS[name]
+        p.add_argument(flag, default=None, metavar="VALUE",
+                       help=f"{setting.help}: {setting.allowed()}{note} (setting {name})")
 
 
 def main(argv: list[str] | None = None) -> int:

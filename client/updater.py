@@ -38,7 +38,7 @@ from casformat.roots import verify_first_root
 from casformat.trust import choose_release
 
 from . import windows
-from .config import ClientConfig
+from .config import ClientConfig, ConfigError, changed, stored_form
 from .errors import ClientError, HealthCheckFailed, NeedsIntervention
 from .failed import failed_releases, find_failed, forget_failed, remember_failed
 from .faults import CRASH_ENV, crash_point
@@ -88,8 +88,10 @@ class Updater:
     def __init__(self, root: str | Path, log: Log | None = None,
                  progress: Callable[[int], None] | None = None,
                  progress_total: Callable[[int], None] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.layout = InstallRoot(Path(root))
+        self.overrides: dict[str, Any] = dict(overrides or {})   # settings for this run only
         self.log: Log = log or (lambda message: None)
         self.progress = progress
         self.progress_total: Callable[[int], None] = progress_total or (lambda n: None)
@@ -98,28 +100,24 @@ class Updater:
     # ------------------------------------------------------------------ init
     @classmethod
     def init(cls, root: str | Path, servers: list[str], product: str, channel: str, root_document: bytes,
-             client_id: str | None = None, health_cmd: str | None = None, **limits: Any) -> Updater:
-        """Pin ``root_document`` (given out of band) and the servers; write config and state."""
+             client_id: str | None = None, health_cmd: str | None = None, **settings: Any) -> Updater:
+        """Pin ``root_document`` (given out of band) and the servers; write config and state.
+
+        ``settings`` are ``ClientConfig`` settings, checked like every other source of them."""
         check_name("product", product)
         check_name("channel", channel)
         if not servers:
             raise ClientError("at least one --server is needed")
-        if limits.get("report_token") and len(servers) > 1 and not limits.get("report_url"):
-            raise ClientError("with several servers, say which one takes reports and the report token "
-                              "(--report-url, the origin): it must never go to a mirror")
+        given = {**settings, "servers": list(servers), "product": product, "channel": channel,
+                 "client_id": client_id or uuid.uuid4().hex, "health_cmd": health_cmd}
+        config = ClientConfig.from_dict(given)
         trusted = verify_first_root(parse_json(root_document, max_bytes=1 << 20))
         updater = cls(root)
         layout = updater.layout
         if layout.initialised:
             raise ClientError(f"{layout.root} is already initialised")
-        for name in ("windows", "blackouts"):
-            if name in limits:
-                limits[name] = tuple(limits[name])
-        config = ClientConfig(servers=tuple(servers), product=product, channel=channel,
-                              client_id=client_id or uuid.uuid4().hex, health_cmd=health_cmd, **limits)
-        _schedule(config)  # refuse bad window specs up front
         layout.create()
-        layout.write_json("config.json", config.to_dict())
+        layout.write_json("config.json", stored_form(config, given))
         layout.write_json("root.json", parse_json(root_document))
         layout.write_json("state.json", {"root_version": trusted.version, "channel_sequence": 0,
                                          "channel_manifest": None, "installed": {}})
@@ -127,11 +125,28 @@ class Updater:
 
     @property
     def config(self) -> ClientConfig:
-        """The configuration in ``.cas/config.json``."""
+        """The configuration in ``.cas/config.json``, with this run's ``overrides`` (checked alike)."""
+        return ClientConfig.from_dict({**self.stored_config(), **self.overrides})
+
+    def stored_config(self) -> dict[str, Any]:
+        """The JSON of ``.cas/config.json`` as stored (unchecked)."""
         data = self.layout.read_json("config.json")
         if data is None:
             raise ClientError(f"{self.layout.root} is not initialised (run cas-client init)")
-        return ClientConfig.from_dict(data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.layout.cas / 'config.json'} is not a JSON object")
+        return data
+
+    def set_config(self, changes: dict[str, Any]) -> ClientConfig:
+        """Apply ``changes`` (None: back to the default) to ``.cas/config.json`` under the lock:
+        the whole result is checked first and written atomically, or nothing is written."""
+        self.layout.lock()
+        try:
+            data = changed(self.stored_config(), changes)
+            self.layout.write_json("config.json", data)   # atomic: temporary file, fsync, rename
+            return ClientConfig.from_dict(data)
+        finally:
+            self.layout.unlock()
 
     # ------------------------------------------------------------------ check
     def check(self) -> dict[str, Any]:
