@@ -159,6 +159,7 @@ def _summary(result: UpdateResult) -> str:
     if result.outcome == "deferred":
         return (f"{result.to_version} is available; outside the maintenance window, next window opens "
                 f"{result.next_window or 'never (blackout or no window)'}")
+    warned = "".join(f"\n  warning: {w}" for w in result.warnings)
     saved = result.bytes_full - result.bytes_downloaded
     pct = 100 * saved / result.bytes_full if result.bytes_full else 0
     head = {"updated": f"updated {result.from_version or '(nothing)'} -> {result.to_version}",
@@ -166,7 +167,7 @@ def _summary(result: UpdateResult) -> str:
             }.get(result.outcome, result.outcome)
     return (f"{head}\n  {result.files} files ({result.files_local} already present), "
             f"downloaded {_human_bytes(result.bytes_downloaded)} of {_human_bytes(result.bytes_full)} "
-            f"({pct:.1f}% saved{', via delta' if result.used_delta else ''}) in {result.seconds:.2f}s")
+            f"({pct:.1f}% saved{', via delta' if result.used_delta else ''}) in {result.seconds:.2f}s{warned}")
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -175,7 +176,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     updater.config  # noqa: B018 - check the overrides against the stored settings before any work
     try:
         result = updater.update(to=args.to, health_cmd=args.health_cmd, ignore_window=args.ignore_window,
-                                retry_failed=args.retry_failed)
+                                retry_failed=args.retry_failed, allow_downgrade=args.allow_downgrade,
+                                allow_major=args.allow_major)
     finally:
         if getattr(args, "_bar", None):
             args._bar.stop()
@@ -185,7 +187,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     data = _updater(args).rollback(args.to, args.health_cmd)
-    _emit(args, data, f"rolled back {data['from']} -> {data['to']} ({data['health']})")
+    _emit(args, data, f"rolled back {data['from'] or '(nothing)'} -> {data['to']} ({data['health']}); "
+          f"previous is now {data['previous'] or '(none)'}, factory {data['factory'] or '(none)'}")
     return 0
 
 
@@ -258,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-window", action="store_true", help="apply now even outside the window")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again a release that failed its health check here (cleared mark)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="install an older release than the current one although the channel's version policy forbids it")
+    p.add_argument("--allow-major", action="store_true",
+                   help="change the major version although the channel's policy is same-major")
     _setting_flags(p, UPDATE_FLAGS, " (this run only)")
     p = add("rollback", cmd_rollback, help="go back to previous, factory or a version")
     p.add_argument("--to", default="previous")

@@ -193,6 +193,12 @@ class InstallRoot:
         os.replace(tmp, self.root / name)
         fsync_dir(self.root)
 
+    def remove_link(self, name: str) -> None:
+        """Remove the link ``name`` (there is no such version any more), durably."""
+        assert name in LINKS
+        (self.root / name).unlink(missing_ok=True)
+        fsync_dir(self.root)
+
     def installed(self) -> list[str]:
         return sorted(p.name for p in self.versions.iterdir() if p.is_dir() and not p.name.startswith("."))
 

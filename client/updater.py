@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from casformat.canonical import document_digest, parse_json
+from casformat.compat import judge
 from casformat.errors import DocumentError
 from casformat.paths import check_name
 from casformat.roots import verify_first_root
@@ -39,7 +40,7 @@ from casformat.trust import choose_release
 
 from . import windows
 from .config import ClientConfig, ConfigError, changed, stored_form
-from .errors import ClientError, HealthCheckFailed, NeedsIntervention
+from .errors import ClientError, HealthCheckFailed, NeedsIntervention, NotAvailable, PolicyRefused
 from .failed import failed_releases, find_failed, forget_failed, remember_failed
 from .faults import CRASH_ENV, crash_point
 from .fetcher import Fetcher
@@ -76,6 +77,18 @@ class UpdateResult:
     used_delta: bool = False
     steps: list[str] = field(default_factory=list)
     next_window: str | None = None     # when deferred: the next moment updates may be applied
+    warnings: list[str] = field(default_factory=list)   # e.g. a deprecated target (the version policy)
+
+
+def restore_previous(layout: InstallRoot, prior: str | None, failed: str | None = None) -> None:
+    """Point ``previous`` at ``prior`` (what it was before an update or rollback that did not
+    stay); no ``previous`` link when that is gone, the failed release, or now current."""
+    current = layout.link("current")
+    if prior and prior not in (current, failed) and layout.version_dir(prior).is_dir():
+        if layout.link("previous") != prior:
+            layout.set_link("previous", prior)
+    elif layout.link("previous") is not None:
+        layout.remove_link("previous")
 
 
 def _schedule(config: ClientConfig) -> windows.Schedule:
@@ -92,6 +105,7 @@ class Updater:
                  overrides: dict[str, Any] | None = None) -> None:
         self.layout = InstallRoot(Path(root))
         self.overrides: dict[str, Any] = dict(overrides or {})   # settings for this run only
+        self.allow_downgrade = self.allow_major = False           # version policy overrides (update)
         self.log: Log = log or (lambda message: None)
         self.progress = progress
         self.progress_total: Callable[[int], None] = progress_total or (lambda n: None)
@@ -165,11 +179,14 @@ class Updater:
 
     # ------------------------------------------------------------------ update
     def update(self, to: str | None = None, health_cmd: str | None = None,
-               ignore_window: bool = False, retry_failed: bool = False) -> UpdateResult:
+               ignore_window: bool = False, retry_failed: bool = False,
+               allow_downgrade: bool = False, allow_major: bool = False) -> UpdateResult:
         """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first.
 
         A release that failed its health check here before is skipped (``skipped_failed``)
-        unless ``retry_failed`` (``client/failed.py``)."""
+        unless ``retry_failed`` (``client/failed.py``).  The channel's version policy is checked
+        before anything is downloaded (``allow_downgrade``, ``allow_major`` override it)."""
+        self.allow_downgrade, self.allow_major = allow_downgrade, allow_major
         self.layout.lock()
         try:
             return asyncio.run(self._update(to, health_cmd, ignore_window, retry_failed))
@@ -201,8 +218,14 @@ class Updater:
             critical = version in channel.get("critical", [])
         else:
             version, digest = check_name("version", to), None
+            try:   # only for its signed policy: what --to may do
+                channel = await fetch_channel(layout, config, fetcher, root)
+            except NotAvailable:
+                channel = {}
+                self.log(f"no channel {config.channel} on the servers: no version policy to check")
         if version == current and layout.cached_manifest(version) is not None:
             return UpdateResult("up_to_date", current, version, current)
+        warnings = self._check_policy(config, channel.get("policy"), current, version)
         marks = find_failed(layout, version, digest)
         if marks and not retry_failed:
             when = datetime.fromtimestamp(float(marks[-1].get("at") or 0), UTC).isoformat(timespec="seconds")
@@ -230,8 +253,23 @@ class Updater:
                                   used_delta=target.used_delta)
         else:
             result = await self._install(fetcher, config, target, journal)
+        result.warnings = warnings
         await self._swap_and_check(fetcher, version, current, command, result, journal)
         return result
+
+    def _check_policy(self, config: ClientConfig, policy: dict[str, Any] | None, current: str | None,
+                      version: str) -> list[str]:
+        """The channel's signed version policy on the move ``current`` -> ``version``, before any
+        download: ``PolicyRefused`` naming the rule and the override, else the warnings (logged)."""
+        verdict = judge(policy, current, version, self.allow_downgrade, self.allow_major)
+        if verdict.refusal is not None:
+            raise PolicyRefused(
+                f"{config.product}/{config.channel} refuses {current} -> {version} by its version policy: "
+                f"{verdict.refusal}; to install it anyway: cas-client update --to {version} {verdict.override}",
+                detail={"rule": verdict.rule, "override": verdict.override, "from": current, "to": version})
+        for warning in verdict.warnings:
+            self.log(f"warning: {warning}")
+        return list(verdict.warnings)
 
     async def _install(self, fetcher: Fetcher, config: ClientConfig, target: Target,
                        journal: Journal) -> UpdateResult:
@@ -308,28 +346,40 @@ class Updater:
             installed = layout.state().get("installed", {})
             layout.save_state(installed={**installed, version: time.time()})
             clear_journal(layout)
-            clean_downloads(layout)
+            self._collect(config)
             await send_report(config, "success", previous, version, health.detail, self.log, self.transport,
                               failed_releases(layout))
             return
         try:
             now = rollback_chain(layout, version, previous, health_of, result.steps, self.log)
         except NeedsIntervention as exc:
+            restore_previous(layout, journal.prior_previous, failed=version)
             clear_journal(layout)
             await send_report(config, "failed", previous, version, "; ".join(result.steps), self.log,
                               self.transport, failed_releases(layout))
             exc.detail = result.steps
             raise
-        # Back on a good version: ``previous`` is again what it was before this update
-        # (it was pointed at the version we came from, which is now current again).
-        prior = journal.prior_previous
-        if layout.link("previous") == now and prior and prior != now and layout.version_dir(prior).is_dir():
-            layout.set_link("previous", prior)
+        # Back on a good version: the links are as if the update had not happened (docs/client.md,
+        # "Rollback points"): ``previous`` is again what it was before it -- unless that is the
+        # version now current (the chain fell back to it), then there is no previous.
+        restore_previous(layout, journal.prior_previous, failed=version)
         crash_point("after_rollback")
         clear_journal(layout)
         result.outcome, result.current = "rolled_back", now
+        self._collect(config, drop=frozenset({version}))
         await send_report(config, "rolled_back", previous, version, "; ".join(result.steps), self.log,
                           self.transport, failed_releases(layout))
+
+    def _collect(self, config: ClientConfig, drop: frozenset[str] = frozenset()) -> None:
+        """After an update: keep the ``keep_versions`` most recent versions and the rollback points,
+        never a release that just failed (``drop``); empty the downloads (``client/gc.py``)."""
+        if config.keep_versions <= 0:
+            clean_downloads(self.layout)
+            return
+        removed = collect(self.layout, config.keep_versions, drop)["removed"]
+        if removed:
+            self.log(f"removed {', '.join(removed)} (keeping the last {config.keep_versions} versions "
+                     "and the rollback points)")
 
     async def _resume(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
         """Finish or abandon the update a journal left; None when there is nothing to resume."""
@@ -444,11 +494,17 @@ class Updater:
         if not health.ok:
             if started_from and started_from != target and layout.version_dir(started_from).is_dir():
                 layout.set_link("current", started_from)
+            restore_previous(layout, journal.prior_previous)
             clear_journal(layout)
             raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
                                     f"current stays {layout.link('current')}")
+        # A manual rollback is a change of current like an update: ``previous`` becomes the
+        # version it left, so ``rollback`` again goes back (docs/client.md, "Rollback points").
+        if started_from and started_from != target and layout.version_dir(started_from).is_dir():
+            layout.set_link("previous", started_from)
         clear_journal(layout)
-        return {"from": started_from, "to": target, "health": health.detail}
+        return {"from": started_from, "to": target, "health": health.detail,
+                "previous": layout.link("previous"), "factory": layout.link("factory")}
 
     def gc(self) -> dict[str, Any]:
         """Remove versions other than current, previous, factory (and an update's target)."""

@@ -265,6 +265,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX build_pins_digest ON build_pins(digest);
     """,
+    # 13 (issue 18; the lead merges it after migration 12 of another branch): version
+    # compatibility policies (cas/channels.py signs them into the channel document; the
+    # client checks them before it downloads anything).  channel '*': the product's policy.
+    """
+    CREATE TABLE channel_policies (
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (product, channel)
+    );
+    """,
 ]
 
 
