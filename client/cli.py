@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from casformat.errors import DocumentError
+from deltagen.output import stdout_closed
 
 from .config import SETTINGS, ClientConfig, ConfigError, default_of, parse_value, unknown_setting
 from .errors import ClientError
@@ -26,8 +29,12 @@ def _human_bytes(n: int) -> str:
     return str(value)
 
 
-def _emit(args: argparse.Namespace, data: Mapping[str, object], human: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else human)
+def _emit(args: argparse.Namespace, data: Mapping[str, object], human: str, ok: bool = True) -> None:
+    """The command's one JSON object (with ``ok`` unless the data has its own) or its human summary."""
+    if args.json:
+        print(json.dumps({"ok": ok, **data}, indent=2, sort_keys=True, default=str))
+    else:
+        print(human)
 
 
 def _updater(args: argparse.Namespace, with_progress: bool = False) -> Updater:
@@ -121,7 +128,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     for name, row in rows.items():
         mark = "" if row["set"] or not row["settable"] else "  (default)"
         lines.append(f"{name:22} {_shown(row['value'])}{mark}")
-    _emit(args, {"ok": True, "settings": rows}, "\n".join(lines))
+    _emit(args, {"settings": rows}, "\n".join(lines))
     return 0
 
 
@@ -130,7 +137,7 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     if args.name not in SETTINGS:
         raise unknown_setting(args.name)
     value = updater.config.to_dict()[args.name]
-    _emit(args, {"ok": True, "name": args.name, "value": value, "default": default_of(args.name),
+    _emit(args, {"name": args.name, "value": value, "default": default_of(args.name),
                  "set": args.name in updater.stored_config()}, _shown(value))
     return 0
 
@@ -139,14 +146,14 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     value = parse_value(args.name, args.value)
     config = Updater(args.root).set_config({args.name: value})
     stored = config.to_dict()[args.name]
-    _emit(args, {"ok": True, "name": args.name, "value": stored}, f"{args.name} = {_shown(stored)}")
+    _emit(args, {"name": args.name, "value": stored}, f"{args.name} = {_shown(stored)}")
     return 0
 
 
 def cmd_config_unset(args: argparse.Namespace) -> int:
     config = Updater(args.root).set_config({args.name: None})
     value = config.to_dict()[args.name]
-    _emit(args, {"ok": True, "name": args.name, "value": value},
+    _emit(args, {"name": args.name, "value": value},
           f"{args.name} = {_shown(value)} (the default)")
     return 0
 
@@ -181,8 +188,12 @@ def cmd_update(args: argparse.Namespace) -> int:
     finally:
         if getattr(args, "_bar", None):
             args._bar.stop()
-    _emit(args, result.__dict__, _summary(result))
-    return 0 if result.outcome in ("updated", "up_to_date", "deferred", "skipped_failed") else 2
+    status = 0 if result.outcome in ("updated", "up_to_date", "deferred", "skipped_failed") else 2
+    data: dict[str, object] = dict(result.__dict__)
+    if status:
+        data.update(code=result.outcome, message=_summary(result).splitlines()[0])
+    _emit(args, data, _summary(result), ok=status == 0)
+    return status
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -216,6 +227,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     data = _updater(args).verify(args.version)
+    if not data["ok"]:
+        data.update(code="damaged", message=f"{data['version']} is damaged: {len(data['problems'])} problems")
     _emit(args, data, f"{data['version']}: " + ("intact" if data["ok"] else
                                                 "DAMAGED\n  " + "\n  ".join(data["problems"][:50])))
     return 0 if data["ok"] else 1
@@ -228,7 +241,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cas-client", description="deltacas update client")
+    parser = _Parser(prog="cas-client", description="deltacas update client")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
@@ -301,24 +314,75 @@ def _setting_flags(p: argparse.ArgumentParser, flags: tuple[tuple[str, str], ...
                        help=f"{setting.help}: {setting.allowed()}{note} (setting {name})")
 
 
+CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE, as a shell reports it)
+USAGE = 2           # argparse's status for a command line it cannot parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are raised (``UsageError``) so ``--json`` can report them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class UsageError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _fail(as_json: bool, code: str, message: str, detail: object = None) -> None:
+    """A failed command: one JSON object on stdout under ``--json``; the error line on stderr always."""
+    if as_json:
+        print(json.dumps({"ok": False, "code": code, "message": message, "detail": detail}, sort_keys=True,
+                         default=str))
+    print(f"cas-client: error: {message}", file=sys.stderr)
+    if isinstance(detail, list):
+        for line in detail[:10]:
+            print(f"  {line}", file=sys.stderr)
+    elif isinstance(detail, dict) and code != "policy_refused":
+        for key, value in detail.items():
+            print(f"  {key}: {value}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every failure is one ``cas-client: error:`` line (and, under ``--json``,
+    one ``{"ok": false, "code", "message", "detail"}`` object on stdout) and its documented status."""
+    words = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in words
+    try:
+        args = build_parser().parse_args(words)
+    except UsageError as exc:
+        _fail(as_json, "usage", exc.message)
+        if not as_json:
+            print("  (see cas-client --help)", file=sys.stderr)
+        return USAGE
     func: Command = args.func
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()   # a closed pipe shows here, not at exit
+        return status
     except ClientError as exc:
-        print(f"cas-client: error: {exc.message}", file=sys.stderr)
-        for line in (exc.detail if isinstance(exc.detail, list) else [])[:10]:
-            print(f"  {line}", file=sys.stderr)
+        _fail(as_json, exc.code, exc.message, exc.detail)
         return exc.exit_code
     except DocumentError as exc:
-        print(f"cas-client: error: refused: {exc.message}", file=sys.stderr)
+        _fail(as_json, exc.code, f"refused: {exc.message}", exc.detail)
         return 1
     except OSError as exc:
-        print(f"cas-client: error: {exc}", file=sys.stderr)
+        if stdout_closed(exc):
+            return CLOSED_PIPE
+        code = errno.errorcode.get(exc.errno or 0, "os_error")
+        _fail(as_json, code, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return 1
     except KeyboardInterrupt:
+        _fail(as_json, "interrupted", "interrupted")
         return 130
+    except Exception as exc:   # a bug: still one JSON object under --json, and the traceback
+        if not as_json:
+            raise
+        _fail(as_json, "internal", f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from casformat.canonical import parse_json
 from casformat.paths import MAX_ROOT_BYTES, check_name
 from deltagen.output import fsync_dir, write_atomic
 
-from .errors import UnsafeRoot, UpdateInProgress
+from .errors import ClientError, UnsafeRoot, UpdateInProgress
 
 SAFE_LOCATION = "a directory of your own, e.g. ~/.local/share/<product> or /var/lib/<product> (as root)"
 STATE_FILES = ("config.json", "root.json", "state.json", "journal.json", "lock")
@@ -154,6 +154,8 @@ class InstallRoot:
     # -- lock
     def lock(self) -> None:
         """Take ``.cas/lock`` (after checking the root is safe), or raise ``UpdateInProgress``."""
+        if not self.initialised:
+            raise ClientError(f"{self.root} is not initialised (run cas-client init)")
         self.check_safe()
         fh = os.fdopen(open_state(self.cas / "lock", os.O_RDWR | os.O_CREAT), "r+")
         try:

@@ -79,6 +79,10 @@ def test_no_downgrade_refuses_an_older_to_before_any_download(srv: Server, tmp_p
     assert "rule 'no-downgrade': 1.0.0 is older than the installed 1.1.0" in proc.stderr
     assert "cas-client update --to 1.0.0 --allow-downgrade" in proc.stderr
     nothing_fetched(root, ["1.1.0"])
+    proc = cli("update", root, "--to", "1.0.0", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 7 and (data["ok"], data["code"]) == (False, "policy_refused")
+    assert data["detail"] == {"rule": "no-downgrade", "override": "--allow-downgrade", "from": "1.1.0", "to": "1.0.0"}
     # Upgrades are fine; the override installs the older one, with a warning.
     proc = cli("update", root, "--to", "1.0.0", "--allow-downgrade", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 import httpx
 
 from casformat.errors import DocumentError
 from deltagen.errors import DeltaError
+from deltagen.output import stdout_closed
 
 from ..errors import CasError
 from ..remote import RemoteError
 from . import channel, dashboard, deltas, demo, keys, mirror, publish, release, rollout, serve, store
 from .command import Subcommands, report_error
+
+CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE, as a shell reports it)
 
 # in the order ``cas --help`` lists the commands
 GROUPS: tuple[Callable[[Subcommands], None], ...] = (
@@ -33,12 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; any server, format, delta or OS error is one ``cas: error:`` line and exit 1."""
     args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         status: int = args.func(args)
+        sys.stdout.flush()   # a closed pipe shows here, not at exit
     except (CasError, DocumentError, DeltaError, OSError) as exc:
-        return report_error(exc)
+        if stdout_closed(exc):
+            return CLOSED_PIPE
+        return report_error(exc, as_json)
     except httpx.HTTPError as exc:  # a request outside cas/remote.request: still one line with a code
-        return report_error(RemoteError(0, "connection_failed", f"{type(exc).__name__}: {exc}"))
+        return report_error(RemoteError(0, "connection_failed", f"{type(exc).__name__}: {exc}"), as_json)
     except KeyboardInterrupt:
         return 130
     return status
