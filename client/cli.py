@@ -322,13 +322,15 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are raised (``UsageError``) so ``--json`` can report them."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(self, message)
 
 
 class UsageError(Exception):
-    def __init__(self, message: str) -> None:
+    """A command line the parser refused: ``parser`` (the subcommand's) and argparse's message."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
         super().__init__(message)
-        self.message = message
+        self.parser, self.message = parser, message
 
 
 def _fail(as_json: bool, code: str, message: str, detail: object = None) -> None:
@@ -353,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(words)
     except UsageError as exc:
-        _fail(as_json, "usage", exc.message)
-        if not as_json:
-            print("  (see cas-client --help)", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"ok": False, "code": "usage", "message": f"{exc.parser.prog}: {exc.message}",
+                              "detail": None}, sort_keys=True))
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
         return USAGE
     func: Command = args.func
     try:

@@ -75,7 +75,8 @@ def test_client_json_failures_are_one_object(root: Path, tmp_path: Path, args: t
     assert proc.returncode == status, (proc.stdout, proc.stderr)
     data = one_object(proc.stdout)
     assert data["ok"] is False and data["code"] == code and data["message"], data
-    assert "Traceback" not in proc.stderr and proc.stderr.startswith("cas-client: error: ")
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("usage: cas-client" if code == "usage" else "cas-client: error: "), proc.stderr
 
 
 def test_client_json_lock_and_success_objects(root: Path) -> None:
@@ -106,6 +107,10 @@ def test_cas_json_failure_and_human_detail(store: Path) -> None:
     assert lines[0] == "cas: error: cannot move app 1.0.0 from draft to released (illegal_transition)"
     assert lines[1:] == ["  from: draft", "  to: released", "  allowed: testing"]
     assert "{" not in proc.stderr and "[" not in proc.stderr
+    # A command line it cannot parse: argparse's usage on stderr, exit 2, one object under --json.
+    proc = run("cas", "release", "status", "app", "--store", store, "--json")
+    assert proc.returncode == 2 and one_object(proc.stdout)["code"] == "usage"
+    assert "the following arguments are required" in proc.stderr
     # An OS error: the reason and the file, no "[Errno 2]".
     proc = run("cas", "publish", store / "no-such-tree", "--product", "app", "--version", "9.0.0", "--store",
                store, "--json")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import httpx
 
@@ -25,9 +27,24 @@ GROUPS: tuple[Callable[[Subcommands], None], ...] = (
     dashboard.register)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are raised (``UsageError``) so ``--json`` can report them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+class UsageError(Exception):
+    """A command line the parser refused: ``parser`` (the subcommand's) and argparse's message."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``cas`` and every subcommand."""
-    parser = argparse.ArgumentParser(prog="cas", description="deltacas server and publisher")
+    parser = _Parser(prog="cas", description="deltacas server and publisher")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in GROUPS:
         register(sub)
@@ -36,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; any server, format, delta or OS error is one ``cas: error:`` line and exit 1."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(words)
+    except UsageError as exc:   # argparse's usage and message, exit 2; under --json also one object
+        if "--json" in words:
+            print(json.dumps({"ok": False, "code": "usage", "message": f"{exc.parser.prog}: {exc.message}",
+                              "detail": None}, sort_keys=True))
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        return 2
     as_json = bool(getattr(args, "json", False))
     try:
         status: int = args.func(args)
