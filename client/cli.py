@@ -211,6 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if "channel_release" in data:
         lines.append(f"  channel   {data['channel_release']} (sequence {data['channel_sequence']})"
                      + ("  update pending" if data["update_pending"] else "  up to date"))
+        if data.get("channel_policy"):
+            lines.append(f"  policy    {data['channel_policy']['rule']} (the channel's version policy)")
     elif "channel_error" in data:
         lines.append(f"  channel   unavailable: {data['channel_error']}")
     if "next_window" in data:

@@ -174,7 +174,7 @@ class Updater:
                 current = self.layout.link("current")
                 return {"channel": channel["channel"], "sequence": channel["sequence"], "release": version,
                         "manifest": digest, "expires": channel["expires"], "current": current,
-                        "update_pending": version != current}
+                        "update_pending": version != current, "policy": channel.get("policy")}
         return asyncio.run(run())
 
     # ------------------------------------------------------------------ update
@@ -377,8 +377,12 @@ class Updater:
             clean_downloads(self.layout)
             return
         removed = collect(self.layout, config.keep_versions, drop)["removed"]
-        if removed:
-            self.log(f"removed {', '.join(removed)} (keeping the last {config.keep_versions} versions "
+        failed = [v for v in removed if v in drop]
+        older = [v for v in removed if v not in drop]
+        if failed:
+            self.log(f"removed {', '.join(failed)}, which failed its health check")
+        if older:
+            self.log(f"removed {', '.join(older)} (keeping the last {config.keep_versions} versions "
                      "and the rollback points)")
 
     async def _resume(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
@@ -439,7 +443,7 @@ class Updater:
             try:
                 check = self.check()
                 data.update(channel_release=check["release"], update_pending=check["update_pending"],
-                            channel_sequence=check["sequence"])
+                            channel_sequence=check["sequence"], channel_policy=check["policy"])
             except (ClientError, DocumentError) as exc:
                 data["channel_error"] = exc.message
         return data

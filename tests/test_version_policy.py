@@ -73,6 +73,9 @@ def test_no_downgrade_refuses_an_older_to_before_any_download(srv: Server, tmp_p
     signed = channel_signed(srv)
     assert signed["policy"] == {"rule": "no-downgrade", "deprecated": []} and signed["sequence"] == before + 1
     assert "policy" not in channel_signed(srv, "beta")   # per channel
+    status = json.loads(cli("status", root, "--json").stdout)
+    assert status["channel_policy"] == {"rule": "no-downgrade", "deprecated": []}
+    assert "policy    no-downgrade" in cli("status", root).stdout
 
     proc = cli("update", root, "--to", "1.0.0")
     assert proc.returncode == 7, (proc.stdout, proc.stderr)
