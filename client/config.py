@@ -216,8 +216,8 @@ def check_value(name: str, value: Any, setting: Setting | None = None) -> Any:
         shown = repr(got) if isinstance(got, str) else str(got)
         return ConfigError(f"{name} must be {setting.allowed()}; got {shown[:200]}")
 
-    if value is None and setting.optional:
-        return None
+    if setting.optional and (value is None or value == ""):
+        return None   # unset (an empty optional string, e.g. --health-cmd "", is unset too)
     if setting.kind == "bool":
         if not isinstance(value, bool):
             raise bad(value)

@@ -183,6 +183,7 @@ def test_parse_value_units() -> None:
     assert parse_value("bandwidth_bytes_per_s", ["1.5M"]) == 3 << 19
     assert parse_value("health_timeout_s", ["2m"]) == 120 and parse_value("health_timeout_s", ["1500ms"]) == 1.5
     assert parse_value("health_cmd", ["none"]) is None
+    assert ClientConfig(servers=("http://x",), product="p", channel="c", client_id="i", health_cmd="").health_cmd is None
     with pytest.raises(ConfigError, match="bandwidth_bytes_per_s"):
         parse_value("bandwidth_bytes_per_s", ["1.5"])
     with pytest.raises(ConfigError, match="keep_versions"):
