@@ -154,9 +154,12 @@ class InstallRoot:
     # -- lock
     def lock(self) -> None:
         """Take ``.cas/lock`` (after checking the root is safe), or raise ``UpdateInProgress``."""
+        try:
+            self.check_safe()
+        except FileNotFoundError:
+            raise ClientError(f"{self.root} is not initialised (run cas-client init)") from None
         if not self.initialised:
             raise ClientError(f"{self.root} is not initialised (run cas-client init)")
-        self.check_safe()
         fh = os.fdopen(open_state(self.cas / "lock", os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
