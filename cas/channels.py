@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from casformat.canonical import canonical_bytes, parse_json
+from casformat.compat import MAX_DEPRECATED, RULES
 from casformat.errors import DocumentError
 from casformat.paths import check_name
 from casformat.times import format_epoch
@@ -18,6 +19,7 @@ from deltagen.digests import blake3_bytes
 from .errors import Conflict, Invalid, NotFound
 from .keys import channel_signing_keys
 from .metadata import Channel, Release, StaleWrite
+from .metadata.policies import PRODUCT_WIDE
 from .offerable import check_offerable, check_trusted
 from .release_lookup import get_release
 from .repo import Repo
@@ -41,6 +43,12 @@ def _document(repo: Repo, product: str, channel: str, release: str, manifest: st
     critical = repo.meta.critical_versions(product, [release] + ([rollout["release"]] if rollout else []))
     if critical:
         signed["critical"] = critical
+    # Optional (docs/http-api.md, casformat/compat.py): the version compatibility policy, read
+    # at each signing so that every re-sign keeps it; signed, so a mirror cannot strip it.
+    policy = repo.meta.channel_policy(product, channel)
+    if policy is not None:
+        signed["policy"] = {"rule": policy["rule"],
+                            "deprecated": repo.meta.deprecated_versions(product, MAX_DEPRECATED)}
     return canonical_bytes(sign(signed, signing_keys)), expires
 
 
@@ -134,3 +142,53 @@ def mark_critical(repo: Repo, product: str, version: str, critical: bool, actor:
     repo.meta.set_critical(product, version, critical, actor, reason or "-")
     resign_channels_of(repo, product, version)
     return get_release(repo, product, version)
+
+
+def _resign(repo: Repo, chosen: list[Channel]) -> list[Channel]:
+    """Re-sign ``chosen`` (new sequence, same release and rollout) so a changed flag reaches clients."""
+    renewed = []
+    for ch in chosen:
+        signed = parse_json(ch.document)["signed"]
+        try:
+            renewed.append(_write(repo, ch.product, ch.channel, ch.release, signed["manifest"],
+                                  ch.sequence + 1, ch.min_status, signed["rollout"]))
+        except StaleWrite:
+            continue  # moved concurrently: that new document was signed with the new state
+    return renewed
+
+
+def policy_of(repo: Repo, product: str, channel: str) -> dict[str, Any]:
+    """The policy that applies to ``product/channel`` (``*``: the product's own) and where it comes from."""
+    if not repo.meta.product_exists(product):
+        raise NotFound(f"no product {product!r}", code="unknown_product")
+    row = repo.meta.channel_policy(product, channel)
+    source = None if row is None else ("product" if row["channel"] == PRODUCT_WIDE else "channel")
+    return {"product": product, "channel": channel, "rule": row["rule"] if row else None, "source": source,
+            "actor": row["actor"] if row else None, "set_at": format_epoch(row["at"]) if row else None}
+
+
+def set_policy(repo: Repo, product: str, channel: str, rule: str | None, actor: str) -> dict[str, Any]:
+    """Set (or with None remove) the version compatibility policy of ``product/channel``, or of
+    every channel of the product without its own (``channel`` ``*``), and re-sign the channels
+    it applies to so that clients get it with their next channel document."""
+    if channel != PRODUCT_WIDE:
+        try:
+            check_name("channel", channel)
+        except DocumentError as exc:
+            raise Invalid(exc.message, code="invalid_path") from None
+    if rule is not None and rule not in RULES:
+        raise Invalid(f"unknown policy rule {rule!r}; one of {', '.join(RULES)} (or none to remove it)",
+                      code="bad_policy")
+    if not repo.meta.product_exists(product):
+        raise NotFound(f"no product {product!r}", code="unknown_product")
+    repo.meta.set_channel_policy(product, channel, rule, actor)
+    chosen = [ch for ch in repo.meta.list_channels(product) if channel in (PRODUCT_WIDE, ch.channel)]
+    renewed = _resign(repo, chosen)
+    return {**policy_of(repo, product, channel), "resigned": sorted(ch.channel for ch in renewed)}
+
+
+def resign_policy_channels(repo: Repo, product: str) -> list[Channel]:
+    """Re-sign the channels of ``product`` whose document carries a policy (its deprecated list changed)."""
+    chosen = [ch for ch in repo.meta.list_channels(product)
+              if "policy" in parse_json(ch.document)["signed"] or repo.meta.channel_policy(product, ch.channel)]
+    return _resign(repo, chosen)

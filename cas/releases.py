@@ -142,6 +142,8 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
         raise Conflict(str(exc), code="concurrent_change") from None
     moved = get_release(repo, product, version)
     deltas.on_status_change(repo, moved)
+    if "deprecated" in (release.status, new):   # the policies' deprecated lists change
+        channels.resign_policy_channels(repo, product)
     from . import webhooks  # lifecycle notifications (outbox; delivered in the background)
     from .clock import clock_from_env
     webhooks.enqueue(repo, clock_from_env(), "release.status",

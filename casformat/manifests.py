@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from deltagen.digests import is_digest
 
+from .compat import check_policy
 from .errors import DocumentError, InvalidPath
 from .paths import check_name, check_tree
 from .times import parse_time
@@ -99,9 +100,11 @@ CHANNEL_FIELDS = {"schema", "product", "channel", "sequence", "expires", "releas
 
 def check_channel(signed: Any) -> dict[str, Any]:
     """Structure of a channel document's ``signed`` part."""
-    if not isinstance(signed, dict) or set(signed) - {"critical"} != CHANNEL_FIELDS:
+    if not isinstance(signed, dict) or set(signed) - {"critical", "policy"} != CHANNEL_FIELDS:
         raise DocumentError(f"channel document fields must be exactly {sorted(CHANNEL_FIELDS)} "
-                            "(and optionally critical)")
+                            "(and optionally critical, policy)")
+    if "policy" in signed:   # version compatibility policy (casformat/compat.py)
+        check_policy(signed["policy"])
     critical = signed.get("critical", [])
     if not isinstance(critical, list) or len(critical) > 2 or not all(isinstance(v, str) for v in critical):
         raise DocumentError("critical must be a list of at most two versions")

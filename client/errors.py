@@ -61,3 +61,10 @@ class HealthCheckFailed(ClientError):
 class NeedsIntervention(ClientError):
     code = "manual_intervention"
     exit_code = 6
+
+
+class PolicyRefused(ClientError):
+    """The channel's signed version compatibility policy forbids this move (casformat/compat.py)."""
+
+    code = "policy_refused"
+    exit_code = 7

@@ -5,8 +5,8 @@ from signed metadata, or a configured cap for documents); a response that
 runs past it is cut and refused.  Objects are written to
 ``ROOT/.cas/downloads/<blake3>.part`` and resumed with ``Range``/``If-Range``
 (also across a process restart), checked against their BLAKE3, then renamed.
-Connection errors, 5xx and 429/503 are retried with exponential backoff and
-jitter (``Retry-After`` honoured); other 4xx are not retried; each server in
+Connection errors, 5xx and 429/503 are retried after ``ClientConfig.retry_delay``
+(1, 2, 4, 8 s by default: doubling, capped, optional jitter; ``Retry-After`` honoured); other 4xx are not retried; each server in
 the configured list is tried in turn.  Every foreign exception is wrapped in
 ``DownloadError`` here.  A document is accepted per server (``Fetcher.accepted``): one
 that fails its check (malformed, unsigned, replayed) is that server's failure, and the
@@ -127,7 +127,6 @@ class Fetcher:
         not_found = 0
         refused: DocumentError | None = None   # the last document a server sent that failed its check
         for server in list(self._servers):
-            delay = self.config.backoff_s
             for attempt in range(self.config.attempts):
                 try:
                     return await attempt_once(server.rstrip("/"))
@@ -145,9 +144,9 @@ class Fetcher:
                     if not exc.retryable or attempt == self.config.attempts - 1:
                         self._demote(server)
                         break
-                    wait = exc.retry_after if exc.retry_after is not None else delay * (0.5 + random.random())
+                    wait = exc.retry_after if exc.retry_after is not None else \
+                        self.config.retry_delay(attempt, random.random())
                     await asyncio.sleep(min(wait, self.config.max_backoff_s))
-                    delay = min(delay * 2, self.config.max_backoff_s)
         if not_found:
             # At least one server answered 404 and none had it: that is "not available", even
             # when another server was down (else one dead mirror turns every absent document,

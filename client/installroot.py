@@ -32,7 +32,7 @@ from casformat.canonical import MAX_MANIFEST_BYTES, parse_json
 from casformat.paths import MAX_ROOT_BYTES, check_name
 from deltagen.output import fsync_dir, write_atomic
 
-from .errors import UnsafeRoot, UpdateInProgress
+from .errors import ClientError, UnsafeRoot, UpdateInProgress
 
 SAFE_LOCATION = "a directory of your own, e.g. ~/.local/share/<product> or /var/lib/<product> (as root)"
 STATE_FILES = ("config.json", "root.json", "state.json", "journal.json", "lock")
@@ -154,7 +154,12 @@ class InstallRoot:
     # -- lock
     def lock(self) -> None:
         """Take ``.cas/lock`` (after checking the root is safe), or raise ``UpdateInProgress``."""
-        self.check_safe()
+        try:
+            self.check_safe()
+        except FileNotFoundError:
+            raise ClientError(f"{self.root} is not initialised (run cas-client init)") from None
+        if not self.initialised:
+            raise ClientError(f"{self.root} is not initialised (run cas-client init)")
         fh = os.fdopen(open_state(self.cas / "lock", os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -191,6 +196,12 @@ class InstallRoot:
         tmp.unlink(missing_ok=True)
         os.symlink(f"versions/{version}", tmp)
         os.replace(tmp, self.root / name)
+        fsync_dir(self.root)
+
+    def remove_link(self, name: str) -> None:
+        """Remove the link ``name`` (there is no such version any more), durably."""
+        assert name in LINKS
+        (self.root / name).unlink(missing_ok=True)
         fsync_dir(self.root)
 
     def installed(self) -> list[str]:

@@ -133,8 +133,10 @@ async def fetch_target(layout: InstallRoot, config: ClientConfig, fetcher: Fetch
                 envelope = {"signed": signed, "signatures": delta["to"]["signatures"],
                             **({"cms": delta["to"]["cms"]} if "cms" in delta["to"] else {})}
                 expected = digest or delta["to"]["manifest"]
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise DocumentError(f"malformed delta: {type(exc).__name__}: {exc}") from None
+            except KeyError as exc:
+                raise DocumentError(f"malformed delta: it has no field {exc.args[0]}") from None
+            except (TypeError, ValueError, AttributeError):
+                raise DocumentError("malformed delta: a field has the wrong type") from None
             # The manifest a delta rebuilds is held to the cap of a full one (and of the cache).
             size = len(canonical_bytes(envelope))
             if size > config.max_manifest_bytes:
@@ -151,7 +153,7 @@ async def fetch_target(layout: InstallRoot, config: ClientConfig, fetcher: Fetch
         except NotAvailable:
             log(f"no delta from {base or 'nothing'}; using the full manifest")
         except (DocumentError, DownloadError) as exc:
-            log(f"delta from {base or 'nothing'} refused ({exc}); using the full manifest")
+            log(f"the delta from {base or 'nothing'} was not used: {exc.message}; using the full manifest")
 
     def accept_full(body: bytes) -> Target:
         envelope = parse_json(body, max_bytes=config.max_manifest_bytes)

@@ -32,14 +32,15 @@ from typing import Any
 import httpx
 
 from casformat.canonical import document_digest, parse_json
+from casformat.compat import judge
 from casformat.errors import DocumentError
 from casformat.paths import check_name
 from casformat.roots import verify_first_root
 from casformat.trust import choose_release
 
 from . import windows
-from .config import ClientConfig
-from .errors import ClientError, HealthCheckFailed, NeedsIntervention
+from .config import ClientConfig, ConfigError, changed, stored_form
+from .errors import ClientError, HealthCheckFailed, NeedsIntervention, NotAvailable, PolicyRefused
 from .failed import failed_releases, find_failed, forget_failed, remember_failed
 from .faults import CRASH_ENV, crash_point
 from .fetcher import Fetcher
@@ -76,6 +77,18 @@ class UpdateResult:
     used_delta: bool = False
     steps: list[str] = field(default_factory=list)
     next_window: str | None = None     # when deferred: the next moment updates may be applied
+    warnings: list[str] = field(default_factory=list)   # e.g. a deprecated target (the version policy)
+
+
+def restore_previous(layout: InstallRoot, prior: str | None, failed: str | None = None) -> None:
+    """Point ``previous`` at ``prior`` (what it was before an update or rollback that did not
+    stay); no ``previous`` link when that is gone, the failed release, or now current."""
+    current = layout.link("current")
+    if prior and prior not in (current, failed) and layout.version_dir(prior).is_dir():
+        if layout.link("previous") != prior:
+            layout.set_link("previous", prior)
+    elif layout.link("previous") is not None:
+        layout.remove_link("previous")
 
 
 def _schedule(config: ClientConfig) -> windows.Schedule:
@@ -88,8 +101,11 @@ class Updater:
     def __init__(self, root: str | Path, log: Log | None = None,
                  progress: Callable[[int], None] | None = None,
                  progress_total: Callable[[int], None] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.layout = InstallRoot(Path(root))
+        self.overrides: dict[str, Any] = dict(overrides or {})   # settings for this run only
+        self.allow_downgrade = self.allow_major = False           # version policy overrides (update)
         self.log: Log = log or (lambda message: None)
         self.progress = progress
         self.progress_total: Callable[[int], None] = progress_total or (lambda n: None)
@@ -98,28 +114,24 @@ class Updater:
     # ------------------------------------------------------------------ init
     @classmethod
     def init(cls, root: str | Path, servers: list[str], product: str, channel: str, root_document: bytes,
-             client_id: str | None = None, health_cmd: str | None = None, **limits: Any) -> Updater:
-        """Pin ``root_document`` (given out of band) and the servers; write config and state."""
+             client_id: str | None = None, health_cmd: str | None = None, **settings: Any) -> Updater:
+        """Pin ``root_document`` (given out of band) and the servers; write config and state.
+
+        ``settings`` are ``ClientConfig`` settings, checked like every other source of them."""
         check_name("product", product)
         check_name("channel", channel)
         if not servers:
             raise ClientError("at least one --server is needed")
-        if limits.get("report_token") and len(servers) > 1 and not limits.get("report_url"):
-            raise ClientError("with several servers, say which one takes reports and the report token "
-                              "(--report-url, the origin): it must never go to a mirror")
+        given = {**settings, "servers": list(servers), "product": product, "channel": channel,
+                 "client_id": client_id or uuid.uuid4().hex, "health_cmd": health_cmd}
+        config = ClientConfig.from_dict(given)
         trusted = verify_first_root(parse_json(root_document, max_bytes=1 << 20))
         updater = cls(root)
         layout = updater.layout
         if layout.initialised:
             raise ClientError(f"{layout.root} is already initialised")
-        for name in ("windows", "blackouts"):
-            if name in limits:
-                limits[name] = tuple(limits[name])
-        config = ClientConfig(servers=tuple(servers), product=product, channel=channel,
-                              client_id=client_id or uuid.uuid4().hex, health_cmd=health_cmd, **limits)
-        _schedule(config)  # refuse bad window specs up front
         layout.create()
-        layout.write_json("config.json", config.to_dict())
+        layout.write_json("config.json", stored_form(config, given))
         layout.write_json("root.json", parse_json(root_document))
         layout.write_json("state.json", {"root_version": trusted.version, "channel_sequence": 0,
                                          "channel_manifest": None, "installed": {}})
@@ -127,11 +139,28 @@ class Updater:
 
     @property
     def config(self) -> ClientConfig:
-        """The configuration in ``.cas/config.json``."""
+        """The configuration in ``.cas/config.json``, with this run's ``overrides`` (checked alike)."""
+        return ClientConfig.from_dict({**self.stored_config(), **self.overrides})
+
+    def stored_config(self) -> dict[str, Any]:
+        """The JSON of ``.cas/config.json`` as stored (unchecked)."""
         data = self.layout.read_json("config.json")
         if data is None:
             raise ClientError(f"{self.layout.root} is not initialised (run cas-client init)")
-        return ClientConfig.from_dict(data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.layout.cas / 'config.json'} is not a JSON object")
+        return data
+
+    def set_config(self, changes: dict[str, Any]) -> ClientConfig:
+        """Apply ``changes`` (None: back to the default) to ``.cas/config.json`` under the lock:
+        the whole result is checked first and written atomically, or nothing is written."""
+        self.layout.lock()
+        try:
+            data = changed(self.stored_config(), changes)
+            self.layout.write_json("config.json", data)   # atomic: temporary file, fsync, rename
+            return ClientConfig.from_dict(data)
+        finally:
+            self.layout.unlock()
 
     # ------------------------------------------------------------------ check
     def check(self) -> dict[str, Any]:
@@ -145,16 +174,19 @@ class Updater:
                 current = self.layout.link("current")
                 return {"channel": channel["channel"], "sequence": channel["sequence"], "release": version,
                         "manifest": digest, "expires": channel["expires"], "current": current,
-                        "update_pending": version != current}
+                        "update_pending": version != current, "policy": channel.get("policy")}
         return asyncio.run(run())
 
     # ------------------------------------------------------------------ update
     def update(self, to: str | None = None, health_cmd: str | None = None,
-               ignore_window: bool = False, retry_failed: bool = False) -> UpdateResult:
+               ignore_window: bool = False, retry_failed: bool = False,
+               allow_downgrade: bool = False, allow_major: bool = False) -> UpdateResult:
         """Update to the channel's release (or ``to``) under the lock, resuming an unfinished update first.
 
         A release that failed its health check here before is skipped (``skipped_failed``)
-        unless ``retry_failed`` (``client/failed.py``)."""
+        unless ``retry_failed`` (``client/failed.py``).  The channel's version policy is checked
+        before anything is downloaded (``allow_downgrade``, ``allow_major`` override it)."""
+        self.allow_downgrade, self.allow_major = allow_downgrade, allow_major
         self.layout.lock()
         try:
             return asyncio.run(self._update(to, health_cmd, ignore_window, retry_failed))
@@ -186,8 +218,14 @@ class Updater:
             critical = version in channel.get("critical", [])
         else:
             version, digest = check_name("version", to), None
+            try:   # only for its signed policy: what --to may do
+                channel = await fetch_channel(layout, config, fetcher, root)
+            except NotAvailable:
+                channel = {}
+                self.log(f"no channel {config.channel} on the servers: no version policy to check")
         if version == current and layout.cached_manifest(version) is not None:
             return UpdateResult("up_to_date", current, version, current)
+        warnings = self._check_policy(config, channel.get("policy"), current, version)
         marks = find_failed(layout, version, digest)
         if marks and not retry_failed:
             when = datetime.fromtimestamp(float(marks[-1].get("at") or 0), UTC).isoformat(timespec="seconds")
@@ -215,8 +253,23 @@ class Updater:
                                   used_delta=target.used_delta)
         else:
             result = await self._install(fetcher, config, target, journal)
+        result.warnings = warnings
         await self._swap_and_check(fetcher, version, current, command, result, journal)
         return result
+
+    def _check_policy(self, config: ClientConfig, policy: dict[str, Any] | None, current: str | None,
+                      version: str) -> list[str]:
+        """The channel's signed version policy on the move ``current`` -> ``version``, before any
+        download: ``PolicyRefused`` naming the rule and the override, else the warnings (logged)."""
+        verdict = judge(policy, current, version, self.allow_downgrade, self.allow_major)
+        if verdict.refusal is not None:
+            raise PolicyRefused(
+                f"{config.product}/{config.channel} refuses {current} -> {version} by its version policy: "
+                f"{verdict.refusal}; to install it anyway: cas-client update --to {version} {verdict.override}",
+                detail={"rule": verdict.rule, "override": verdict.override, "from": current, "to": version})
+        for warning in verdict.warnings:
+            self.log(f"warning: {warning}")
+        return list(verdict.warnings)
 
     async def _install(self, fetcher: Fetcher, config: ClientConfig, target: Target,
                        journal: Journal) -> UpdateResult:
@@ -293,28 +346,44 @@ class Updater:
             installed = layout.state().get("installed", {})
             layout.save_state(installed={**installed, version: time.time()})
             clear_journal(layout)
-            clean_downloads(layout)
+            self._collect(config)
             await send_report(config, "success", previous, version, health.detail, self.log, self.transport,
                               failed_releases(layout))
             return
         try:
             now = rollback_chain(layout, version, previous, health_of, result.steps, self.log)
         except NeedsIntervention as exc:
+            restore_previous(layout, journal.prior_previous, failed=version)
             clear_journal(layout)
             await send_report(config, "failed", previous, version, "; ".join(result.steps), self.log,
                               self.transport, failed_releases(layout))
             exc.detail = result.steps
             raise
-        # Back on a good version: ``previous`` is again what it was before this update
-        # (it was pointed at the version we came from, which is now current again).
-        prior = journal.prior_previous
-        if layout.link("previous") == now and prior and prior != now and layout.version_dir(prior).is_dir():
-            layout.set_link("previous", prior)
+        # Back on a good version: the links are as if the update had not happened (docs/client.md,
+        # "Rollback points"): ``previous`` is again what it was before it -- unless that is the
+        # version now current (the chain fell back to it), then there is no previous.
+        restore_previous(layout, journal.prior_previous, failed=version)
         crash_point("after_rollback")
         clear_journal(layout)
         result.outcome, result.current = "rolled_back", now
+        self._collect(config, drop=frozenset({version}))
         await send_report(config, "rolled_back", previous, version, "; ".join(result.steps), self.log,
                           self.transport, failed_releases(layout))
+
+    def _collect(self, config: ClientConfig, drop: frozenset[str] = frozenset()) -> None:
+        """After an update: keep the ``keep_versions`` most recent versions and the rollback points,
+        never a release that just failed (``drop``); empty the downloads (``client/gc.py``)."""
+        if config.keep_versions <= 0:
+            clean_downloads(self.layout)
+            return
+        removed = collect(self.layout, config.keep_versions, drop)["removed"]
+        failed = [v for v in removed if v in drop]
+        older = [v for v in removed if v not in drop]
+        if failed:
+            self.log(f"removed {', '.join(failed)}, which failed its health check")
+        if older:
+            self.log(f"removed {', '.join(older)} (keeping the last {config.keep_versions} versions "
+                     "and the rollback points)")
 
     async def _resume(self, fetcher: Fetcher, command: str | None) -> UpdateResult | None:
         """Finish or abandon the update a journal left; None when there is nothing to resume."""
@@ -374,7 +443,7 @@ class Updater:
             try:
                 check = self.check()
                 data.update(channel_release=check["release"], update_pending=check["update_pending"],
-                            channel_sequence=check["sequence"])
+                            channel_sequence=check["sequence"], channel_policy=check["policy"])
             except (ClientError, DocumentError) as exc:
                 data["channel_error"] = exc.message
         return data
@@ -429,11 +498,17 @@ class Updater:
         if not health.ok:
             if started_from and started_from != target and layout.version_dir(started_from).is_dir():
                 layout.set_link("current", started_from)
+            restore_previous(layout, journal.prior_previous)
             clear_journal(layout)
             raise HealthCheckFailed(f"{target} failed its health check ({health.detail}); "
                                     f"current stays {layout.link('current')}")
+        # A manual rollback is a change of current like an update: ``previous`` becomes the
+        # version it left, so ``rollback`` again goes back (docs/client.md, "Rollback points").
+        if started_from and started_from != target and layout.version_dir(started_from).is_dir():
+            layout.set_link("previous", started_from)
         clear_journal(layout)
-        return {"from": started_from, "to": target, "health": health.detail}
+        return {"from": started_from, "to": target, "health": health.detail,
+                "previous": layout.link("previous"), "factory": layout.link("factory")}
 
     def gc(self) -> dict[str, Any]:
         """Remove versions other than current, previous, factory (and an update's target)."""

@@ -115,3 +115,28 @@ class HashingSink:
         if self._fh is not None:
             self._fh.write(data)
         return len(data)
+
+
+def stdout_closed(exc: BaseException) -> bool:
+    """True when ``exc`` is a write to a standard output whose reader went away (``cmd | head``);
+    standard output is then pointed at /dev/null so that the exit flush is quiet too.
+
+    The command-line tools (``cas``, ``cas-client``) end quietly on it instead of printing
+    ``[Errno 32] Broken pipe`` as an error; a broken pipe elsewhere (a socket) is not this."""
+    import errno
+    import select
+    import sys
+    if not isinstance(exc, OSError) or exc.errno != errno.EPIPE:
+        return False
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed

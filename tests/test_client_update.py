@@ -249,21 +249,80 @@ def test_failed_health_rolls_back_to_previous(srv: Server, tmp_path: Path) -> No
     assert not (root / ".cas" / "journal.json").exists()
     info = json.loads(cli("status", root, "--json").stdout)
     assert info["update_pending"] is True and info["current"] == "1.2.0"
-    # The failed version is the one collectable.
-    assert json.loads(cli("gc", root, "--json").stdout)["removed"] == [BAD]
+    # The failed version was removed after the rollback (not kept); its mark stays.
+    assert not (root / "versions" / BAD).exists() and BAD not in info["installed"]
+    assert [r["version"] for r in info["failed_releases"]] == [BAD]
+    assert BAD not in json.loads((root / ".cas" / "state.json").read_text())["installed"]
+    assert json.loads(cli("gc", root, "--json").stdout)["removed"] == []
 
-    # Manual rollback to factory works (health checked) ...
-    proc = cli("rollback", root, "--to", "factory")
+    # Manual rollback to factory works (health checked); previous becomes the version it left.
+    proc = cli("rollback", root, "--to", "factory", "--json")
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {**json.loads(proc.stdout), "from": "1.2.0", "to": "1.0.0",
+                                       "previous": "1.2.0", "factory": "1.0.0"}
     assert link(root, "current") == "1.0.0" and cli("verify", root).returncode == 0
-    # ... and a damaged target is refused, current untouched.
+    assert (link(root, "previous"), link(root, "factory")) == ("1.2.0", "1.0.0")
+    # ... and a damaged target is refused, current and previous untouched.
     damage(unique_file(root, "1.1.0"))
-    proc = cli("rollback", root, "--to", "previous")
+    proc = cli("rollback", root, "--to", "1.1.0")
     assert proc.returncode != 0 and "damaged" in proc.stderr, proc.stderr
-    assert link(root, "current") == "1.0.0"
-    proc = cli("rollback", root, "--to", "1.2.0")
+    assert (link(root, "current"), link(root, "previous")) == ("1.0.0", "1.2.0")
+    proc = cli("rollback", root, "--to", "previous")
     assert proc.returncode == 0, proc.stderr
-    assert link(root, "current") == "1.2.0"
+    assert "previous is now 1.0.0, factory 1.0.0" in proc.stdout
+    assert (link(root, "current"), link(root, "previous")) == ("1.2.0", "1.0.0")
+
+
+def test_manual_rollback_to_previous_toggles_and_a_failing_one_moves_nothing(srv: Server, tmp_path: Path) -> None:
+    """previous after a manual rollback is the version it left: `rollback` twice is back where
+    it started; a rollback whose target fails its health check changes no link."""
+    root = init_root(srv, tmp_path / "root")
+    install(root, "1.0.0", "1.1.0", "1.2.0")
+    assert cli("rollback", root).returncode == 0
+    assert (link(root, "current"), link(root, "previous"), link(root, "factory")) == ("1.1.0", "1.2.0", "1.0.0")
+    assert cli("rollback", root).returncode == 0
+    assert (link(root, "current"), link(root, "previous"), link(root, "factory")) == ("1.2.0", "1.1.0", "1.0.0")
+    proc = cli("rollback", root, "--to", "factory", "--health-cmd", "exit 3")
+    assert proc.returncode == 5 and "1.0.0 failed its health check" in proc.stderr, proc.stderr
+    assert (link(root, "current"), link(root, "previous"), link(root, "factory")) == ("1.2.0", "1.1.0", "1.0.0")
+    proc = cli("rollback", root, "--to", "9.9.9")
+    assert proc.returncode == 1 and "9.9.9 is damaged or not installed" in proc.stderr
+    assert link(root, "previous") == "1.1.0"
+
+
+def test_automatic_rollback_to_factory_leaves_no_previous_pointing_at_current(srv: Server,
+                                                                              tmp_path: Path) -> None:
+    root = init_root(srv, tmp_path / "root")
+    install(root, "1.0.0", "1.2.0")                 # previous 1.0.0 = factory
+    damage(unique_file(root, "1.2.0"))
+    channel(srv, BAD)
+    proc, data = update_json(root)
+    assert proc.returncode == 2 and data["current"] == "1.0.0", (proc.stdout, proc.stderr)
+    # previous was 1.0.0 before the update, which is now current: no previous at all.
+    assert (link(root, "current"), link(root, "previous"), link(root, "factory")) == ("1.0.0", None, "1.0.0")
+    proc = cli("rollback", root)
+    assert proc.returncode == 1 and "there is no previous version" in proc.stderr
+
+
+def test_keep_versions_after_successful_updates(srv: Server, tmp_path: Path) -> None:
+    """After an update the client keeps the keep_versions most recent versions and the
+    rollback points by itself; older ones go without `cas-client gc`."""
+    root = init_root(srv, tmp_path / "root")
+    assert cli("config", "set", root, "keep_versions", "2").returncode == 0
+    install(root, "1.1.0", "1.0.0", "1.2.0")        # factory 1.1.0
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.0.0", "1.1.0", "1.2.0"]
+    proc = cli("update", root, "--to", BAD, "--health-cmd", "true")   # passes under this check
+    assert proc.returncode == 0, proc.stderr
+    # Kept: the 2 most recent (1.3.0, 1.2.0 = previous) and the factory 1.1.0; 1.0.0 removed.
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.1.0", "1.2.0", BAD]
+    assert not (root / ".cas" / "manifests" / "1.0.0.json").exists()
+    assert "removed 1.0.0" in proc.stderr
+    assert sorted(json.loads((root / ".cas" / "state.json").read_text())["installed"]) == ["1.1.0", "1.2.0", BAD]
+    # keep_versions 0: nothing is removed automatically.
+    assert cli("config", "set", root, "keep_versions", "0").returncode == 0
+    assert cli("update", root, "--to", "1.0.0").returncode == 0
+    assert cli("update", root, "--to", "1.2.0").returncode == 0
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.0.0", "1.1.0", "1.2.0", BAD]
 
 
 def test_failed_release_is_remembered_and_not_swapped_to_again(srv: Server, tmp_path: Path) -> None:
@@ -274,7 +333,8 @@ def test_failed_release_is_remembered_and_not_swapped_to_again(srv: Server, tmp_
     channel(srv, BAD)
     proc, data = update_json(root)
     assert proc.returncode == 2 and data["outcome"] == "rolled_back", (proc.stdout, proc.stderr)
-    bad_digest = document_digest(manifest(root, BAD))
+    with srv.client() as http:   # the failed tree (and its cached manifest) were removed: ask the server
+        bad_digest = document_digest(http.get(f"/v1/products/app/releases/{BAD}/manifest").json()["signed"])
 
     proc, data = update_json(root)
     assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,9 @@ A command acts on the local store (``--store DIR``, ``$CAS_STORE``, default ``./
 or, where it can, on a server (``--server URL --token T``, ``$CAS_SERVER``, ``$CAS_TOKEN``).
 It prints one human summary or, with ``--json``, the data behind it.  Any error of the
 server, the wire format or deltagen becomes one ``cas: error: <message>`` line (plus
-indented detail lines) and exit status 1 (``report_error``).
+indented detail lines) and exit status 1 (``report_error``); with ``--json`` also one JSON
+object ``{"ok": false, "code", "message", "detail"}`` on stdout.  A closed standard output
+(``cas ... | head``) ends the command quietly (exit 141, as a shell reports SIGPIPE).
 """
 from __future__ import annotations
 
@@ -114,15 +116,36 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Progress]:
         bar.stop()
 
 
-def report_error(exc: CasError | DocumentError | DeltaError | OSError) -> int:
-    """Print the one-line reason of a failed command (and its detail lines); the exit status."""
+def detail_lines(detail: Any) -> list[str]:
+    """An error's detail as human lines: a mapping as ``key: value``, lists joined, never a repr."""
+    def words(value: Any) -> str:
+        if isinstance(value, list | tuple | set):
+            return ", ".join(words(v) for v in value) or "(none)"
+        if isinstance(value, dict):
+            return "; ".join(f"{k} {words(v)}" for k, v in value.items())
+        return "-" if value is None else str(value)
+
+    if not detail:
+        return []
+    if isinstance(detail, dict):
+        return [f"{key}: {words(value)}" for key, value in detail.items()][:MAX_DETAIL_LINES]
+    return [words(line) for line in (detail if isinstance(detail, list) else [detail])][:MAX_DETAIL_LINES]
+
+
+def report_error(exc: CasError | DocumentError | DeltaError | OSError, as_json: bool = False) -> int:
+    """Report a failed command and return its exit status (1): one ``cas: error: <message> (<code>)``
+    line and its detail lines on stderr; with ``as_json`` (``--json``) also one JSON object
+    ``{"ok": false, "code", "message", "detail"}`` on stdout."""
     if isinstance(exc, OSError):
         code = errno.errorcode.get(exc.errno or 0, "os_error")
-        print(f"cas: error: {exc} ({code})", file=sys.stderr)
-        return 1
-    print(f"cas: error: {exc.message} ({exc.code})", file=sys.stderr)
-    detail = exc.detail
-    if detail:
-        for line in (detail if isinstance(detail, list) else [detail])[:MAX_DETAIL_LINES]:
-            print(f"  {line}", file=sys.stderr)
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        detail: Any = None
+    else:
+        code, message, detail = exc.code, exc.message, exc.detail
+    if as_json:
+        print(json.dumps({"ok": False, "code": code, "message": message, "detail": detail}, sort_keys=True,
+                         default=str))
+    print(f"cas: error: {message} ({code})", file=sys.stderr)
+    for line in detail_lines(detail):
+        print(f"  {line}", file=sys.stderr)
     return 1

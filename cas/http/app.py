@@ -122,6 +122,8 @@ def create_app(repo: Repo) -> Starlette:
         Route("/v1/admin/deltas/build", releases.deltas_build, methods=["POST"]),
         Route(p + "/channels/{channel}", releases.get_channel, methods=["GET"]),
         Route(p + "/channels/{channel}", releases.put_channel, methods=["PUT"]),
+        Route(p + "/channels/{channel}/policy", releases.get_policy, methods=["GET"]),
+        Route(p + "/channels/{channel}/policy", releases.put_policy, methods=["PUT"]),
         Route(p + "/channels/{channel}/rollout", rollouts.get_rollout, methods=["GET"]),
         Route(p + "/channels/{channel}/rollout", rollouts.start_rollout, methods=["POST"]),
         Route(p + "/channels/{channel}/rollout/{action}", rollouts.rollout_action, methods=["POST"]),

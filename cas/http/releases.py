@@ -119,6 +119,24 @@ async def put_channel(request: Request) -> Response:
                         headers={"ETag": ch.etag})
 
 
+async def get_policy(request: Request) -> Response:
+    require(request, "read")
+    data = await run_in_threadpool(channels.policy_of, request.app.state.repo, request.path_params["product"],
+                                   request.path_params["channel"])
+    return JSONResponse(data)
+
+
+async def put_policy(request: Request) -> Response:
+    actor = require(request, "admin")
+    body = await json_body(request)
+    if not isinstance(body, dict) or "rule" not in body or not (body["rule"] is None or isinstance(body["rule"], str)):
+        raise Invalid('send {"rule": "any|no-downgrade|same-major"} or {"rule": null} to remove it',
+                      code="bad_request")
+    data = await run_in_threadpool(channels.set_policy, request.app.state.repo, request.path_params["product"],
+                                   request.path_params["channel"], body["rule"], actor)
+    return JSONResponse(data)
+
+
 async def get_root(request: Request) -> Response:
     require(request, "read")
     meta = request.app.state.repo.meta

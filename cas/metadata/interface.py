@@ -14,6 +14,7 @@ its own module composed here:
 ``reports.ReportQueries``       clients' update reports
 ``rollouts.RolloutQueries``     rollouts and their events
 ``webhooks.WebhookQueries``     the webhook outbox
+``policies.PolicyQueries``      channels' version compatibility policies
 ==============================  =============================================================
 
 The queries are written in the SQL that SQLite and PostgreSQL share; a backend
@@ -26,6 +27,7 @@ from .bundles import BundleQueries
 from .channels import ChannelQueries
 from .deltajobs import DeltaJobQueries
 from .gc import GcQueries
+from .policies import PolicyQueries
 from .releases import ReleaseQueries
 from .reports import ReportQueries
 from .rollouts import RolloutQueries
@@ -35,5 +37,5 @@ from .webhooks import WebhookQueries
 
 
 class Metadata(RootQueries, ReleaseQueries, ChannelQueries, UploadQueries, DeltaJobQueries, BundleQueries,
-               GcQueries, ReportQueries, RolloutQueries, WebhookQueries):
+               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, PolicyQueries):
     """Every query, once; abstract until a backend supplies connections and transactions."""

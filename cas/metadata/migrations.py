@@ -265,6 +265,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX build_pins_digest ON build_pins(digest);
     """,
+    # 13 (issue 18; the lead merges it after migration 12 of another branch): version
+    # compatibility policies (cas/channels.py signs them into the channel document; the
+    # client checks them before it downloads anything).  channel '*': the product's policy.
+    """
+    CREATE TABLE channel_policies (
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (product, channel)
+    );
+    """,
     # 15: uploads whose bytes live in a shared object store (cas/uploads.py, SharedUploads):
     # each append is one part object; a part counts once recorded here, in upload order.
     """
