@@ -33,7 +33,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body, content_type = request.app.state.metrics.exposition()
+    # the state gauges query the metadata: off the event loop
+    body, content_type = await run_in_threadpool(request.app.state.metrics.exposition)
     return Response(body, headers={"Content-Type": content_type})
 
 
@@ -147,4 +148,6 @@ def create_app(repo: Repo) -> Starlette:
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute,
                                             max_keys=repo.config.rate_limit_max_keys)
     app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases)
+    figures = app.state.dashboard.figures
+    metrics_.watch_state(repo, lambda: figures.usage(repo))  # store walk cached like the dashboard's
     return app

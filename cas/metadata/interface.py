@@ -14,6 +14,7 @@ its own module composed here:
 ``reports.ReportQueries``       clients' update reports
 ``rollouts.RolloutQueries``     rollouts and their events
 ``webhooks.WebhookQueries``     the webhook outbox
+``gauges.GaugeQueries``         aggregates ``/metrics`` reads at each scrape
 ==============================  =============================================================
 
 The queries are written in the SQL that SQLite and PostgreSQL share; a backend
@@ -25,6 +26,7 @@ from __future__ import annotations
 from .bundles import BundleQueries
 from .channels import ChannelQueries
 from .deltajobs import DeltaJobQueries
+from .gauges import GaugeQueries
 from .gc import GcQueries
 from .releases import ReleaseQueries
 from .reports import ReportQueries
@@ -35,5 +37,5 @@ from .webhooks import WebhookQueries
 
 
 class Metadata(RootQueries, ReleaseQueries, ChannelQueries, UploadQueries, DeltaJobQueries, BundleQueries,
-               GcQueries, ReportQueries, RolloutQueries, WebhookQueries):
+               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, GaugeQueries):
     """Every query, once; abstract until a backend supplies connections and transactions."""
