@@ -429,6 +429,8 @@ class MirrorSync:
         named = [(signed["release"], signed["manifest"])]
         if signed.get("rollout"):
             named.append((signed["rollout"]["release"], signed["rollout"]["manifest"]))
+        # per-node rollback (cas/pins.py): a pinned client fetches its pinned release from the mirror too
+        named += [(pin["release"], pin["manifest"]) for pin in signed.get("pins", [])]
         for version, digest in named:
             if version not in manifests:
                 manifests[version] = self.sync_manifest(root, product, version, digest)

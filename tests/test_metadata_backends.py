@@ -148,7 +148,8 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     m.put_channel(channel(1))
     _close(m)
     # Undo migrations 6.. (append a line here with every new migration).
-    undo = ["DROP TABLE build_pins",
+    undo = ["DROP TABLE client_pin_events", "DROP TABLE client_pins",
+            "DROP TABLE build_pins",
             "DROP INDEX uploads_owner", "ALTER TABLE uploads DROP COLUMN owner", "ALTER TABLE uploads DROP COLUMN bytes",
             "DROP INDEX reports_reporter", "ALTER TABLE reports DROP COLUMN counted",
             "ALTER TABLE reports DROP COLUMN reporter", "DROP TABLE counters", "DROP TABLE gc_tombstones",

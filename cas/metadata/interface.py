@@ -14,6 +14,7 @@ its own module composed here:
 ``reports.ReportQueries``       clients' update reports
 ``rollouts.RolloutQueries``     rollouts and their events
 ``webhooks.WebhookQueries``     the webhook outbox
+``pins.PinQueries``             clients pinned to a release on a channel, and their events
 ``gauges.GaugeQueries``         aggregates ``/metrics`` reads at each scrape
 ==============================  =============================================================
 
@@ -28,6 +29,7 @@ from .channels import ChannelQueries
 from .deltajobs import DeltaJobQueries
 from .gauges import GaugeQueries
 from .gc import GcQueries
+from .pins import PinQueries
 from .releases import ReleaseQueries
 from .reports import ReportQueries
 from .rollouts import RolloutQueries
@@ -37,5 +39,6 @@ from .webhooks import WebhookQueries
 
 
 class Metadata(RootQueries, ReleaseQueries, ChannelQueries, UploadQueries, DeltaJobQueries, BundleQueries,
-               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, GaugeQueries):
+               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, PinQueries,
+               GaugeQueries):
     """Every query, once; abstract until a backend supplies connections and transactions."""
