@@ -36,6 +36,8 @@ class Config:
     rate_limit_max_keys: int = 10_000    # keys each rate limiter keeps (memory bound; exhausted keys kept first)
     sqlite_cache_kib: int = 1024         # page cache per SQLite connection (one per thread)
     dashboard_cache_releases: int = 256  # releases whose file maps the dashboard keeps (dedup figures)
+    metrics_store_usage_seconds: float = 60.0  # /metrics: the object store's objects and bytes are walked
+                                               # (listed, for S3) at most this often
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to

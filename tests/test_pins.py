@@ -14,7 +14,9 @@ from conftest import PUBLISH, Server, start_server, store_snapshot
 from hostile_proxy import FAST_CLIENT, HostileProxy
 
 from cas.signing import generate_key, private_to_pem
-from casformat.errors import SignatureError
+from casformat.errors import DocumentError, SignatureError
+from casformat.manifests import check_channel
+from casformat.trust import choose_release
 from client.updater import Updater
 
 PINS = "/v1/products/app/channels/stable/pins"
@@ -189,3 +191,40 @@ def test_client_refuses_a_pin_forged_on_the_way(srv: Server, tmp_path: Path) -> 
         assert up.layout.link("current") == "1.1.0" and up.verify()["ok"]
     finally:
         proxy.stop()
+
+
+D1, D2 = "a" * 64, "b" * 64
+
+
+def channel_signed(**extra: object) -> dict:
+    return {"schema": 1, "product": "app", "channel": "stable", "sequence": 3, "expires": "2099-01-01T00:00:00Z",
+            "release": "1.1.0", "manifest": D1, "rollout": None, **extra}
+
+
+@pytest.mark.parametrize("pins,message", [
+    ({"release": "1.0.0"}, "pins must be a list"),
+    ([{"release": "1.0.0", "manifest": D2}], "each pin is"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": ["a"], "extra": 1}], "each pin is"),
+    ([{"release": "../x", "manifest": D2, "clients": ["a"]}], "version"),
+    ([{"release": "1.0.0", "manifest": "nope", "clients": ["a"]}], "pin manifest must be a digest"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": []}], "non-empty list"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": ["x" * 129]}], "non-empty list"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": [7]}], "non-empty list"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": ["a", "a"]}], "pinned twice"),
+    ([{"release": "1.0.0", "manifest": D2, "clients": ["a"]},
+      {"release": "0.9.0", "manifest": D1, "clients": ["a"]}], "pinned twice"),
+    ([{"release": f"1.0.{i}", "manifest": D2, "clients": [f"c{i}"]} for i in range(65)], "at most 64"),
+])
+def test_malformed_pins_are_refused(pins: object, message: str) -> None:
+    with pytest.raises(DocumentError, match=message):
+        check_channel(channel_signed(pins=pins))
+
+
+def test_the_pin_wins_over_the_rollout_and_the_channel() -> None:
+    signed = channel_signed(
+        rollout={"release": "1.2.0", "manifest": D2, "percent": 100, "salt": "00" * 8},
+        pins=[{"release": "1.0.0", "manifest": D2, "clients": ["node-a"]}])
+    assert check_channel(signed) is signed
+    assert choose_release(signed, "node-a") == ("1.0.0", D2)
+    assert choose_release(signed, "node-b") == ("1.2.0", D2)     # in the 100 % cohort
+    assert choose_release(channel_signed(), "node-a") == ("1.1.0", D1)

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from .. import channels, webhooks
 from .. import rollouts as rollout_gate
 from ..clock import clock_from_env
+from ..dashboard.figures import Figures
 from ..repo import Repo
 from ..uploads import Uploads
 from . import dashboard, objects, releases, reports, rollouts
@@ -151,6 +152,7 @@ def create_app(repo: Repo) -> Starlette:
     app.state.auth_failures = SlidingWindow(repo.config.auth_failures_per_minute,
                                             max_keys=repo.config.rate_limit_max_keys)
     app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases)
-    figures = app.state.dashboard.figures
-    metrics_.watch_state(repo, lambda: figures.usage(repo))  # store walk cached like the dashboard's
+    # the store walk behind cas_store_bytes, cached: a scrape every few seconds must not list a bucket each time
+    usage = Figures(usage_seconds=repo.config.metrics_store_usage_seconds)
+    metrics_.watch_state(repo, lambda: usage.usage(repo))
     return app
