@@ -26,8 +26,9 @@ SECRET_BYTES = 32
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    if args.config:
-        return Path(args.config)
+    config = args.config or os.environ.get("CAS_CONFIG")
+    if config:
+        return Path(config)
     store = args.store or os.environ.get("CAS_STORE") or "./cas-data"
     return Path(store) / "config.toml"
 
@@ -142,7 +143,7 @@ def register(sub: Subcommands) -> None:
                              ("list", cmd_tokens_list, "list tokens (names, scopes, hash prefixes)"),
                              ("remove", cmd_tokens_remove, "remove a token by name")):
         p = add_command(t, name, func, help=help)
-        p.add_argument("--config", default=None, help="config file (default STORE/config.toml)")
+        p.add_argument("--config", default=None, help="config file (default $CAS_CONFIG or STORE/config.toml)")
         if name != "list":
             p.add_argument("name", help="the token's name (recorded in audit logs as token:NAME)")
         if name == "add":
