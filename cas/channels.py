@@ -28,8 +28,18 @@ from .signing import sign
 ATTEMPTS = 5
 
 
+def document_pins(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``pins`` of a channel document from pin rows: one entry per pinned release, clients sorted."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        grouped.setdefault((row["release"], row["manifest"]), []).append(row["client_id"])
+    return [{"release": release, "manifest": manifest, "clients": sorted(ids)}
+            for (release, manifest), ids in sorted(grouped.items())]
+
+
 def _document(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
-              rollout: dict[str, Any] | None = None) -> tuple[bytes, float]:
+              rollout: dict[str, Any] | None = None,
+              pins: list[dict[str, Any]] | None = None) -> tuple[bytes, float]:
     # Keys are read at each signing so that a rotation by `cas keys rotate` applies at once.
     signing_keys = channel_signing_keys(repo.config.store)
     if not signing_keys:
@@ -49,6 +59,12 @@ def _document(repo: Repo, product: str, channel: str, release: str, manifest: st
     if policy is not None:
         signed["policy"] = {"rule": policy["rule"],
                             "deprecated": repo.meta.deprecated_versions(product, MAX_DEPRECATED)}
+    # Optional (per-node rollback, cas/pins.py): client ids pinned to a release.  Read at each
+    # signing (after the caller read the channel's sequence), so every re-sign keeps them;
+    # ``pins`` given: the pins a change is about to write with this document.
+    pinned = document_pins(repo.meta.channel_pins(product, channel) if pins is None else pins)
+    if pinned:
+        signed["pins"] = pinned
     return canonical_bytes(sign(signed, signing_keys)), expires
 
 
@@ -62,9 +78,11 @@ def _write(repo: Repo, product: str, channel: str, release: str, manifest: str, 
 
 
 def prepare(repo: Repo, product: str, channel: str, release: str, manifest: str, sequence: int,
-            min_status: str, rollout: dict[str, Any] | None = None) -> Channel:
-    """A signed channel document not yet written (cas/rollouts.py writes it with its own state)."""
-    document, expires = _document(repo, product, channel, release, manifest, sequence, rollout)
+            min_status: str, rollout: dict[str, Any] | None = None,
+            pins: list[dict[str, Any]] | None = None) -> Channel:
+    """A signed channel document not yet written (cas/rollouts.py and cas/pins.py write it with
+    their own state; ``pins``: the pin rows it lists, default the stored ones)."""
+    document, expires = _document(repo, product, channel, release, manifest, sequence, rollout, pins)
     return Channel(product, channel, release, sequence, min_status, document,
                    f'"{blake3_bytes(document)}"', expires, time.time())
 

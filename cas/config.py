@@ -1,6 +1,6 @@
 """Server configuration: every limit is named here with its default.
 
-Read from ``STORE/config.toml`` (or ``--config FILE``); environment variables
+Read from ``STORE/config.toml`` (or ``--config FILE``; ``cas tokens`` edits its tokens); environment variables
 override the file: CAS_STORE, CAS_ADMIN_TOKEN, CAS_PUBLISH_TOKEN, CAS_READ_TOKEN,
 CAS_REPORT_TOKEN, CAS_METADATA_URL.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,6 +31,9 @@ class Config:
     port: int = 8080
     # Auth: sha256(token) -> scope.  Tokens are only ever kept hashed.
     token_hashes: Mapping[str, str] = field(default_factory=dict)
+    # sha256(token) -> name, recorded in audit logs as "token:NAME" (`cas tokens add`); a token
+    # without a name (older configs, CAS_*_TOKEN) is recorded by its scope, "token:publish".
+    token_names: Mapping[str, str] = field(default_factory=dict)
     anonymous_read: bool = True
     auth_failures_per_minute: int = 30   # per client address; then 429 until the window passes
     rate_limit_max_keys: int = 10_000    # keys each rate limiter keeps (memory bound; exhausted keys kept first)
@@ -37,6 +41,8 @@ class Config:
     dashboard_cache_releases: int = 256  # releases whose file maps the dashboard keeps (dedup figures)
     malloc_arena_max: int = 2            # glibc malloc arenas of `cas serve` (0: glibc's 8 per core; docs/performance.md)
     dashboard_cache_bytes: int = 16 << 20  # ... and the manifest JSON bytes behind its parsed manifests, and its maps
+    metrics_store_usage_seconds: float = 60.0  # /metrics: the object store's objects and bytes are walked
+                                               # (listed, for S3) at most this often
     enforce_signatures: bool = True
     casefold_paths: bool = False
     # Enterprise CMS signing (cas/cms_signing.py): X.509 trust anchors as a PEM file (relative to
@@ -160,7 +166,46 @@ def check_webhooks(entries: Any) -> tuple[Mapping[str, str], ...]:
     return tuple(out)
 
 
-_SIMPLE = {f.name for f in fields(Config)} - {"store", "token_hashes"}
+_SIMPLE = {f.name for f in fields(Config)} - {"store", "token_hashes", "token_names"}
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_token_name(name: Any) -> str:
+    """A token name: 1..64 of letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _TOKEN_NAME.match(name):
+        raise ValueError(f"token name {name!r} must be 1..64 letters, digits, '.', '_' or '-' "
+                         "(starting with a letter or digit)")
+    return name
+
+
+def parse_tokens(entries: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """``tokens = [{name = "ci", scope = "publish", sha256 = "..."}]`` (``token = "..."`` instead
+    of ``sha256`` and no ``name`` are accepted too): (sha256 -> scope, sha256 -> name)."""
+    if not isinstance(entries, list):
+        raise ValueError("tokens must be a list of {name, scope, sha256} tables")
+    hashes: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, Mapping) or set(entry) - {"name", "scope", "sha256", "token"}:
+            raise ValueError("each token is {name = \"...\", scope = \"...\", sha256 = \"...\"}")
+        scope = entry.get("scope")
+        if scope not in SCOPES:
+            raise ValueError(f"token scope must be one of {SCOPES}")
+        if "sha256" in entry:
+            digest = entry["sha256"]
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError("token sha256 must be 64 lowercase hex digits")
+        elif isinstance(entry.get("token"), str) and entry["token"]:
+            digest = hash_token(entry["token"])
+        else:
+            raise ValueError("each token needs sha256 (or token)")
+        hashes[digest] = scope
+        if "name" in entry:
+            name = check_token_name(entry["name"])
+            if name in names.values():
+                raise ValueError(f"two tokens are named {name!r}")
+            names[digest] = name
+    return hashes, names
 
 
 def load_config(store: str | os.PathLike[str] | None = None, config_file: str | None = None,
@@ -191,15 +236,9 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
                          "(casformat's MAX_MANIFEST_BYTES)")
     config = Config(store=store_path, **kwargs)
     config.delta_limits()  # a bad delta setting is refused here, with DeltaLimits's message
-    # tokens = [{scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
-    hashes: dict[str, str] = {}
-    for entry in data.get("tokens", []):
-        scope = entry.get("scope")
-        if scope not in SCOPES:
-            raise ValueError(f"token scope must be one of {SCOPES}")
-        digest = entry.get("sha256") or hash_token(entry["token"])
-        hashes[digest] = scope
-    config = replace(config, token_hashes=hashes)
+    # tokens = [{name = "ci", scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
+    hashes, names = parse_tokens(data.get("tokens", []))
+    config = replace(config, token_hashes=hashes, token_names=names)
     config = config.with_tokens(admin=env.get("CAS_ADMIN_TOKEN"), publish=env.get("CAS_PUBLISH_TOKEN"),
                                 read=env.get("CAS_READ_TOKEN"), report=env.get("CAS_REPORT_TOKEN"))
     if env.get("CAS_METADATA_URL"):

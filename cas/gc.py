@@ -54,9 +54,10 @@ class GcReport:
 
 
 def offered_versions(repo: Repo, product: str) -> set[str]:
-    """Versions a channel or an active rollout points at."""
+    """Versions a channel, an active rollout or a client pin points at."""
     versions = {ch.release for ch in repo.meta.list_channels(product)}
     versions.update(r["release"] for r in repo.meta.active_rollouts(product))
+    versions.update(repo.meta.pinned_versions(product))
     return versions
 
 

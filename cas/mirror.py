@@ -69,6 +69,11 @@ class MirrorError(CasError):
 
 # --------------------------------------------------------------------------- layout
 
+#: a channel document's cap, the clients' ``max_channel_bytes`` default (the origin signs at most
+#: ``rollout_max_document_bytes``, 60 KiB)
+CHANNEL_MAX_BYTES = 64 << 10
+
+
 def mirror_dir(store: Path) -> Path:
     return Path(store) / "mirror"
 
@@ -417,7 +422,9 @@ class MirrorSync:
     def sync_channel(self, root: Root, product: str, channel: str,
                      manifests: dict[str, tuple[str, dict[str, Any]]]) -> None:
         rel = relpath_for("channel", product, channel)
-        status, body, headers = self._fetch(f"/v1/products/{product}/channels/{channel}", rel)
+        # the clients' cap (max_channel_bytes, 64 KiB): a mirror keeps no channel document they would refuse
+        status, body, headers = self._fetch(f"/v1/products/{product}/channels/{channel}", rel,
+                                            max_bytes=CHANNEL_MAX_BYTES)
         if body is None:
             return
         key = f"{product}/{channel}"
@@ -429,6 +436,8 @@ class MirrorSync:
         named = [(signed["release"], signed["manifest"])]
         if signed.get("rollout"):
             named.append((signed["rollout"]["release"], signed["rollout"]["manifest"]))
+        # per-node rollback (cas/pins.py): a pinned client fetches its pinned release from the mirror too
+        named += [(pin["release"], pin["manifest"]) for pin in signed.get("pins", [])]
         for version, digest in named:
             if version not in manifests:
                 manifests[version] = self.sync_manifest(root, product, version, digest)

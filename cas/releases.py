@@ -128,6 +128,11 @@ def move_status(repo: Repo, product: str, version: str, new: str, actor: str, re
         if active:
             raise Conflict(f"rollouts on channels {active} use {product} {version}; promote or abort them first",
                            detail={"channels": active}, code="release_in_use")
+        pinned = repo.meta.pinned_channels(product, version)
+        if pinned:
+            raise Conflict(f"clients are pinned to {product} {version} on channels {pinned}; remove the pins "
+                           f"first (cas pin list {product} CHANNEL)", detail={"pinned_on": pinned},
+                           code="release_in_use")
         pointing = repo.meta.channels_pointing_at(product, version)
         if pointing and move_channel_to is not None:
             _move_channels(repo, product, version, pointing, move_channel_to)

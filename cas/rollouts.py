@@ -105,9 +105,10 @@ def _count(value: Any, name: str, low: int = 0, high: int = 10**9) -> int:
     return value
 
 
-def _clients(value: Any, limit: int) -> tuple[str, ...]:
+def check_clients(value: Any, limit: int) -> tuple[str, ...]:
+    """A list of distinct client ids (1..128 printable characters), at most ``limit``; Invalid otherwise."""
     if not isinstance(value, list) or not value:
-        raise Invalid("the batches strategy needs a non-empty list of client ids", code="bad_clients")
+        raise Invalid("a non-empty list of client ids is needed (the batches strategy, pins)", code="bad_clients")
     if len(value) > limit:
         raise Invalid(f"{len(value)} client ids; at most {limit}", code="too_many_clients")
     bad = [c for c in value if not isinstance(c, str) or not 1 <= len(c) <= MAX_CLIENT_ID or not c.isprintable()]
@@ -430,7 +431,7 @@ def start(repo: Repo, clock: Clock, product: str, channel: str, version: str, ac
         percents = (100,)
     else:
         percents = ()
-        ids = _clients(clients, repo.config.rollout_max_clients)
+        ids = check_clients(clients, repo.config.rollout_max_clients)
         size = _count(batch_size, "batch_size", 1, len(ids))
         concurrent = _count(size if max_concurrent is None else max_concurrent, "max_concurrent", 1)
         size = min(size, concurrent)

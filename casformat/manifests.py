@@ -95,14 +95,39 @@ def check_manifest(signed: Any, casefold: bool = False) -> dict[str, Any]:
 
 
 MAX_ROLLOUT_CLIENTS = 10_000
+MAX_PINNED_RELEASES = 64
 CHANNEL_FIELDS = {"schema", "product", "channel", "sequence", "expires", "release", "manifest", "rollout"}
+
+
+def check_pins(pins: Any) -> None:
+    """A channel document's optional ``pins`` (per-node rollback, a departure from the contract,
+    docs/rollouts.md): ``[{release, manifest, clients: [ids]}]``, each client id in one pin."""
+    if not isinstance(pins, list) or len(pins) > MAX_PINNED_RELEASES:
+        raise DocumentError(f"pins must be a list of at most {MAX_PINNED_RELEASES} {{release, manifest, clients}}")
+    seen: set[str] = set()
+    for pin in pins:
+        if not isinstance(pin, dict) or set(pin) != {"release", "manifest", "clients"}:
+            raise DocumentError("each pin is {release, manifest, clients}")
+        check_name("version", pin["release"])
+        if not is_digest(pin["manifest"]):
+            raise DocumentError("pin manifest must be a digest")
+        clients = pin["clients"]
+        if (not isinstance(clients, list) or not clients
+                or not all(isinstance(c, str) and 1 <= len(c) <= 128 for c in clients)):
+            raise DocumentError("pin clients must be a non-empty list of client ids")
+        if seen.intersection(clients) or len(set(clients)) != len(clients):
+            raise DocumentError("a client id is pinned twice")
+        seen.update(clients)
+    if len(seen) > MAX_ROLLOUT_CLIENTS:
+        raise DocumentError(f"at most {MAX_ROLLOUT_CLIENTS} pinned client ids")
 
 
 def check_channel(signed: Any) -> dict[str, Any]:
     """Structure of a channel document's ``signed`` part."""
-    if not isinstance(signed, dict) or set(signed) - {"critical", "policy"} != CHANNEL_FIELDS:
+    if not isinstance(signed, dict) or set(signed) - {"critical", "pins", "policy"} != CHANNEL_FIELDS:
         raise DocumentError(f"channel document fields must be exactly {sorted(CHANNEL_FIELDS)} "
-                            "(and optionally critical, policy)")
+                            "(and optionally critical, pins, policy)")
+    check_pins(signed.get("pins", []))
     if "policy" in signed:   # version compatibility policy (casformat/compat.py)
         check_policy(signed["policy"])
     critical = signed.get("critical", [])

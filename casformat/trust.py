@@ -67,7 +67,11 @@ def in_cohort(salt: str, client_id: str, percent: int) -> bool:
 
 
 def choose_release(signed: Mapping[str, Any], client_id: str) -> tuple[str, str]:
-    """(version, manifest digest) this client should run according to the channel."""
+    """(version, manifest digest) this client should run according to the channel: its pin
+    (per-node rollback) first, then the rollout's cohort or allow-list, then the channel's release."""
+    for pin in signed.get("pins", ()):
+        if client_id in pin["clients"]:
+            return pin["release"], pin["manifest"]
     rollout = signed.get("rollout")
     if rollout and (in_cohort(rollout["salt"], client_id, rollout["percent"])
                     or client_id in rollout.get("clients", ())):  # batches: an explicit allow-list

@@ -211,11 +211,12 @@ class Updater:
         layout = self.layout
         root = await refresh_root(layout, config, fetcher, self.log)
         current = layout.link("current")
-        critical = False
+        critical = pinned = False
         if to is None:
             channel = await fetch_channel(layout, config, fetcher, root)
             version, digest = choose_release(channel, config.client_id)
             critical = version in channel.get("critical", [])
+            pinned = any(config.client_id in pin["clients"] for pin in channel.get("pins", ()))
         else:
             version, digest = check_name("version", to), None
             try:   # only for its signed policy: what --to may do
@@ -225,7 +226,9 @@ class Updater:
                 self.log(f"no channel {config.channel} on the servers: no version policy to check")
         if version == current and layout.cached_manifest(version) is not None:
             return UpdateResult("up_to_date", current, version, current)
-        warnings = self._check_policy(config, channel.get("policy"), current, version)
+        # A pin is the operator rolling this node back on purpose (signed in the channel
+        # document like the policy): the policy does not refuse it.
+        warnings = self._check_policy(config, channel.get("policy"), current, version, pinned)
         marks = find_failed(layout, version, digest)
         if marks and not retry_failed:
             when = datetime.fromtimestamp(float(marks[-1].get("at") or 0), UTC).isoformat(timespec="seconds")
@@ -258,10 +261,11 @@ class Updater:
         return result
 
     def _check_policy(self, config: ClientConfig, policy: dict[str, Any] | None, current: str | None,
-                      version: str) -> list[str]:
+                      version: str, pinned: bool = False) -> list[str]:
         """The channel's signed version policy on the move ``current`` -> ``version``, before any
-        download: ``PolicyRefused`` naming the rule and the override, else the warnings (logged)."""
-        verdict = judge(policy, current, version, self.allow_downgrade, self.allow_major)
+        download: ``PolicyRefused`` naming the rule and the override, else the warnings (logged).
+        ``pinned``: the channel pins this client to ``version``, which overrides the policy."""
+        verdict = judge(policy, current, version, self.allow_downgrade or pinned, self.allow_major or pinned)
         if verdict.refusal is not None:
             raise PolicyRefused(
                 f"{config.product}/{config.channel} refuses {current} -> {version} by its version policy: "

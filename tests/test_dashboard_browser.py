@@ -229,3 +229,98 @@ def test_dashboard_in_chromium(browser, dash) -> None:
     reader.close()
     context.close()
     assert time.monotonic() - started < 60
+
+
+def test_dashboard_starts_a_rollout(browser, dash) -> None:
+    """The start form on a channel without a rollout: strategy, stages and gate, the same
+    confirmation as promote/halt, the server's refusals shown, the rollout started as asked."""
+    server, _ = dash
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, server, ADMIN)
+    main = open_view(page, "rollouts")
+    form = main.get_by_test_id("start-rollout-tool-main")
+    assert form.get_by_test_id("start-release-tool-main").input_value() == "2.0.0"   # 1.0.0 is current
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    # Dismissing the confirmation sends nothing.
+    page.once("dialog", lambda d: d.dismiss())
+    form.get_by_test_id("start-submit-tool-main").click()
+    time.sleep(0.3)
+    with server.client(ADMIN) as http:
+        assert http.get(ROLLOUT.format("tool", "main")).status_code == 404
+    # 2.0.0 is testing and main takes released: the server's refusal is shown.
+    page.once("dialog", accept)
+    form.get_by_test_id("start-submit-tool-main").click()
+    page.get_by_test_id("banner").filter(has_text="409 status_too_low").wait_for()
+    with server.client(ADMIN) as http:
+        r = http.post("/v1/products/tool/releases/2.0.0/status", json={"status": "released", "reason": "test"})
+        assert r.status_code == 200, r.text
+    main = open_view(page, "rollouts")
+    form = main.get_by_test_id("start-rollout-tool-main")
+    # Stages that do not increase: 422 from the server, nothing started.
+    form.get_by_test_id("start-stages-tool-main").fill("50,10")
+    page.once("dialog", accept)
+    form.get_by_test_id("start-submit-tool-main").click()
+    page.get_by_test_id("banner").filter(has_text="422 bad_stages").wait_for()
+    with server.client(ADMIN) as http:
+        assert http.get(ROLLOUT.format("tool", "main")).status_code == 404
+
+    main = open_view(page, "rollouts")
+    form = main.get_by_test_id("start-rollout-tool-main")
+    form.get_by_test_id("start-strategy-tool-main").select_option("staged")
+    form.get_by_test_id("start-stages-tool-main").fill("20, 100")
+    form.get_by_test_id("start-duration-tool-main").fill("30m")
+    form.get_by_test_id("start-rate-tool-main").fill("0.1")
+    form.get_by_test_id("start-min-reports-tool-main").fill("5")
+    form.get_by_test_id("start-auto-abort-tool-main").check()
+    assert not form.get_by_test_id("start-clients-tool-main").is_visible()   # batches only
+    page.once("dialog", accept)
+    form.get_by_test_id("start-submit-tool-main").click()
+    page.get_by_test_id("banner").filter(has_text="Done: Start rolling out 2.0.0").wait_for()
+    assert questions[-1] == ("Start rolling out 2.0.0 on tool/main (now 1.0.0) in stages 20,100 % (stage duration "
+                             "30m; gate: max failure rate 0.1, min reports 5, auto-abort)?")
+    page.locator("[data-testid=rollout-tool-main][data-percent='20']").wait_for()
+    assert page.get_by_test_id("start-rollout-tool-main").count() == 0   # no second start while it runs
+    with server.client(ADMIN) as http:
+        state = http.get(ROLLOUT.format("tool", "main")).json()
+    assert (state["strategy"], state["stages"], state["stage_seconds"], state["max_failure_rate"],
+            state["min_reports"], state["auto_abort"], state["release"], state["state"]) == (
+        "staged", [20, 100], 1800, "0.1000", 5, True, "2.0.0", "running")
+    assert state["events"][0]["actor"] == "token:admin" and state["events"][0]["reason"] == "dashboard"
+    shot(page, "rollout-started")
+
+    # The batches fields: shown for that strategy; a read token is refused.
+    reader = browser.new_context(viewport={"width": 1400, "height": 900})
+    reader.set_default_timeout(TIMEOUT_MS)
+    rpage = reader.new_page()
+    sign_in(rpage, server, READ)
+    rmain = open_view(rpage, "rollouts")
+    rform = rmain.get_by_test_id("start-rollout-app-beta")
+    rform.get_by_test_id("start-strategy-app-beta").select_option("batches")
+    assert rform.get_by_test_id("start-clients-app-beta").is_visible()
+    assert not rform.get_by_test_id("start-stages-app-beta").is_visible()
+    rform.get_by_test_id("start-release-app-beta").select_option("1.1.0")
+    rform.get_by_test_id("start-clients-app-beta").fill("node-1\nnode-2\n# comment\nnode-3\n")
+    rform.get_by_test_id("start-batch-size-app-beta").fill("2")
+    rmessages: list[str] = []
+
+    def raccept(dialog: Any) -> None:
+        rmessages.append(dialog.message)
+        dialog.accept()
+    rpage.once("dialog", raccept)
+    rform.get_by_test_id("start-submit-app-beta").click()
+    rpage.get_by_test_id("banner").filter(has_text="Refused (403 insufficient_scope)").wait_for()
+    assert "in batches of 2 over 3 clients" in rmessages[0]
+    with server.client(ADMIN) as http:
+        assert http.get(ROLLOUT.format("app", "beta")).status_code == 404
+    reader.close()
+    context.close()
+    assert errors == [], errors

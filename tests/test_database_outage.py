@@ -73,9 +73,14 @@ def test_requests_during_an_outage_are_503_with_retry_after(tmp_path: Path, post
                     assert r.status_code == 503, (path, r.status_code, r.text)
                     assert r.json()["error"]["code"] == "metadata_unavailable"
                     assert int(r.headers["retry-after"]) > 0
+                # /metrics still answers: the process's counters, and state gauges marked unreadable
+                r = http.get("/metrics")
+                assert r.status_code == 200 and "cas_state_scrape_ok 0.0" in r.text
+                assert "cas_http_requests_total" in r.text and "cas_delta_jobs" not in r.text
             finally:
                 cluster.start()
             assert http.get("/v1/products").status_code == 200
+            assert "cas_state_scrape_ok 1.0" in http.get("/metrics").text
     finally:
         server.stop()
 

@@ -148,7 +148,8 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     m.put_channel(channel(1))
     _close(m)
     # Undo migrations 6.. (append a line here with every new migration).
-    undo = ["DROP TABLE upload_parts", "DROP TABLE channel_policies",
+    undo = ["DROP TABLE upload_parts", "DROP TABLE client_pin_events", "DROP TABLE client_pins",
+            "DROP TABLE channel_policies",
             "DROP TABLE build_pins",
             "DROP INDEX uploads_owner", "ALTER TABLE uploads DROP COLUMN owner", "ALTER TABLE uploads DROP COLUMN bytes",
             "DROP INDEX reports_reporter", "ALTER TABLE reports DROP COLUMN counted",
@@ -514,3 +515,34 @@ def test_webhook_deliveries_are_claimed_once(meta: Metadata) -> None:
     assert isinstance(first["body"], bytes)
     meta.finish_webhook(first["id"], "delivered", 200, None, now, now)
     assert meta.webhook_summary()["counts"]["delivered"] == 1
+
+
+def test_pins_are_written_with_their_channel_document_or_not_at_all(meta: Metadata) -> None:
+    """Per-node rollback (cas/pins.py): pin rows, their events and the channel document in one
+    transaction; a stale document writes no pin."""
+    seed(meta)
+    meta.insert_release("app", "0.9", "f" * 64, b"{}", FILES, "ci")
+    meta.put_channel(channel(1))
+    meta.write_pins(channel(2), ["b", "a"], [], "0.9", "f" * 64, "token:ops", "rack 4")
+    assert [(p["client_id"], p["release"], p["actor"]) for p in meta.channel_pins("app", "stable")] == [
+        ("a", "0.9", "token:ops"), ("b", "0.9", "token:ops")]
+    assert meta.pinned_channels("app", "0.9") == ["stable"] and meta.pinned_versions("app") == {"0.9"}
+    assert meta.was_offered("app", "0.9")
+    with pytest.raises(StaleWrite):
+        meta.write_pins(channel(2), ["c"], ["a"], "0.9", "f" * 64, "token:ops", "stale")
+    assert [p["client_id"] for p in meta.channel_pins("app", "stable")] == ["a", "b"]
+    meta.write_pins(channel(3), [], ["a"], None, None, "token:ops", "fixed")
+    assert [p["client_id"] for p in meta.channel_pins("app", "stable")] == ["b"]
+    assert [(e["event"], e["client_id"], e["reason"]) for e in meta.pin_events("app", "stable")] == [
+        ("unpin", "a", "fixed"), ("pin", "b", "rack 4"), ("pin", "a", "rack 4")]
+    assert meta.get_channel("app", "stable").sequence == 3
+
+
+def test_operational_gauges(meta: Metadata) -> None:
+    """What /metrics reads at each scrape, on an empty and a used store."""
+    empty = meta.operational_gauges()
+    assert empty["jobs"] == {} and empty["uploads"] == 0 and empty["active_rollouts"] == []
+    meta.enqueue_jobs([("", "1" * 64), ("", "2" * 64)])
+    meta.create_upload("u1", "owner")
+    gauges = meta.operational_gauges()
+    assert gauges["jobs"] == {"queued": 2} and gauges["uploads"] == 1 and gauges["upload_bytes"] == 0

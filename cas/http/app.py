@@ -15,6 +15,7 @@ from starlette.routing import Route
 from .. import channels, webhooks
 from .. import rollouts as rollout_gate
 from ..clock import clock_from_env
+from ..dashboard.figures import Figures
 from ..repo import Repo
 from ..uploads import open_uploads
 from . import dashboard, objects, releases, reports, rollouts
@@ -33,7 +34,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body, content_type = request.app.state.metrics.exposition()
+    # the state gauges query the metadata: off the event loop
+    body, content_type = await run_in_threadpool(request.app.state.metrics.exposition)
     return Response(body, headers={"Content-Type": content_type})
 
 
@@ -127,6 +129,9 @@ def create_app(repo: Repo) -> Starlette:
         Route(p + "/channels/{channel}/rollout", rollouts.get_rollout, methods=["GET"]),
         Route(p + "/channels/{channel}/rollout", rollouts.start_rollout, methods=["POST"]),
         Route(p + "/channels/{channel}/rollout/{action}", rollouts.rollout_action, methods=["POST"]),
+        Route(p + "/channels/{channel}/pins", rollouts.get_pins, methods=["GET"]),
+        Route(p + "/channels/{channel}/pins", rollouts.post_pins, methods=["POST"]),
+        Route(p + "/channels/{channel}/pins/remove", rollouts.remove_pins, methods=["POST"]),
         Route("/v1/admin/rollouts/tick", rollouts.tick, methods=["POST"]),
         Route("/v1/admin/webhooks", rollouts.list_webhooks, methods=["GET"]),
         Route("/v1/objects/missing", objects.missing_objects, methods=["POST"]),
@@ -150,4 +155,7 @@ def create_app(repo: Repo) -> Starlette:
                                             max_keys=repo.config.rate_limit_max_keys)
     app.state.dashboard = dashboard.DashboardState(repo.config.dashboard_cache_releases,
                                                    repo.config.dashboard_cache_bytes)
+    # the store walk behind cas_store_bytes, cached: a scrape every few seconds must not list a bucket each time
+    usage = Figures(usage_seconds=repo.config.metrics_store_usage_seconds)
+    metrics_.watch_state(repo, lambda: usage.usage(repo))
     return app

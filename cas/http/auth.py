@@ -17,13 +17,19 @@ from ..errors import Forbidden, TooManyRequests, Unauthorized
 RANK = {"report": -1, "read": 0, "publish": 1, "admin": 2}
 
 
-def token_scope(config: Config, token: str) -> str | None:
+def token_identity(config: Config, token: str) -> tuple[str, str] | None:
+    """(scope, label) of a token: its label is its configured name, else its scope."""
     offered = hash_token(token)
-    found: str | None = None
+    found: tuple[str, str] | None = None
     for digest, scope in config.token_hashes.items():
-        if hmac.compare_digest(offered, digest) and (found is None or RANK[scope] > RANK[found]):
-            found = scope
+        if hmac.compare_digest(offered, digest) and (found is None or RANK[scope] > RANK[found[0]]):
+            found = scope, config.token_names.get(digest, scope)
     return found
+
+
+def token_scope(config: Config, token: str) -> str | None:
+    identity = token_identity(config, token)
+    return identity[0] if identity else None
 
 
 def token_fingerprint(request: Request) -> str | None:
@@ -38,6 +44,13 @@ def token_fingerprint(request: Request) -> str | None:
 
 def caller(request: Request) -> str | None:
     """The scope of the request's bearer token; raises on a bad token."""
+    identity = caller_identity(request)
+    return identity[0] if identity else None
+
+
+def caller_identity(request: Request) -> tuple[str, str] | None:
+    """(scope, label) of the request's bearer token (label: its name, else its scope); raises
+    on a bad token."""
     header = request.headers.get("authorization")
     if header is None:
         return None
@@ -46,26 +59,28 @@ def caller(request: Request) -> str | None:
     if failures.exhausted(address):
         raise TooManyRequests("too many failed authentications from this address; try later")
     kind, _, token = header.partition(" ")
-    scope = token_scope(request.app.state.config, token.strip()) if kind.lower() == "bearer" else None
-    if scope is None:
+    identity = token_identity(request.app.state.config, token.strip()) if kind.lower() == "bearer" else None
+    if identity is None:
         failures.hit(address)
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("use 'Authorization: Bearer <token>'", code="bad_token")
         raise Unauthorized("unknown token", code="bad_token")
-    return scope
+    return identity
 
 
 def require(request: Request, needed: str) -> str:
-    """Check the request may act with ``needed`` scope; returns an actor label."""
+    """Check the request may act with ``needed`` scope; returns an actor label for audit logs:
+    ``token:NAME`` (the token's configured name, else its scope) or ``anonymous``."""
     config: Config = request.app.state.config
-    scope = caller(request)
-    if scope is None:
+    identity = caller_identity(request)
+    if identity is None:
         if needed == "read" and config.anonymous_read:
             return "anonymous"
         raise Unauthorized(f"a {needed} token is required", code="token_required")
+    scope, label = identity
     if RANK[scope] < RANK[needed]:
         raise Forbidden(f"a {scope} token cannot do this; {needed} is required", code="insufficient_scope")
-    return f"token:{scope}"
+    return f"token:{label}"
 
 
 def token_owner(request: Request) -> str:

@@ -1,4 +1,4 @@
-"""Rollouts and webhooks over HTTP (admin): /v1/products/{p}/channels/{c}/rollout[/action]."""
+"""Rollouts, pins and webhooks over HTTP (admin): /v1/products/{p}/channels/{c}/rollout[/action], .../pins."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import rollouts
+from .. import pins, rollouts
 from ..errors import Invalid
 from .auth import require
 from .bodies import json_body
@@ -71,3 +71,42 @@ async def tick(request: Request) -> Response:
 async def list_webhooks(request: Request) -> Response:
     require(request, "admin")
     return JSONResponse(await run_in_threadpool(request.app.state.repo.meta.webhook_summary))
+
+
+PIN_FIELDS = {"release", "clients", "reason"}
+UNPIN_FIELDS = {"clients", "all", "reason"}
+
+
+async def get_pins(request: Request) -> Response:
+    require(request, "admin")
+    return JSONResponse(await run_in_threadpool(pins.status, request.app.state.repo, request.path_params["product"],
+                                                request.path_params["channel"]))
+
+
+async def post_pins(request: Request) -> Response:
+    """Pin client ids to a release on a channel (per-node rollback, cas/pins.py)."""
+    actor = require(request, "admin")
+    body = await json_body(request)
+    unknown = set(body) - PIN_FIELDS
+    if unknown or not isinstance(body.get("release"), str):
+        raise Invalid('send {"release": "<version>", "clients": ["<client id>", ...], "reason": "..."}',
+                      detail={"unknown": sorted(unknown)} if unknown else None, code="bad_pin")
+    data = await run_in_threadpool(pins.pin, request.app.state.repo, request.path_params["product"],
+                                   request.path_params["channel"], body["release"], body.get("clients"), actor,
+                                   _reason(body))
+    return JSONResponse(data)
+
+
+async def remove_pins(request: Request) -> Response:
+    """Remove pins: ``{"clients": [...]}`` or ``{"all": true}``."""
+    actor = require(request, "admin")
+    body = await json_body(request)
+    unknown = set(body) - UNPIN_FIELDS
+    every = body.get("all", False)
+    if unknown or not isinstance(every, bool) or (not every and "clients" not in body):
+        raise Invalid('send {"clients": ["<client id>", ...]} or {"all": true}',
+                      detail={"unknown": sorted(unknown)} if unknown else None, code="bad_pin")
+    data = await run_in_threadpool(lambda: pins.unpin(
+        request.app.state.repo, request.path_params["product"], request.path_params["channel"],
+        body.get("clients"), actor, _reason(body), every=every))
+    return JSONResponse(data)

@@ -15,6 +15,8 @@ its own module composed here:
 ``rollouts.RolloutQueries``     rollouts and their events
 ``webhooks.WebhookQueries``     the webhook outbox
 ``policies.PolicyQueries``      channels' version compatibility policies
+``pins.PinQueries``             clients pinned to a release on a channel, and their events
+``gauges.GaugeQueries``         aggregates ``/metrics`` reads at each scrape
 ==============================  =============================================================
 
 The queries are written in the SQL that SQLite and PostgreSQL share; a backend
@@ -26,7 +28,9 @@ from __future__ import annotations
 from .bundles import BundleQueries
 from .channels import ChannelQueries
 from .deltajobs import DeltaJobQueries
+from .gauges import GaugeQueries
 from .gc import GcQueries
+from .pins import PinQueries
 from .policies import PolicyQueries
 from .releases import ReleaseQueries
 from .reports import ReportQueries
@@ -37,5 +41,6 @@ from .webhooks import WebhookQueries
 
 
 class Metadata(RootQueries, ReleaseQueries, ChannelQueries, UploadQueries, DeltaJobQueries, BundleQueries,
-               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, PolicyQueries):
+               GcQueries, ReportQueries, RolloutQueries, WebhookQueries, PolicyQueries, PinQueries,
+               GaugeQueries):
     """Every query, once; abstract until a backend supplies connections and transactions."""

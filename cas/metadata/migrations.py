@@ -278,6 +278,36 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (product, channel)
     );
     """,
+    # 14 (issue 18; the lead merges it after migrations 12 and 13 of other branches): per-node
+    # rollback.  A client id pinned to a release on a channel (cas/pins.py; the channel document
+    # lists the pins), and every pin and unpin with who, when and why.
+    """
+    CREATE TABLE client_pins (
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        release TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (product, channel, client_id)
+    );
+    CREATE INDEX client_pins_release ON client_pins(product, release);
+    CREATE TABLE client_pin_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        release TEXT,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX client_pin_events_channel ON client_pin_events(product, channel, id);
+    );
+    """,
     # 15: uploads whose bytes live in a shared object store (cas/uploads.py, SharedUploads):
     # each append is one part object; a part counts once recorded here, in upload order.
     """

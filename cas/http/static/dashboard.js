@@ -299,6 +299,76 @@
           h("li", {}, `${e.at} ${e.event} at ${e.percent}% by ${e.actor}${e.reason ? " — " + e.reason : ""}`)))));
   }
 
+  // The form that starts a rollout on a channel without one running: strategy, stages and
+  // the health gate, sent to POST .../rollout after the same confirmation as promote/halt.
+  // The server checks every field (bad stages, rates or releases come back as a banner).
+  function startForm(p, c) {
+    const id = `${p.name}-${c.channel}`;
+    const field = (label, el) => h("label", {class: "field"}, h("span", {}, label), el);
+    const candidates = p.releases.filter(r => r.version !== c.release && r.status !== "draft" && r.status !== "deprecated");
+    const release = h("select", {"data-testid": `start-release-${id}`, "aria-label": "release"},
+      candidates.slice().reverse().map(r => h("option", {value: r.version}, `${r.version} (${r.status})`)));
+    const strategy = h("select", {"data-testid": `start-strategy-${id}`, "aria-label": "strategy"},
+      ["staged", "all-at-once", "batches"].map(v => h("option", {value: v}, v)));
+    const stages = h("input", {size: 12, value: "1,5,25,100", "data-testid": `start-stages-${id}`, "aria-label": "stages"});
+    const duration = h("input", {size: 5, value: "1h", "data-testid": `start-duration-${id}`, "aria-label": "stage duration"});
+    const rate = h("input", {size: 5, value: "0.05", "data-testid": `start-rate-${id}`, "aria-label": "max failure rate"});
+    const minReports = h("input", {type: "number", min: 0, size: 5, value: 20, "data-testid": `start-min-reports-${id}`,
+      "aria-label": "min reports"});
+    const autoAbort = h("input", {type: "checkbox", "data-testid": `start-auto-abort-${id}`, "aria-label": "auto abort"});
+    const clients = h("textarea", {rows: 3, cols: 30, placeholder: "one client id a line",
+      "data-testid": `start-clients-${id}`, "aria-label": "client ids"});
+    const batchSize = h("input", {type: "number", min: 1, size: 4, value: 10, "data-testid": `start-batch-size-${id}`,
+      "aria-label": "batch size"});
+    const maxFailures = h("input", {type: "number", min: 0, size: 4, value: 1, "data-testid": `start-max-failures-${id}`,
+      "aria-label": "max failures"});
+    const staged = field("stages (%)", stages);
+    const batches = h("span", {class: "batches"}, field("clients", clients), field("batch size", batchSize),
+      field("max failures", maxFailures));
+    const gate = [field("stage duration", duration), field("max failure rate", rate), field("min reports", minReports)];
+    function sync() {
+      staged.hidden = strategy.value !== "staged";
+      batches.hidden = strategy.value !== "batches";
+      gate[1].hidden = gate[2].hidden = strategy.value === "batches";
+    }
+    strategy.addEventListener("change", sync);
+    sync();
+    function submit(event) {
+      event.preventDefault();
+      if (!release.value) { banner("error", `No release to roll out on ${p.name}/${c.channel}`); return; }
+      const asNumber = v => /^\d+$/.test(v.trim()) ? Number(v.trim()) : v;
+      const body = {release: release.value, strategy: strategy.value, stage_duration: duration.value.trim(),
+        auto_abort: autoAbort.checked, reason: "dashboard"};
+      let what;
+      if (strategy.value === "batches") {
+        body.clients = clients.value.split("\n").map(l => l.trim()).filter(l => l && !l.startsWith("#"));
+        body.batch_size = asNumber(batchSize.value);
+        body.max_failures = asNumber(maxFailures.value);
+        what = `in batches of ${batchSize.value} over ${body.clients.length} clients (interval ${body.stage_duration}, ` +
+          `halt after ${maxFailures.value} failing)`;
+      } else {
+        body.max_failure_rate = rate.value.trim();
+        body.min_reports = asNumber(minReports.value);
+        if (strategy.value === "staged") {
+          const text = stages.value.replace(/\s+/g, "");
+          body.stages = /^\d+(,\d+)*$/.test(text) ? text.split(",").map(Number) : text;
+          what = `in stages ${text} %`;
+        } else {
+          what = "all at once";
+        }
+        what += ` (stage duration ${body.stage_duration}; gate: max failure rate ${body.max_failure_rate}, ` +
+          `min reports ${minReports.value}${autoAbort.checked ? ", auto-abort" : ""})`;
+      }
+      act(`Start rolling out ${release.value} on ${p.name}/${c.channel} (now ${c.release}) ${what}?`, "POST",
+        `/v1/products/${enc(p.name)}/channels/${enc(c.channel)}/rollout`, body);
+    }
+    return h("form", {class: "start-rollout", "data-testid": `start-rollout-${id}`, onsubmit: submit},
+      h("h3", {}, "Start a rollout"),
+      h("div", {class: "actions"}, field("release", release), field("strategy", strategy), staged, batches, ...gate,
+        field("auto-abort", autoAbort),
+        h("button", {type: "submit", "data-testid": `start-submit-${id}`}, "Start rollout…")));
+  }
+
   function rolloutsView(data) {
     const out = [];
     if (!data.products.length) out.push(h("p", {class: "muted"}, "No products yet."));
@@ -310,7 +380,8 @@
           h("h3", {}, `${c.channel}: `, h("span", {"data-testid": "channel-release"}, c.release),
             c.candidate ? h("span", {}, " → candidate ", h("b", {"data-testid": "channel-candidate"}, c.candidate)) : "",
             h("span", {class: "muted"}, `  sequence ${c.sequence}, min status ${c.min_status}, updated ${c.updated}`)),
-          rolloutBlock(p, c)));
+          rolloutBlock(p, c),
+          c.rollout && ["running", "halted"].includes(c.rollout.state) ? null : startForm(p, c)));
       }
     }
     return out;
