@@ -148,7 +148,10 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     m.put_channel(channel(1))
     _close(m)
     # Undo migrations 6.. (append a line here with every new migration).
-    undo = ["DROP TABLE build_pins",
+    undo = ["DROP TABLE index_chunks", "DROP INDEX release_files_chunk_index",
+            "ALTER TABLE release_files DROP COLUMN chunk_index_size",
+            "ALTER TABLE release_files DROP COLUMN chunk_index",
+            "DROP TABLE build_pins",
             "DROP INDEX uploads_owner", "ALTER TABLE uploads DROP COLUMN owner", "ALTER TABLE uploads DROP COLUMN bytes",
             "DROP INDEX reports_reporter", "ALTER TABLE reports DROP COLUMN counted",
             "ALTER TABLE reports DROP COLUMN reporter", "DROP TABLE counters", "DROP TABLE gc_tombstones",

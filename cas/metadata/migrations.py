@@ -265,6 +265,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX build_pins_digest ON build_pins(digest);
     """,
+    # 12: chunked files (casformat/chunks.py): a file entry names its chunk index object;
+    # ``index_chunks`` lists each index's chunks (with sizes) once, so garbage collection,
+    # fsck and stats see the chunks a live release needs without reading index objects.
+    """
+    ALTER TABLE release_files ADD COLUMN chunk_index TEXT;
+    ALTER TABLE release_files ADD COLUMN chunk_index_size INTEGER;
+    CREATE INDEX release_files_chunk_index ON release_files(chunk_index);
+    CREATE TABLE index_chunks (
+        chunk_index TEXT NOT NULL,
+        chunk TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (chunk_index, chunk)
+    );
+    CREATE INDEX index_chunks_chunk ON index_chunks(chunk);
+    """,
 ]
 
 

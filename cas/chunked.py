@@ -1,0 +1,188 @@
+"""Chunked files on the server: chunk at publish, check at publish, read back whole.
+
+A file of at least ``chunk_min_file_bytes`` (or too large for any patch,
+``deltagen/limits.py``) is published as FastCDC chunks (``deltagen/chunker.py``), each an
+ordinary BLAKE3-addressed object shared by every file, version and product, plus a chunk
+index object (``casformat/chunks.py``) that its manifest entry names.  The file itself
+is never stored whole: ``GET /v1/objects/{file blake3}`` streams its chunks in index order
+(``ChunkedView``), with ranges, so old clients, mirrors and curl read it as before.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from casformat.chunks import MAX_INDEX_BYTES, ChunkIndex, ChunkIndexError, ChunkParams, encode_index, parse_index
+from casformat.manifests import is_chunked
+from deltagen.chunker import chunk_file
+from deltagen.digests import FileDigest, StreamHasher, blake3_bytes
+from deltagen.limits import DEFAULT_LIMITS
+
+from .config import Config
+from .errors import NotFound
+from .objectstore import ObjectStore
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """When and how files are chunked (from ``Config``)."""
+
+    params: ChunkParams
+    min_file_bytes: int
+
+    @classmethod
+    def of(cls, config: Config) -> ChunkSettings:
+        params = ChunkParams(config.chunk_min_bytes, config.chunk_avg_bytes, config.chunk_max_bytes)
+        if params.problems():
+            raise ValueError("; ".join(params.problems()))
+        # Anything too large for zstd patch-from (the largest patch cap: old + new) is chunked
+        # whatever the setting says: no delta would ever be built for it.
+        return cls(params, min(config.chunk_min_file_bytes, DEFAULT_LIMITS.zstd_patch_max_bytes // 2))
+
+    def wants(self, size: int) -> bool:
+        return size >= self.min_file_bytes
+
+
+@dataclass(frozen=True)
+class ChunkedSource:
+    """A local file being published as chunks: its index object and where each chunk lies."""
+
+    path: Path
+    index_bytes: bytes
+    index_digest: str
+    index: ChunkIndex
+
+
+def chunk_local_file(path: Path, settings: ChunkSettings) -> tuple[FileDigest, ChunkedSource]:
+    """One pass over ``path``: whole-file BLAKE3 and SHA-256, and its chunk index."""
+    whole = StreamHasher(sha256=True)
+    p = settings.params
+    entries = [(c.blake3, c.length) for c in chunk_file(path, p.min_size, p.avg_size, p.max_size, whole)]
+    data = encode_index(p, entries)
+    index = parse_index(data, whole.size)
+    return (FileDigest(whole.blake3, whole.sha256, whole.size),
+            ChunkedSource(path, data, blake3_bytes(data), index))
+
+
+def read_chunk(source: ChunkedSource, i: int) -> bytes:
+    """Chunk ``i`` of a local file, as it is now (the caller checks its digest)."""
+    with open(source.path, "rb") as fh:
+        fh.seek(source.index.offset(i))
+        return fh.read(source.index.length(i))
+
+
+def distinct_chunks(index: ChunkIndex) -> dict[str, int]:
+    """{digest: size} of the index's chunks, each once, in first-use order."""
+    out: dict[str, int] = {}
+    for digest, _, length in index:
+        out.setdefault(digest, length)
+    return out
+
+
+# ----------------------------------------------------------------- publish checks
+
+def check_chunked_entries(store: ObjectStore, meta: Any, files: Iterable[Mapping[str, Any]]) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """For a manifest's chunked entries: the index object present with its declared size and
+    parsing against the signed size, every chunk present, and (once per file and index) the
+    chunks hashing, in order, to the signed BLAKE3 and SHA-256.
+
+    Returns (problems, {index digest: [(chunk, size), ...]})."""
+    problems: list[str] = []
+    lists: dict[str, list[tuple[str, int]]] = {}
+    for entry in files:
+        if not is_chunked(entry):
+            continue
+        where = entry["path"]
+        index_digest, index_size = entry["chunks"]["index"], entry["chunks"]["size"]
+        found = store.size(index_digest)
+        if found is None:
+            problems.append(f"missing object {index_digest} (chunk index of {where})")
+            continue
+        if found != index_size or found > MAX_INDEX_BYTES:
+            problems.append(f"{where}: chunk index object has {found} bytes, manifest says {index_size}")
+            continue
+        try:
+            with store.open(index_digest) as fh:
+                index = parse_index(fh.read(index_size + 1), entry["size"])
+        except ChunkIndexError as exc:
+            problems.append(f"{where}: bad chunk index: {exc.message}")
+            continue
+        chunks = distinct_chunks(index)
+        absent = store.missing(list(chunks))
+        if absent:
+            problems.extend(f"missing object {d} (chunk of {where})" for d in absent)
+            continue
+        wrong = [d for d, n in chunks.items() if store.size(d) != n]
+        if wrong:
+            problems.append(f"{where}: chunks {', '.join(w[:16] for w in wrong[:5])} have other sizes than "
+                            "the index says")
+            continue
+        if not meta.chunked_file_known(entry["blake3"], index_digest):
+            whole = StreamHasher(sha256=True)
+            for piece in ChunkedView(store, index).iter_range(0, index.file_size):
+                whole.update(piece)
+            if (whole.blake3, whole.sha256, whole.size) != (entry["blake3"], entry["sha256"], entry["size"]):
+                problems.append(f"{where}: its chunks do not hash to the signed blake3/sha256")
+                continue
+        lists[index_digest] = list(chunks.items())
+    return problems, lists
+
+
+# ----------------------------------------------------------------- reads
+
+class ChunkedView:
+    """A chunked file read as one object: ``open_range`` like an ``ObjectStore``'s."""
+
+    def __init__(self, store: ObjectStore, index: ChunkIndex) -> None:
+        self.store, self.index = store, index
+
+    def iter_range(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the file, chunk by chunk (each read in bounded pieces)."""
+        index = self.index
+        if start >= end:
+            return
+        i = index.chunk_at(start)
+        position = start
+        while position < end:
+            offset, length = index.offset(i), index.length(i)
+            a, b = position - offset, min(end, offset + length) - offset
+            yield from self.store.open_range(index.digest(i), a, b)
+            position = offset + b
+            i += 1
+
+    def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
+        return self.iter_range(start, end)
+
+
+class IndexCache:
+    """Parsed chunk indexes by file digest, the last few (an index is ~36 bytes per chunk)."""
+
+    def __init__(self, entries: int = 16) -> None:
+        self.entries = entries
+        self._cache: OrderedDict[str, ChunkIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: ObjectStore, meta: Any, digest: str) -> ChunkIndex | None:
+        """The chunk index of the chunked file ``digest`` (None when no release names one)."""
+        with self._lock:
+            if digest in self._cache:
+                self._cache.move_to_end(digest)
+                return self._cache[digest]
+        found = meta.chunk_index_of(digest)
+        if found is None:
+            return None
+        index_digest, index_size, size = found
+        try:
+            with store.open(index_digest) as fh:
+                index = parse_index(fh.read(index_size + 1), size)
+        except (NotFound, ChunkIndexError):
+            return None
+        with self._lock:
+            self._cache[digest] = index
+            while len(self._cache) > self.entries:
+                self._cache.popitem(last=False)
+        return index
