@@ -23,7 +23,7 @@ from deltagen.digests import FileDigest, StreamHasher, blake3_bytes
 from deltagen.limits import DEFAULT_LIMITS
 
 from .config import Config
-from .errors import NotFound
+from .errors import CasError, NotFound
 from .objectstore import ObjectStore
 
 
@@ -156,6 +156,19 @@ class ChunkedView:
 
     def open_range(self, digest: str, start: int, end: int) -> Iterator[bytes]:
         return self.iter_range(start, end)
+
+
+def write_whole(store: ObjectStore, index: ChunkIndex, dest: Path, blake3: str) -> None:
+    """Write a chunked file's bytes to ``dest`` (a new file), checked against its BLAKE3."""
+    whole = StreamHasher()
+    with open(dest, "xb") as fh:
+        for piece in ChunkedView(store, index).iter_range(0, index.file_size):
+            whole.update(piece)
+            fh.write(piece)
+        fh.flush()
+    if whole.blake3 != blake3:
+        dest.unlink()
+        raise CasError(f"the chunks of {blake3} do not rebuild it (run cas fsck)", code="corrupt_object")
 
 
 class IndexCache:

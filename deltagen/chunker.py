@@ -55,4 +55,4 @@ def chunk_file(path: str | os.PathLike[str], min_size: int, avg_size: int, max_s
                whole: StreamHasher | None = None) -> Iterator[Chunk]:
     """The FastCDC chunks of a file, read once in bounded memory."""
     with open(path, "rb", buffering=0) as fh:
-        yield from chunk_stream(fh, min_size, avg_size, max_size, whole)  # type: ignore[arg-type]
+        yield from chunk_stream(fh, min_size, avg_size, max_size, whole)
