@@ -1,0 +1,169 @@
+"""The client installs chunked files against a real `cas serve`: from chunks of the installed
+version plus coalesced Range fetches, verified chunk by chunk and whole; hostile chunk
+indexes and corrupted chunks install nothing."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from conftest import Server, start_server
+from test_chunked_e2e import edited, image, write_tree
+from test_client_update import cli, init_root, link, update_json
+
+from casformat.chunks import ChunkParams, encode_index
+from client.chunks import build_chunked, missing_runs
+from client.errors import ClientError
+from deltagen.digests import blake3_bytes, blake3_raw, sha256_bytes
+
+CHUNK_FLAG = ("--chunk-min-file-bytes", str(1 << 20))
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, bytes, bytes]]:
+    base = tmp_path_factory.mktemp("chunked-client")
+    server = start_server(base / "store", config="delta_poll_seconds = 0.2\n")
+    one = image(11)
+    two = edited(one, 12)
+    key = str(server.store / "keys" / "release.pem")
+    for version, data in (("1.0", one), ("2.0", two)):
+        tree = write_tree(base / version, {"disk.img": data, "bin/health": b"#!/bin/sh\nexit 0\n"})
+        os.chmod(tree / "bin" / "health", 0o755)
+        server.cas("publish", str(tree), "--product", "app", "--version", version, "--key", key,
+                   "--status", "released", *CHUNK_FLAG)
+    yield server, one, two
+    server.stop()
+
+
+def test_update_fetches_only_changed_chunks(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    server, one, two = srv
+    root = init_root(server, tmp_path / "root")
+    server.cas("channel", "set", "app", "stable", "1.0")
+    proc, first = update_json(root)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "versions" / "1.0" / "disk.img").read_bytes() == one
+    assert first["bytes_downloaded"] <= len(one) + (64 << 10)   # a fresh install: the file and its index
+    server.cas("channel", "set", "app", "stable", "2.0")
+    proc, second = update_json(root)
+    assert proc.returncode == 0, proc.stderr
+    assert link(root, "current") == "2.0"
+    assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
+    # 8 scattered 4 KiB edits, a 256 KiB insertion, a deletion: well under the 6 MiB file.
+    assert second["bytes_downloaded"] < (2 << 20), second
+    assert not list((root / ".cas" / "downloads").glob("*.run"))
+    verify = cli("verify", root, "--json")
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
+
+
+def test_corrupt_chunk_on_the_server_installs_nothing(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    server, one, two = srv
+    with server.client() as http:
+        signed = http.get("/v1/products/app/releases/2.0/manifest").json()["signed"]
+        disk = next(e for e in signed["files"] if e["path"] == "disk.img")
+        from casformat.chunks import parse_index
+        index = parse_index(http.get(f"/v1/objects/{disk['chunks']['index']}").content, disk["size"])
+    # A chunk only 2.0 has: damage its object file (same size, other bytes).
+    old = set(parse_index_bytes_of(server, "1.0"))
+    victim = next(d for d, _, _ in index if d not in old)
+    path = server.store / "objects" / victim[:2] / victim[2:]
+    data = path.read_bytes()
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    try:
+        root = init_root(server, tmp_path / "root")
+        server.cas("channel", "set", "app", "stable", "1.0")
+        assert update_json(root)[0].returncode == 0
+        server.cas("channel", "set", "app", "stable", "2.0")
+        proc, _ = update_json(root)
+        assert proc.returncode != 0
+        assert "does not match its digest" in proc.stderr + proc.stdout
+        assert link(root, "current") == "1.0" and not (root / "versions" / "2.0").exists()
+    finally:
+        path.write_bytes(data)
+
+
+def parse_index_bytes_of(server: Server, version: str) -> list[str]:
+    from casformat.chunks import parse_index
+    with server.client() as http:
+        signed = http.get(f"/v1/products/app/releases/{version}/manifest").json()["signed"]
+        disk = next(e for e in signed["files"] if e["path"] == "disk.img")
+        return parse_index(http.get(f"/v1/objects/{disk['chunks']['index']}").content, disk["size"]).digests()
+
+
+# ------------------------------------------------------------------ hostile indexes, no network needed
+
+PARAMS = ChunkParams(1024, 4096, 16384)
+
+
+class Hostile:
+    """Serves one index object and refuses any range fetch (none must be reached)."""
+
+    def __init__(self, downloads: Path, index: bytes) -> None:
+        self.path = downloads / "index"
+        self.path.write_bytes(index)
+        self.ranges = 0
+
+    async def object(self, digest: str, size: int) -> Path:
+        return self.path
+
+    async def object_range(self, digest: str, start: int, end: int, part: Path, check: Any) -> Path:
+        self.ranges += 1
+        raise AssertionError("no range may be fetched for a refused index")
+
+
+def entry_for(data: bytes, index: bytes) -> dict[str, Any]:
+    return {"path": "disk.img", "type": "file", "mode": 0o644, "size": len(data), "blake3": blake3_bytes(data),
+            "sha256": sha256_bytes(data), "chunks": {"index": blake3_bytes(index), "size": len(index)}}
+
+
+@pytest.mark.parametrize("lengths, size, message", [
+    ([2000, 2000, 2000], 5000, "more than the signed"),      # claims more bytes than the signed size
+    ([2000, 2000], 5000, "covers 4000 bytes"),               # fewer
+    ([2000] * 3000, 6000, "claims 3000 chunks"),             # an endless list
+    ([2000, 0, 1000], 3000, "0 bytes"),
+])
+def test_hostile_index_installs_nothing(tmp_path: Path, lengths: list[int], size: int, message: str) -> None:
+    index = encode_index(PARAMS, [(blake3_raw(b"%d" % i), n) for i, n in enumerate(lengths)])
+    source = Hostile(tmp_path, index)
+    data = os.urandom(size)
+    dest = tmp_path / "out" / "disk.img"
+    with pytest.raises(ClientError, match=message):
+        asyncio.run(build_chunked(source, tmp_path, entry_for(data, index), dest, [], lambda m: None))
+    assert not dest.exists() and source.ranges == 0
+
+
+def test_wrong_chunk_digests_install_nothing(tmp_path: Path) -> None:
+    """An index whose digests are not the file's: the local file's chunks do not match,
+    the fetched ranges fail their check, nothing is written."""
+    data = os.urandom(20000)
+    local = tmp_path / "old"
+    local.write_bytes(data)
+    index = encode_index(PARAMS, [(blake3_raw(b"x"), 16000), (blake3_raw(b"y"), 4000)])
+
+    class Lying(Hostile):
+        async def object_range(self, digest: str, start: int, end: int, part: Path, check: Any) -> Path:
+            part.write_bytes(data[start:end])
+            check(part)        # raises: the bytes are not the chunks the index names
+            return part
+
+    source = Lying(tmp_path, index)
+    dest = tmp_path / "out" / "disk.img"
+    with pytest.raises(ClientError, match="does not match its digest"):
+        asyncio.run(build_chunked(source, tmp_path, entry_for(data, index), dest, [local], lambda m: None))
+    assert not dest.exists()
+
+
+def test_missing_chunks_coalesce_into_few_ranges() -> None:
+    from casformat.chunks import parse_index
+    chunks = [(blake3_raw(b"%d" % i), 2000) for i in range(100)]
+    index = parse_index(encode_index(PARAMS, chunks), 200_000)
+    have = {d for i, (d, _) in enumerate(chunks) if i % 10 != 0 and i not in range(40, 60)}
+    runs = missing_runs(index, have)
+    assert runs == [(0, 1), (10, 11), (20, 21), (30, 31), (40, 61), (70, 71), (80, 81), (90, 91)]
+    assert missing_runs(index, set(), run_max=50_000) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    # A chunk repeated later in the file is fetched once.
+    repeated = parse_index(encode_index(PARAMS, chunks[:3] + chunks[:3]), 12_000)
+    assert missing_runs(repeated, set()) == [(0, 3)]
