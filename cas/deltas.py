@@ -158,6 +158,23 @@ def read_may_queue(repo: Repo, target: Release, base: Release | None) -> bool:
     return not repo.meta.planned(target.product, base.version if base is not None else "", target.version)
 
 
+def chunk_bytes(repo: Repo, base_files: list[dict[str, Any]], target_files: list[dict[str, Any]]) -> dict[str, int]:
+    """For each chunked target file: its index size plus its chunks that no chunked file of the
+    base holds (what a client with the base fetches; cas/chunked.py)."""
+    targets = [e for e in target_files if e["type"] == "file" and "chunks" in e]
+    if not targets:
+        return {}
+    base_chunks: set[str] = set()
+    for entry in base_files:
+        if entry["type"] == "file" and "chunks" in entry:
+            base_chunks.update(repo.meta.index_chunk_sizes(entry["chunks"]["index"]))
+    out = {}
+    for entry in targets:
+        chunks = repo.meta.index_chunk_sizes(entry["chunks"]["index"])
+        out[entry["blake3"]] = entry["chunks"]["size"] + sum(n for d, n in chunks.items() if d not in base_chunks)
+    return out
+
+
 def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[str, Any]:
     """The manifest delta from ``base`` (None: from nothing, a fresh install) to ``target``;
     queues the builds when ``read_may_queue`` allows it."""
@@ -178,7 +195,8 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
     targets = {t for _, t in pairs}
     recipes = repo.meta.recipes_for(targets)
     document = manifest_delta(target.product, base.version if base else None, base_signed, target_envelope,
-                              target.manifest_digest, recipes, complete, base.manifest_digest if base else None)
+                              target.manifest_digest, recipes, complete, base.manifest_digest if base else None,
+                              chunk_bytes(repo, base_signed["files"], target_envelope["signed"]["files"]))
     if base is None:
         return document
     have = {e["blake3"] for e in base_signed["files"] if e["type"] == "file"}

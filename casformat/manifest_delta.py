@@ -41,8 +41,13 @@ def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
 def manifest_delta(product: str, base_version: str | None, base_manifest: Mapping[str, Any],
                    target_envelope: Mapping[str, Any], target_digest: str,
                    recipes: Mapping[str, Sequence[Mapping[str, Any]]], complete: bool,
-                   base_digest: str | None) -> dict[str, Any]:
-    """The manifest delta document from a base release (None: from nothing) to a target release."""
+                   base_digest: str | None, chunk_bytes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The manifest delta document from a base release (None: from nothing) to a target release.
+
+    ``chunk_bytes``: for chunked target files (``casformat/chunks.py``), the bytes a client
+    holding the base fetches: its index plus the chunks the base's files lack.  They count in
+    ``bytes.recipes`` instead of the whole file."""
+    chunk_bytes = chunk_bytes or {}
     target = target_envelope["signed"]
     base = _files(base_manifest["files"])
     tfiles = _files(target["files"])
@@ -60,7 +65,7 @@ def manifest_delta(product: str, base_version: str | None, base_manifest: Mappin
         offers = offered(recipes.get(digest, []), digest, size, have)
         recipe_doc[digest] = offers
         if digest not in have:
-            download += offers[0]["size"]
+            download += chunk_bytes.get(digest, offers[0]["size"])
             changed_raw += size
     full = sum({e["blake3"]: e["size"] for e in tfiles.values() if e["type"] == "file"}.values())
     return {

@@ -167,3 +167,33 @@ def test_missing_chunks_coalesce_into_few_ranges() -> None:
     # A chunk repeated later in the file is fetched once.
     repeated = parse_index(encode_index(PARAMS, chunks[:3] + chunks[:3]), 12_000)
     assert missing_runs(repeated, set()) == [(0, 3)]
+
+
+def test_delta_bytes_count_new_chunks(srv: tuple[Server, bytes, bytes]) -> None:
+    server, one, two = srv
+    with server.client(None) as http:
+        delta = http.get("/v1/products/app/releases/2.0/delta", params={"from": "1.0"}).json()
+    assert delta["bytes"]["full"] >= len(two)
+    assert delta["bytes"]["recipes"] < (2 << 20), delta["bytes"]     # the new chunks and the index
+    assert delta["bytes"]["changed_raw"] == len(two)                 # the whole file did change
+
+
+def test_client_updates_through_a_mirror(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    from conftest import run_cas
+    server, one, two = srv
+    mirror_store = tmp_path / "mirror"
+    run_cas("mirror", "sync", "--upstream", server.url, "--store", str(mirror_store), "--root",
+            str(server.store / "root.json"), "--json")
+    mirror = start_server(mirror_store, config=f'mirror_of = "{server.url}"\n', init_keys=False)
+    try:
+        root = tmp_path / "root"
+        args = ["init", root, "--server", mirror.url, "--product", "app", "--channel", "stable",
+                "--root", server.store / "root.json"]
+        assert cli(*args).returncode == 0
+        from client.updater import Updater
+        assert Updater(root).update(to="1.0").outcome == "updated"
+        result = Updater(root).update(to="2.0")
+        assert result.outcome == "updated" and result.bytes_downloaded < (2 << 20)
+        assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
+    finally:
+        mirror.stop()

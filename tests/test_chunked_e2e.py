@@ -204,3 +204,32 @@ def test_sparse_file_over_chunk_threshold_streams(server: Server, tmp_path: Path
         fh.write(os.urandom(4096))
     result = publish(server, tree, "1.0")
     assert result["uploaded_bytes"] < (2 << 20)
+
+
+def test_gc_keeps_chunks_of_live_releases_only(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
+    from cas import gc
+    from cas.keys import init_keys, key_path
+    from cas.publisher import publish_local
+    from cas.repo import open_repo
+
+    one, two = images
+    repo = open_repo(load_config(tmp_path / "store", chunk_min_file_bytes=1 << 20))
+    init_keys(tmp_path / "store", repo.meta)
+    repo.reload_keys()
+    key = load_private_key(key_path(repo.config.store, "release"))
+    chunking = ChunkSettings.of(repo.config)
+    trees = {}
+    for version, data in (("1.0", one), ("2.0", two)):
+        trees[version] = scan_tree(write_tree(tmp_path / version, {"disk.img": data}), chunking=chunking)
+        publish_local(repo, trees[version], signed_manifest("app", version, trees[version], key))
+    chunks_of = {v: {s.index_digest, *s.index.digests()} for v, t in trees.items() for s in t.chunked.values()}
+    only_two = chunks_of["2.0"] - chunks_of["1.0"]
+    assert only_two and chunks_of["1.0"] | chunks_of["2.0"] <= set(repo.objects.iter_digests())
+    assert gc.collect(repo, grace_seconds=0).marked == 0      # everything is referenced through indexes
+    gc.delete_release(repo, "app", "2.0", "test", "bad build")
+    gc.collect(repo, grace_seconds=0)
+    second = gc.collect(repo, grace_seconds=0)
+    assert set(second.deleted) == only_two
+    stored = set(repo.objects.iter_digests())
+    assert chunks_of["1.0"] <= stored and not only_two & stored
+    assert repo.meta.live_objects() >= chunks_of["1.0"]
