@@ -90,7 +90,7 @@ def _signed(release: Release) -> dict[str, Any]:
     return parse_json(release.manifest)["signed"]
 
 
-def _patchable(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def patchable_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries deltas are built for: chunked files (cas/chunked.py) are not stored whole and
     travel as chunks instead, so they are neither targets nor bases of a patch or bundle."""
     return [e for e in files if "chunks" not in e]
@@ -111,8 +111,8 @@ def planned_pairs(repo: Repo, base: Release | None, target: Release) -> list[tup
     """The (base object, target object) pairs of a release pair, planned once per process."""
     tiny = repo.config.delta_tiny_bytes
     key = (base.manifest_digest if base is not None else "", target.manifest_digest, tiny)
-    return repo.plans.get(key, lambda: plan_pairs(_patchable(_signed(base)["files"]) if base is not None else [],
-                                                  _patchable(_signed(target)["files"]), tiny))
+    return repo.plans.get(key, lambda: plan_pairs(patchable_files(_signed(base)["files"]) if base is not None else [],
+                                                  patchable_files(_signed(target)["files"]), tiny))
 
 
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
@@ -272,7 +272,7 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     """The bundles worth building for a release pair (deltagen.bundle_candidates), built,
     verified and stored.  Each changed target brings the base of its best patch, else
     the first base the planner chose for it."""
-    base_files, target_files = _patchable(_signed(base)["files"]), _patchable(_signed(target)["files"])
+    base_files, target_files = patchable_files(_signed(base)["files"]), patchable_files(_signed(target)["files"])
     have = {e["blake3"] for e in base_files if e["type"] == "file"}
     sizes = {e["blake3"]: e["size"] for e in base_files + target_files if e["type"] == "file"}
     pairs = planned_pairs(repo, base, target)

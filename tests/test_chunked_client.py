@@ -197,3 +197,20 @@ def test_client_updates_through_a_mirror(srv: tuple[Server, bytes, bytes], tmp_p
         assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
     finally:
         mirror.stop()
+
+
+def test_dashboard_counts_chunks(srv: tuple[Server, bytes, bytes]) -> None:
+    server, one, two = srv
+    with server.client() as http:
+        overview = http.get("/v1/admin/dashboard/overview").json()
+        deltas = http.get("/v1/admin/dashboard/deltas").json()
+        doc = http.get("/v1/products/app/releases/2.0/delta", params={"from": "1.0"}).json()
+    releases = {r["version"]: r for r in next(p for p in overview["products"] if p["name"] == "app")["releases"]}
+    assert releases["2.0"]["logical_bytes"] >= len(two)
+    assert releases["2.0"]["new_bytes"] < (2 << 20)          # dedup counted per chunk
+    assert releases["2.0"]["deduplicated_bytes"] > len(two) - (2 << 20)
+    pair = next(b for r in next(p for p in deltas["products"] if p["name"] == "app")["releases"]
+                if r["version"] == "2.0" for b in r["bases"] if b["from"] == "1.0")
+    assert pair["complete"] and pair["bytes"]["recipes"] == doc["bytes"]["recipes"]
+    assert set(pair["bytes"]["by_kind"]) == {"chunks"}
+    assert pair["bytes"]["by_kind"]["chunks"] == doc["bytes"]["recipes"] < (2 << 20)
