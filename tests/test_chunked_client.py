@@ -214,3 +214,34 @@ def test_dashboard_counts_chunks(srv: tuple[Server, bytes, bytes]) -> None:
     assert pair["complete"] and pair["bytes"]["recipes"] == doc["bytes"]["recipes"]
     assert set(pair["bytes"]["by_kind"]) == {"chunks"}
     assert pair["bytes"]["by_kind"]["chunks"] == doc["bytes"]["recipes"] < (2 << 20)
+
+
+def test_cut_range_resumes_where_it_stopped(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    from hostile_proxy import FAST_CLIENT, HostileProxy
+
+    from client.updater import Updater
+    server, one, two = srv
+    with server.client(None) as http:
+        signed = http.get("/v1/products/app/releases/1.0/manifest").json()["signed"]
+    disk = next(e for e in signed["files"] if e["path"] == "disk.img")
+    proxy = HostileProxy(server.url).start()
+    try:
+        proxy.fault(rf"^/v1/objects/{disk['blake3']}$", "cut", after=100_000, times=1)
+        root = tmp_path / "root"
+        Updater.init(root, [proxy.url], "app", "stable", (server.store / "root.json").read_bytes(),
+                     client_id="chunk-cut", **FAST_CLIENT)
+        result = Updater(root).update(to="1.0")
+        assert result.outcome == "updated" and (root / "versions" / "1.0" / "disk.img").read_bytes() == one
+        ranges = [s for s in proxy.seen(rf"^/v1/objects/{disk['blake3']}$") if s.method == "GET"]
+        bounds = [tuple(map(int, s.range.split("=")[1].split("-"))) for s in ranges]
+        cut = [i for i, s in enumerate(ranges) if s.fault == "cut"]
+        assert len(cut) == 1
+        start, end = bounds[cut[0]]
+        # The cut range was asked again from where it stopped (same end, later start), never from its start.
+        again = [b for i, b in enumerate(bounds) if i != cut[0] and b[1] == end]
+        assert again and all(start < b[0] for b in again), bounds
+        assert len(ranges) == len(set(b[1] for b in bounds)) + 1   # one range per run, plus the resume
+        assert all(s.if_range == f'"{disk["blake3"]}"' for s in ranges)
+        assert result.bytes_downloaded < len(one) + (128 << 10)
+    finally:
+        proxy.stop()

@@ -233,3 +233,42 @@ def test_gc_keeps_chunks_of_live_releases_only(tmp_path: Path, images: tuple[byt
     stored = set(repo.objects.iter_digests())
     assert chunks_of["1.0"] <= stored and not only_two & stored
     assert repo.meta.live_objects() >= chunks_of["1.0"]
+
+
+def test_chunked_files_on_s3(s3_server, tmp_path: Path, images: tuple[bytes, bytes]) -> None:
+    one, two = images
+    bucket = s3_server.new_bucket()
+    srv = start_server(tmp_path / "store", config=s3_server.config(bucket, delta_builder=False))
+    try:
+        publish(srv, write_tree(tmp_path / "v1", {"disk.img": one}), "1.0")
+        second = publish(srv, write_tree(tmp_path / "v2", {"disk.img": two}), "2.0")
+        assert second["uploaded_bytes"] < (2 << 20)
+        with srv.client(None) as http:
+            disk = entries(http, "2.0")["disk.img"]
+            url = f"/v1/objects/{disk['blake3']}"
+            assert http.get(url).content == two
+            assert http.get(url, headers={"Range": "bytes=4000000-4100000"}).content == two[4000000:4100001]
+        keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])]
+        assert not any(k.endswith(disk["blake3"][2:]) for k in keys)      # never stored whole
+        assert any(k.endswith(disk["chunks"]["index"][2:]) for k in keys)
+    finally:
+        srv.stop()
+
+
+def test_fsck_names_a_missing_chunk(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
+    store = tmp_path / "store"
+    run_cas("keys", "init", "--store", str(store))
+    one, _ = images
+    run_cas("publish", str(write_tree(tmp_path / "v1", {"disk.img": one})), "--product", "app", "--version",
+            "1.0", "--store", str(store), *CHUNK_FLAG)
+    assert run_cas("fsck", "--store", str(store), check=False).returncode == 0
+    config = load_config(store, chunk_min_file_bytes=1 << 20)
+    source = next(iter(scan_tree(tmp_path / "v1", chunking=ChunkSettings.of(config)).chunked.values()))
+    victim = source.index.digest(3)
+    path = store / "objects" / victim[:2] / victim[2:]
+    os.chmod(path.parent, 0o755)
+    path.unlink()
+    fsck = run_cas("fsck", "--store", str(store), "--json", check=False)
+    assert fsck.returncode == 1
+    assert victim in json.loads(fsck.stdout)["missing_referenced"]
