@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import Server, start_server
+from conftest import Server, run_cas, start_server
 from test_chunked_e2e import edited, image, write_tree
 from test_client_update import cli, init_root, link, update_json
 
@@ -245,3 +245,49 @@ def test_cut_range_resumes_where_it_stopped(srv: tuple[Server, bytes, bytes], tm
         assert result.bytes_downloaded < len(one) + (128 << 10)
     finally:
         proxy.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sparse_file_over_4_gib_publishes_and_installs(tmp_path: Path) -> None:
+    """A 4.5 GiB sparse file (holes, a few random islands): published remotely as chunks (the
+    holes deduplicate to one chunk), read back by range beyond 4 GiB, installed by a real client."""
+    size = (4 << 30) + (512 << 20)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    islands = {}
+    with open(tree / "huge.img", "wb") as fh:
+        fh.truncate(size)
+        for at in (0, 1 << 30, (4 << 30) + (100 << 20), size - 4096):
+            islands[at] = os.urandom(4096)
+            fh.seek(at)
+            fh.write(islands[at])
+    (tree / "bin").mkdir()
+    (tree / "bin" / "health").write_bytes(b"#!/bin/sh\nexit 0\n")
+    os.chmod(tree / "bin" / "health", 0o755)
+    server = start_server(tmp_path / "store")
+    try:
+        key = str(server.store / "keys" / "release.pem")
+        out = run_cas("publish", str(tree), "--product", "app", "--version", "1.0", "--key", key,
+                      "--status", "released", "--channel", "stable", "--json", *CHUNK_FLAG,
+                      env={"CAS_STORE": str(server.store), **server.env}, timeout=900)
+        assert json.loads(out.stdout)["uploaded_bytes"] < (8 << 20)
+        with server.client(None) as http:
+            signed = http.get("/v1/products/app/releases/1.0/manifest").json()["signed"]
+            huge = next(e for e in signed["files"] if e["path"] == "huge.img")
+            at = (4 << 30) + (100 << 20)
+            part = http.get(f"/v1/objects/{huge['blake3']}", headers={"Range": f"bytes={at}-{at + 4095}"})
+            assert part.status_code == 206 and part.content == islands[at]
+        root = init_root(server, tmp_path / "root")
+        proc = cli("update", root, "--json", timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        installed = root / "versions" / "1.0" / "huge.img"
+        assert installed.stat().st_size == size
+        with open(installed, "rb") as fh:
+            for offset, data in islands.items():
+                fh.seek(offset)
+                assert fh.read(4096) == data
+        assert result["bytes_downloaded"] < (8 << 20)
+    finally:
+        server.stop()

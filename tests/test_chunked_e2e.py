@@ -180,6 +180,13 @@ def test_hostile_chunked_manifests_record_nothing(server: Server, tmp_path: Path
         swapped_digest = _put(http, swapped)
         lie = offer("1.1", lambda e: {**e, "chunks": {"index": swapped_digest, "size": len(swapped)}})
         assert lie.status_code == 422 and "do not hash" in json.dumps(lie.json())
+        # Real chunks listed with other lengths (the total kept): read back, they are other bytes.
+        (d0, n0), (d1, n1) = lengths[0], lengths[1]
+        shifted = encode_index(source.index.params, [(d0, n0 + 1), (d1, n1 - 1), *lengths[2:]])
+        shifted_digest = _put(http, shifted)
+        moved = offer("1.4", lambda e: {**e, "chunks": {"index": shifted_digest, "size": len(shifted)}})
+        assert moved.status_code == 422
+        assert "cannot be read back" in moved.text or "do not hash" in moved.text, moved.text
         # An index claiming more bytes than the signed size.
         longer = encode_index(source.index.params, [*lengths, lengths[0]])
         longer_digest = _put(http, longer)
