@@ -9,6 +9,7 @@ is never stored whole: ``GET /v1/objects/{file blake3}`` streams its chunks in i
 """
 from __future__ import annotations
 
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,10 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from casformat.chunks import MAX_INDEX_BYTES, ChunkIndex, ChunkIndexError, ChunkParams, encode_index, parse_index
+from casformat.chunks import (
+    MAX_CHUNK_BYTES,
+    MAX_INDEX_BYTES,
+    NO_BASE,
+    PACK_ZSTD_PATCH,
+    ChunkIndex,
+    ChunkIndexError,
+    ChunkParams,
+    encode_index,
+    encode_pack_header,
+    pack_header_size,
+    pair_chunks,
+    parse_index,
+    parse_pack_header,
+)
 from casformat.manifests import is_chunked
 from deltagen.chunker import chunk_file
-from deltagen.digests import FileDigest, StreamHasher, blake3_bytes
+from deltagen.chunkpatch import decode_chunk, encode_chunk
+from deltagen.digests import FileDigest, StreamHasher, blake3_bytes, blake3_raw
+from deltagen.errors import CorruptPatch
 from deltagen.limits import DEFAULT_LIMITS
 
 from .config import Config
@@ -203,3 +220,72 @@ class IndexCache:
             while len(self._cache) > self.entries:
                 self._cache.popitem(last=False)
         return index
+
+
+# ----------------------------------------------------------------- chunk packs (built ahead of time)
+
+def chunk_pairs(base_files: Iterable[Mapping[str, Any]], target_files: Iterable[Mapping[str, Any]]
+                ) -> list[tuple[str, str]]:
+    """(base file, target file) pairs to build a chunk pack for: a chunked target whose path
+    holds another chunked file in the base."""
+    base = {e["path"]: e for e in base_files if is_chunked(e)}
+    pairs = []
+    for entry in target_files:
+        old = base.get(entry["path"]) if is_chunked(entry) else None
+        if old is not None and old["blake3"] != entry["blake3"]:
+            pairs.append((old["blake3"], entry["blake3"]))
+    return pairs
+
+
+def build_chunk_pack(store: ObjectStore, base: ChunkIndex, target: ChunkIndex, out: Path,
+                     level: int = 19) -> int:
+    """Write the chunk pack taking a holder of ``base`` to ``target`` (every distinct target
+    chunk the base lacks, each encoded against the base chunk it replaces when that is
+    smallest; ``casformat.chunks``) at ``out``; returns the bytes of those chunks raw.
+    One chunk in memory at a time (payloads go to a side file, then after the header)."""
+    entries: list[tuple[bytes, int, int, bytes, int]] = []
+    raw_bytes = 0
+    payloads = out.with_suffix(".payloads")
+    try:
+        with open(payloads, "wb") as side:
+            for i, j in pair_chunks(base, target):
+                with store.open(target.digest(i)) as fh:
+                    data = fh.read(target.length(i) + 1)
+                if blake3_raw(data) != target.raw_digest(i):
+                    raise CasError(f"chunk {target.digest(i)} does not match its content", code="corrupt_object")
+                old = None
+                if j is not None:
+                    with store.open(base.digest(j)) as fh:
+                        old = fh.read(base.length(j) + 1)
+                method, payload = encode_chunk(data, old, level)
+                entries.append((target.raw_digest(i), len(data), method,
+                                base.raw_digest(j) if method == PACK_ZSTD_PATCH and j is not None else NO_BASE,
+                                len(payload)))
+                side.write(payload)
+                raw_bytes += len(data)
+        with open(out, "wb") as fh, open(payloads, "rb") as side:
+            fh.write(encode_pack_header(entries))
+            shutil.copyfileobj(side, fh, 1 << 20)
+    finally:
+        payloads.unlink(missing_ok=True)
+    return raw_bytes
+
+
+def verify_chunk_pack(store: ObjectStore, pack: Path) -> None:
+    """Decode every payload of a built pack (with its base chunk from the store) and check
+    the chunk it gives; CorruptPatch (a DeltaError: the job fails) otherwise."""
+    size = pack.stat().st_size
+    with open(pack, "rb") as fh:
+        header_size = pack_header_size(fh.read(12), size)
+        fh.seek(0)
+        entries = parse_pack_header(fh.read(header_size), size)
+        for entry in entries:
+            fh.seek(entry.offset)
+            payload = fh.read(entry.payload)
+            base = None
+            if entry.method == PACK_ZSTD_PATCH:
+                with store.open(entry.base.hex()) as src:
+                    base = src.read(MAX_CHUNK_BYTES + 1)
+            data = decode_chunk(entry.method, payload, base, entry.length)
+            if blake3_raw(data) != entry.chunk:
+                raise CorruptPatch(f"chunk pack entry {entry.chunk.hex()[:12]} does not rebuild its chunk")

@@ -49,6 +49,7 @@ from deltagen.budget import build_before, builds_cancelled, cancel_builds
 from deltagen.digests import blake3_file
 from deltagen.errors import BuildCancelled
 
+from .chunked import build_chunk_pack, chunk_pairs, verify_chunk_pack
 from .deltaplan import plan_pairs
 from .errors import NotFound
 from .metadata import ObjectsBeingDeleted, Release
@@ -111,8 +112,15 @@ def planned_pairs(repo: Repo, base: Release | None, target: Release) -> list[tup
     """The (base object, target object) pairs of a release pair, planned once per process."""
     tiny = repo.config.delta_tiny_bytes
     key = (base.manifest_digest if base is not None else "", target.manifest_digest, tiny)
-    return repo.plans.get(key, lambda: plan_pairs(patchable_files(_signed(base)["files"]) if base is not None else [],
-                                                  patchable_files(_signed(target)["files"]), tiny))
+    return repo.plans.get(key, lambda: pairs_of(_signed(base)["files"] if base is not None else [],
+                                                _signed(target)["files"], tiny))
+
+
+def pairs_of(base_files: list[dict[str, Any]], target_files: list[dict[str, Any]], tiny: int) -> list[tuple[str, str]]:
+    """The jobs of a release pair: file pairs (patches, compressed forms) of the files stored
+    whole, and (base file, target file) chunk packs of chunked files (cas/chunked.py)."""
+    return (plan_pairs(patchable_files(base_files), patchable_files(target_files), tiny)
+            + chunk_pairs(base_files, target_files))
 
 
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
@@ -205,9 +213,37 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
 
 # --------------------------------------------------------------------------- building
 
+def build_chunk_job(repo: Repo, base: str, target: str) -> list[dict[str, Any]]:
+    """The chunk pack of two chunked files (cas/chunked.py), verified, stored when smaller
+    than the chunks it holds; returns the recipe row to record (kind ``chunks``)."""
+    store = repo.objects
+    base_index = repo.chunk_indexes.get(store, repo.meta, base)
+    target_index = repo.chunk_indexes.get(store, repo.meta, target)
+    if base_index is None or target_index is None:
+        raise NotFound(f"chunk index of {target if target_index is None else base} is missing")
+    workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))
+    started = time.monotonic()
+    try:
+        out = workdir / "chunks.pack"
+        raw = build_chunk_pack(store, base_index, target_index, out)
+        verify_chunk_pack(store, out)
+        if builds_cancelled():
+            raise BuildCancelled("stopping")
+        size = out.stat().st_size
+        if size >= raw:
+            return []
+        ingested = store_built(repo, (base, target), out, blake3_file(out))
+        return [{"base": base, "kind": "chunks", "algorithm": "zstd", "object": ingested.digest,
+                 "size": ingested.size, "build_seconds": time.monotonic() - started}]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[dict[str, Any]]:
     """Build, verify and store the recipes of one pair; returns rows to record."""
     store = repo.objects
+    if base and not store.exists(target) and repo.meta.chunk_index_of(target) is not None:
+        return build_chunk_job(repo, base, target)
     if not store.exists(target) or (base and not store.exists(base)):
         raise NotFound(f"object {'base ' + base if base and not store.exists(base) else target} is missing")
     workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))

@@ -180,3 +180,91 @@ def parse_index(data: bytes, file_size: int) -> ChunkIndex:
     if total != file_size:
         raise ChunkIndexError(f"chunk index covers {total} bytes, the signed size is {file_size}")
     return ChunkIndex(params, entries, file_size)
+
+
+# ----------------------------------------------------------------- chunk packs
+
+PACK_MAGIC = b"DCASCPK\x01"
+PACK_HEADER = struct.Struct(">8sI")
+PACK_ENTRY = struct.Struct(">32sIB32sI")
+PACK_RAW, PACK_ZSTD, PACK_ZSTD_PATCH = 0, 1, 2   # how a chunk's payload is encoded
+NO_BASE = bytes(32)
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """One chunk of a chunk pack: its payload is ``[offset, offset + payload)`` of the pack."""
+
+    chunk: bytes       # raw BLAKE3 of the chunk it rebuilds
+    length: int        # the chunk's length
+    method: int        # PACK_RAW, PACK_ZSTD or PACK_ZSTD_PATCH (zstd with the base chunk as dictionary)
+    base: bytes        # raw BLAKE3 of the base chunk (NO_BASE unless PACK_ZSTD_PATCH)
+    offset: int
+    payload: int
+
+
+def encode_pack_header(entries: list[tuple[bytes, int, int, bytes, int]]) -> bytes:
+    """Header of a chunk pack: (chunk, length, method, base, payload length) per entry;
+    the payloads follow in the same order."""
+    return PACK_HEADER.pack(PACK_MAGIC, len(entries)) + b"".join(PACK_ENTRY.pack(*e) for e in entries)
+
+
+def pack_header_size(prefix: bytes, pack_size: int) -> int:
+    """From the first 12 bytes of a pack: the size of its whole header (checked against the
+    pack size and the chunk cap before it is read)."""
+    if len(prefix) < PACK_HEADER.size:
+        raise ChunkIndexError("chunk pack truncated")
+    magic, count = PACK_HEADER.unpack_from(prefix)
+    count = int(count)
+    if magic != PACK_MAGIC:
+        raise ChunkIndexError("not a chunk pack (bad magic or version)")
+    size = PACK_HEADER.size + count * PACK_ENTRY.size
+    if count > MAX_CHUNKS or size > pack_size:
+        raise ChunkIndexError(f"chunk pack claims {count} entries, more than its {pack_size} bytes hold")
+    return size
+
+
+def parse_pack_header(header: bytes, pack_size: int) -> list[PackEntry]:
+    """A chunk pack's entries; every payload inside the pack, back to back, filling it exactly;
+    lengths and methods in range.  The payloads themselves are checked by decoding them and
+    hashing what they give."""
+    size = pack_header_size(header[:PACK_HEADER.size], pack_size)
+    if len(header) != size:
+        raise ChunkIndexError("chunk pack header truncated")
+    entries, offset = [], size
+    for chunk, length, method, base, payload in PACK_ENTRY.iter_unpack(header[PACK_HEADER.size:]):
+        if not 0 < length <= MAX_CHUNK_BYTES or method not in (PACK_RAW, PACK_ZSTD, PACK_ZSTD_PATCH):
+            raise ChunkIndexError("chunk pack entry out of range")
+        if payload < 1 or offset + payload > pack_size:
+            raise ChunkIndexError("chunk pack payload runs past the pack")
+        entries.append(PackEntry(chunk, length, method, base, offset, payload))
+        offset += payload
+    if offset != pack_size:
+        raise ChunkIndexError(f"chunk pack has {pack_size - offset} bytes after its payloads")
+    return entries
+
+
+def pair_chunks(base: ChunkIndex, target: ChunkIndex) -> list[tuple[int, int | None]]:
+    """For each distinct target chunk the base lacks: (target position, the base position of
+    the chunk it most likely replaces, or None).  Walking both in file order, a new chunk is
+    paired with the base chunk that follows the last chunk both share (an edit replaces the
+    chunks around it in place; an insertion pairs with whatever follows, harmlessly)."""
+    positions: dict[bytes, list[int]] = {}
+    for j in range(base.count):
+        positions.setdefault(base.raw_digest(j), []).append(j)
+    pairs: list[tuple[int, int | None]] = []
+    seen: set[bytes] = set()
+    next_base = 0
+    for i in range(target.count):
+        digest = target.raw_digest(i)
+        found = positions.get(digest)
+        if found:
+            later = [j for j in found[:16] if j >= next_base]
+            next_base = (later[0] if later else found[0]) + 1
+            continue
+        if digest in seen:
+            continue
+        seen.add(digest)
+        pairs.append((i, next_base if next_base < base.count else None))
+        next_base += 1
+    return pairs

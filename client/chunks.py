@@ -23,11 +23,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from casformat.chunks import ChunkIndex, ChunkIndexError, parse_index
+from casformat.chunks import (
+    PACK_ZSTD_PATCH,
+    ChunkIndex,
+    ChunkIndexError,
+    PackEntry,
+    pack_header_size,
+    parse_index,
+    parse_pack_header,
+)
 from deltagen.chunker import chunk_file
+from deltagen.chunkpatch import decode_chunk
 from deltagen.digests import StreamHasher, blake3_raw
+from deltagen.errors import DeltaError
 
-from .errors import ClientError, DownloadError
+from .errors import ClientError, DownloadError, NotAvailable
 from .log import Log
 
 RUN_MAX_BYTES = 8 << 20   # one Range request fetches at most this many bytes of neighbouring chunks
@@ -42,9 +52,11 @@ class RangeSource(Protocol):
                            check: Any) -> Path: ...
 
 
-def local_chunks(candidates: Iterable[Path], index: ChunkIndex) -> dict[bytes, tuple[Path, int, int]]:
-    """{raw digest: (file, offset, length)} of the index's chunks found in ``candidates``."""
-    wanted = {index.raw_digest(i) for i in range(index.count)}
+def local_chunks(candidates: Iterable[Path], index: ChunkIndex,
+                 also: Iterable[bytes] = ()) -> dict[bytes, tuple[Path, int, int]]:
+    """{raw digest: (file, offset, length)} of the index's chunks (and of ``also``: the base
+    chunks a chunk pack patches) found in ``candidates``."""
+    wanted = {index.raw_digest(i) for i in range(index.count)} | set(also)
     found: dict[bytes, tuple[Path, int, int]] = {}
     p = index.params
     for path in dict.fromkeys(candidates):
@@ -96,17 +108,78 @@ def _read_exact(path: Path, offset: int, length: int) -> bytes:
         return fh.read(length)
 
 
+async def load_pack(fetcher: RangeSource, pack: Mapping[str, Any]) -> tuple[Path, list[PackEntry]]:
+    """A chunk pack (a recipe of the delta, capped by its size, checked against its BLAKE3)
+    and its entries; ChunkIndexError when its header does not hold together."""
+    path = await fetcher.object(pack["object"], int(pack["size"]))
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header_size = pack_header_size(fh.read(12), size)
+        fh.seek(0)
+        return path, parse_pack_header(fh.read(header_size), size)
+
+
+def apply_pack(path: Path, entries: list[PackEntry], downloads: Path, entry: Mapping[str, Any],
+               index: ChunkIndex, local: dict[bytes, tuple[Path, int, int]]) -> int:
+    """Rebuild from a chunk pack (``casformat.chunks``, built ahead of time from the delta's
+    base) the chunks still needed whose base chunk is here; each rebuilt chunk is checked
+    against its digest and added to ``local`` (in ``downloads/<file>.patched``).  Returns
+    how many.  A payload that does not decode to its chunk raises DeltaError."""
+    needed = {index.raw_digest(i) for i in range(index.count)} - set(local)
+    if not needed:
+        return 0
+    out = downloads / f"{entry['blake3']}.patched"
+    added = position = 0
+    with open(path, "rb") as fh, open(out, "wb") as dst:
+        for item in entries:
+            if item.chunk not in needed:
+                continue
+            base = None
+            if item.method == PACK_ZSTD_PATCH:
+                found = local.get(item.base)
+                if found is None:
+                    continue   # we lack the chunk it was encoded against: fetched as a range instead
+                base = _read_exact(*found)
+                if blake3_raw(base) != item.base:
+                    continue
+            fh.seek(item.offset)
+            data = decode_chunk(item.method, fh.read(item.payload), base, item.length)
+            if blake3_raw(data) != item.chunk:
+                raise DeltaError(f"chunk pack entry {item.chunk.hex()[:12]} does not rebuild its chunk")
+            dst.write(data)
+            local[item.chunk] = (out, position, item.length)
+            needed.discard(item.chunk)
+            position += item.length
+            added += 1
+    return added
+
+
 async def build_chunked(fetcher: RangeSource, downloads: Path, entry: Mapping[str, Any], dest: Path,
-                        candidates: Iterable[Path], log: Log) -> int:
-    """Write ``entry``'s file at ``dest`` from local and fetched chunks; returns the bytes
-    taken from local files.  ClientError (and ``dest`` removed) when it cannot be rebuilt."""
+                        candidates: Iterable[Path], log: Log, pack: Mapping[str, Any] | None = None) -> int:
+    """Write ``entry``'s file at ``dest`` from local chunks, a chunk pack (``pack``, a recipe
+    of the delta) and fetched ranges; returns the bytes taken from local files.  ClientError
+    (and ``dest`` removed) when it cannot be rebuilt."""
     where = entry["path"]
     index_path = await fetcher.object(entry["chunks"]["index"], int(entry["chunks"]["size"]))
     try:
         index = parse_index(index_path.read_bytes(), int(entry["size"]))
     except ChunkIndexError as exc:
         raise ClientError(f"{where}: chunk index refused: {exc.message}") from None
-    local = local_chunks(candidates, index)
+    loaded: tuple[Path, list[PackEntry]] | None = None
+    if pack is not None:
+        try:
+            loaded = await load_pack(fetcher, pack)
+        except (ChunkIndexError, DownloadError, NotAvailable) as exc:
+            log(f"{where}: chunk pack not used ({exc}); fetching its chunks instead")
+    bases = [e.base for e in loaded[1] if e.method == PACK_ZSTD_PATCH] if loaded else []
+    local = local_chunks(candidates, index, bases)
+    from_local = sum(n for _, _, n in local.values())
+    packed = 0
+    if loaded is not None:
+        try:
+            packed = apply_pack(*loaded, downloads, entry, index, local)
+        except DeltaError as exc:
+            log(f"{where}: chunk pack not used ({exc}); fetching its chunks instead")
     runs = missing_runs(index, set(local))
     digest = entry["blake3"]
 
@@ -120,7 +193,6 @@ async def build_chunked(fetcher: RangeSource, downloads: Path, entry: Mapping[st
     run_end = dict(runs)
     whole = StreamHasher(sha256=True)
     written: dict[bytes, int] = {}   # chunks already in dest, by digest -> offset
-    from_local = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(dest, "w+b") as out:
@@ -137,9 +209,7 @@ async def build_chunked(fetcher: RangeSource, downloads: Path, entry: Mapping[st
                     out.flush()
                     data = os.pread(out.fileno(), index.length(i), written[raw])
                 else:
-                    path, offset, length = local[raw]
-                    data = _read_exact(path, offset, length)
-                    from_local += length
+                    data = _read_exact(*local[raw])
                 _put(out, index, i, data, whole, written, where)
                 i += 1
             out.flush()
@@ -151,7 +221,9 @@ async def build_chunked(fetcher: RangeSource, downloads: Path, entry: Mapping[st
         raise
     for part in fetched.values():
         part.unlink(missing_ok=True)
-    log(f"{where}: {index.count} chunks, {from_local:,} bytes from local files, {len(runs)} ranges fetched")
+    (downloads / f"{digest}.patched").unlink(missing_ok=True)
+    log(f"{where}: {index.count} chunks, {from_local:,} bytes found in local files, {packed} rebuilt from "
+        f"a chunk pack, {len(runs)} ranges fetched")
     return from_local
 
 

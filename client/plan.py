@@ -112,6 +112,9 @@ def file_options(entry: Mapping[str, Any], offered: Iterable[Mapping[str, Any]],
             if base is None:
                 continue  # we do not have (an intact copy of) that base
             options.append({**recipe, "base_path": str(base)})
+        elif recipe.get("kind") == "chunks" and "chunks" in entry:
+            # A chunk pack needs chunks of its base, found (and each verified) by client/chunks.py.
+            options.append(dict(recipe))
         elif recipe.get("kind") in ("compressed", "raw"):
             options.append(dict(recipe))
     if not any(o["kind"] == "raw" for o in options):

@@ -158,7 +158,8 @@ async def _build_chunked(fetcher: ObjectSource, downloads: Path, file_plan: File
     """A chunked file from local and fetched chunks (client/chunks.py); no other recipe."""
     entry = file_plan.entry
     try:
-        await build_chunked(fetcher, downloads, entry, dest, candidates, log)
+        pack = next((r for r in file_plan.recipes if r.get("kind") == "chunks"), None)
+        await build_chunked(fetcher, downloads, entry, dest, candidates, log, pack)
     except OSError as exc:
         dest.unlink(missing_ok=True)
         if exc.errno in DISK_FULL:

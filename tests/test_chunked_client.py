@@ -14,7 +14,7 @@ from conftest import Server, run_cas, start_server
 from test_chunked_e2e import edited, image, write_tree
 from test_client_update import cli, init_root, link, update_json
 
-from casformat.chunks import ChunkParams, encode_index
+from casformat.chunks import ChunkIndexError, ChunkParams, encode_index
 from client.chunks import build_chunked, missing_runs
 from client.errors import ClientError
 from deltagen.digests import blake3_bytes, blake3_raw, sha256_bytes
@@ -76,11 +76,13 @@ def test_corrupt_chunk_on_the_server_installs_nothing(srv: tuple[Server, bytes, 
         root = init_root(server, tmp_path / "root")
         server.cas("channel", "set", "app", "stable", "1.0")
         assert update_json(root)[0].returncode == 0
+        # Installed afresh elsewhere (no base, no chunk pack): every chunk comes by range.
+        fresh = init_root(server, tmp_path / "fresh")
         server.cas("channel", "set", "app", "stable", "2.0")
-        proc, _ = update_json(root)
+        proc, _ = update_json(fresh)
         assert proc.returncode != 0
         assert "does not match its digest" in proc.stderr + proc.stdout
-        assert link(root, "current") == "1.0" and not (root / "versions" / "2.0").exists()
+        assert link(fresh, "current") is None and not (fresh / "versions" / "2.0").exists()
     finally:
         path.write_bytes(data)
 
@@ -291,3 +293,81 @@ def test_sparse_file_over_4_gib_publishes_and_installs(tmp_path: Path) -> None:
         assert result["bytes_downloaded"] < (8 << 20)
     finally:
         server.stop()
+
+
+def _pack_recipe(server: Server) -> tuple[dict[str, Any], dict[str, Any]]:
+    from conftest import wait_for_builds
+    with server.client() as http:
+        wait_for_builds(http)
+        doc = http.get("/v1/products/app/releases/2.0/delta", params={"from": "1.0"}).json()
+        signed = http.get("/v1/products/app/releases/2.0/manifest").json()["signed"]
+    disk = next(e for e in signed["files"] if e["path"] == "disk.img")
+    assert doc["complete"]
+    pack = next(r for r in doc["recipes"][disk["blake3"]] if r["kind"] == "chunks")
+    return doc, {**pack, "index_size": disk["chunks"]["size"]}
+
+
+def test_chunk_pack_goes_below_the_new_chunks(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    """The builder makes a chunk pack (changed chunks as zstd patches against the chunks they
+    replace): the delta offers it, counts it, and a client updates with it."""
+    server, one, two = srv
+    doc, pack = _pack_recipe(server)
+    with server.client() as http:
+        new_chunks = set(parse_index_bytes_of(server, "2.0")) - set(parse_index_bytes_of(server, "1.0"))
+        raw = sum(len(http.get(f"/v1/objects/{d}").content) for d in new_chunks)
+    assert pack["size"] < raw * 0.6, (pack, raw)           # 4 KiB edits in ~80 KiB chunks: patches
+    assert doc["bytes"]["recipes"] == pack["index_size"] + pack["size"]
+    root = init_root(server, tmp_path / "root")
+    server.cas("channel", "set", "app", "stable", "1.0")
+    assert update_json(root)[0].returncode == 0
+    server.cas("channel", "set", "app", "stable", "2.0")
+    proc, result = update_json(root)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
+    assert result["bytes_downloaded"] <= pack["index_size"] + pack["size"] + (64 << 10), (result, pack)
+
+
+def test_corrupt_chunk_pack_falls_back_to_ranges(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
+    server, one, two = srv
+    _, pack = _pack_recipe(server)
+    path = server.store / "objects" / pack["object"][:2] / pack["object"][2:]
+    data = path.read_bytes()
+    os.chmod(path, 0o644)
+    # Same size, another payload byte: the client's digest check refuses the download.
+    path.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    try:
+        root = init_root(server, tmp_path / "root")
+        server.cas("channel", "set", "app", "stable", "1.0")
+        assert update_json(root)[0].returncode == 0
+        server.cas("channel", "set", "app", "stable", "2.0")
+        proc, result = update_json(root)
+        assert proc.returncode == 0, proc.stderr
+        assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
+        # The pack was refused (its digest), the chunks came as ranges instead.
+        assert result["bytes_downloaded"] > pack["size"] + pack["index_size"], result
+    finally:
+        path.write_bytes(data)
+
+
+def test_hostile_chunk_pack_entries(tmp_path: Path) -> None:
+    """A pack whose entry decodes to other bytes than the chunk it names is refused."""
+    from casformat.chunks import PACK_RAW, encode_pack_header, parse_index
+    from client.chunks import apply_pack, load_pack
+    from deltagen.errors import DeltaError
+
+    chunk = os.urandom(3000)
+    index = parse_index(encode_index(PARAMS, [(blake3_raw(chunk), 3000)]), 3000)
+    forged = os.urandom(3000)
+    pack = encode_pack_header([(blake3_raw(chunk), 3000, PACK_RAW, bytes(32), 3000)]) + forged
+    source = Hostile(tmp_path, pack)
+    with pytest.raises(DeltaError, match="does not rebuild"):
+        loaded = asyncio.run(load_pack(source, {"object": blake3_bytes(pack), "size": len(pack)}))
+        apply_pack(*loaded, tmp_path, {"blake3": "f" * 64}, index, {})
+    trailing = encode_pack_header([(blake3_raw(chunk), 3000, PACK_RAW, bytes(32), 3000)]) + chunk + b"x"
+    source = Hostile(tmp_path, trailing)
+    with pytest.raises(ChunkIndexError, match="after its payloads"):
+        asyncio.run(load_pack(source, {"object": blake3_bytes(trailing), "size": len(trailing)}))
+    endless = encode_pack_header([]) [:8] + (10**6).to_bytes(4, "big")
+    source = Hostile(tmp_path, endless)
+    with pytest.raises(ChunkIndexError, match="claims"):
+        asyncio.run(load_pack(source, {"object": blake3_bytes(endless), "size": len(endless)}))
