@@ -29,7 +29,8 @@ For each pair, all on this machine over loopback:
 
 Results go to benchmarks/results/large.json, a table to stdout, with the issue's targets.
 
-    nice -n 15 python benchmarks/large.py [--size-mib 768] [--real OLD NEW] [--work DIR] [--keep]
+    nice -n 15 python benchmarks/large.py [--size-mib 768] [--real OLD NEW] [--chunk-min-file-bytes N]
+                                          [--skip-synthetic] [--work DIR] [--keep] [--out FILE]
 """
 from __future__ import annotations
 
@@ -145,11 +146,12 @@ def cas(*args: str, store: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- deltacas
 
-def measure_deltacas(work: Path, old: Path, new: Path) -> dict[str, Any]:
+def measure_deltacas(work: Path, old: Path, new: Path, chunk_min: int | None) -> dict[str, Any]:
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
     cas("keys", "init", store=store)
-    (store / "config.toml").write_text("delta_poll_seconds = 0.2\n")
+    (store / "config.toml").write_text("delta_poll_seconds = 0.2\n"
+                                       + (f"chunk_min_file_bytes = {chunk_min}\n" if chunk_min else ""))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(work / "serve.log", "wb")
@@ -247,9 +249,9 @@ def measure_casync(work: Path, old: Path, new: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- report
 
-def measure(name: str, work: Path, old: Path, new: Path) -> dict[str, Any]:
+def measure(name: str, work: Path, old: Path, new: Path, chunk_min: int | None = None) -> dict[str, Any]:
     print(f"[{name}] deltacas ...", file=sys.stderr)
-    dc = measure_deltacas(work, old, new)
+    dc = measure_deltacas(work, old, new, chunk_min)
     print(f"[{name}] casync ...", file=sys.stderr)
     ca = measure_casync(work, old, new)
     return {"pair": name, "old_bytes": old.stat().st_size, "new_bytes": new.stat().st_size, "deltacas": dc,
@@ -297,6 +299,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=768)
     parser.add_argument("--real", nargs=2, metavar=("OLD", "NEW"), default=None)
+    parser.add_argument("--chunk-min-file-bytes", type=int, default=None,
+                        help="the store's chunk_min_file_bytes (default: the server's, 128 MiB)")
+    parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "large.json")
@@ -305,15 +310,16 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     try:
-        synthetic = work / "synthetic"
-        synthetic.mkdir(exist_ok=True)
-        old, new = make_pair(synthetic, args.size_mib)
-        results.append(measure(f"synthetic {args.size_mib} MiB", synthetic, old, new))
+        if not args.skip_synthetic:
+            synthetic = work / "synthetic"
+            synthetic.mkdir(exist_ok=True)
+            old, new = make_pair(synthetic, args.size_mib)
+            results.append(measure(f"synthetic {args.size_mib} MiB", synthetic, old, new, args.chunk_min_file_bytes))
         if args.real:
             real = work / "real"
             real.mkdir(exist_ok=True)
             results.append(measure(f"real {Path(args.real[1]).name}", real, Path(args.real[0]).resolve(),
-                                   Path(args.real[1]).resolve()))
+                                   Path(args.real[1]).resolve(), args.chunk_min_file_bytes))
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -56,6 +56,10 @@ def test_update_fetches_only_changed_chunks(srv: tuple[Server, bytes, bytes], tm
     assert not list((root / ".cas" / "downloads").glob("*.run"))
     verify = cli("verify", root, "--json")
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
+    # The rollback point is whole: back to 1.0, its file intact and untouched by the update.
+    back = cli("rollback", root, "--json")
+    assert back.returncode == 0, back.stderr
+    assert link(root, "current") == "1.0" and (root / "versions" / "1.0" / "disk.img").read_bytes() == one
 
 
 def test_corrupt_chunk_on_the_server_installs_nothing(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
@@ -181,7 +185,6 @@ def test_delta_bytes_count_new_chunks(srv: tuple[Server, bytes, bytes]) -> None:
 
 
 def test_client_updates_through_a_mirror(srv: tuple[Server, bytes, bytes], tmp_path: Path) -> None:
-    from conftest import run_cas
     server, one, two = srv
     mirror_store = tmp_path / "mirror"
     run_cas("mirror", "sync", "--upstream", server.url, "--store", str(mirror_store), "--root",
@@ -199,6 +202,15 @@ def test_client_updates_through_a_mirror(srv: tuple[Server, bytes, bytes], tmp_p
         assert (root / "versions" / "2.0" / "disk.img").read_bytes() == two
     finally:
         mirror.stop()
+    # The static export holds the whole file and its index, as the mirror serves them.
+    export = tmp_path / "export"
+    run_cas("mirror", "export", str(export), "--store", str(mirror_store))
+    with server.client(None) as http:
+        disk = next(e for e in http.get("/v1/products/app/releases/2.0/manifest").json()["signed"]["files"]
+                    if e["path"] == "disk.img")
+    for digest in (disk["blake3"], disk["chunks"]["index"]):
+        assert (export / "v1" / "objects" / digest[:2] / digest[2:]).is_file()
+    assert (export / "v1" / "objects" / disk["blake3"][:2] / disk["blake3"][2:]).read_bytes() == two
 
 
 def test_dashboard_counts_chunks(srv: tuple[Server, bytes, bytes]) -> None:
