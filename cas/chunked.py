@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from casformat.chunks import (
     MAX_CHUNK_BYTES,
     MAX_INDEX_BYTES,
     NO_BASE,
+    PACK_RAW,
     PACK_ZSTD_PATCH,
     ChunkIndex,
     ChunkIndexError,
@@ -238,10 +240,11 @@ def chunk_pairs(base_files: Iterable[Mapping[str, Any]], target_files: Iterable[
 
 
 def build_chunk_pack(store: ObjectStore, base: ChunkIndex, target: ChunkIndex, out: Path,
-                     level: int = 19) -> int:
+                     level: int = 19, deadline: float | None = None) -> int:
     """Write the chunk pack taking a holder of ``base`` to ``target`` (every distinct target
     chunk the base lacks, each encoded against the base chunk it replaces when that is
     smallest; ``casformat.chunks``) at ``out``; returns the bytes of those chunks raw.
+    Past ``deadline`` (monotonic) the remaining chunks go in raw, so the pack stays complete.
     One chunk in memory at a time (payloads go to a side file, then after the header)."""
     entries: list[tuple[bytes, int, int, bytes, int]] = []
     raw_bytes = 0
@@ -257,7 +260,10 @@ def build_chunk_pack(store: ObjectStore, base: ChunkIndex, target: ChunkIndex, o
                 if j is not None:
                     with store.open(base.digest(j)) as fh:
                         old = fh.read(base.length(j) + 1)
-                method, payload = encode_chunk(data, old, level)
+                if deadline is not None and time.monotonic() > deadline:
+                    method, payload = PACK_RAW, data
+                else:
+                    method, payload = encode_chunk(data, old, level)
                 entries.append((target.raw_digest(i), len(data), method,
                                 base.raw_digest(j) if method == PACK_ZSTD_PATCH and j is not None else NO_BASE,
                                 len(payload)))

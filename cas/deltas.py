@@ -213,7 +213,7 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
 
 # --------------------------------------------------------------------------- building
 
-def build_chunk_job(repo: Repo, base: str, target: str) -> list[dict[str, Any]]:
+def build_chunk_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[dict[str, Any]]:
     """The chunk pack of two chunked files (cas/chunked.py), verified, stored when smaller
     than the chunks it holds; returns the recipe row to record (kind ``chunks``)."""
     store = repo.objects
@@ -225,7 +225,8 @@ def build_chunk_job(repo: Repo, base: str, target: str) -> list[dict[str, Any]]:
     started = time.monotonic()
     try:
         out = workdir / "chunks.pack"
-        raw = build_chunk_pack(store, base_index, target_index, out)
+        raw = build_chunk_pack(store, base_index, target_index, out, limits.zstd_level,
+                               started + limits.time_budget_s)
         verify_chunk_pack(store, out)
         if builds_cancelled():
             raise BuildCancelled("stopping")
@@ -243,7 +244,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
     """Build, verify and store the recipes of one pair; returns rows to record."""
     store = repo.objects
     if base and not store.exists(target) and repo.meta.chunk_index_of(target) is not None:
-        return build_chunk_job(repo, base, target)
+        return build_chunk_job(repo, base, target, limits)
     if not store.exists(target) or (base and not store.exists(base)):
         raise NotFound(f"object {'base ' + base if base and not store.exists(base) else target} is missing")
     workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))

@@ -59,12 +59,17 @@ def local_chunks(candidates: Iterable[Path], index: ChunkIndex,
     wanted = {index.raw_digest(i) for i in range(index.count)} | set(also)
     found: dict[bytes, tuple[Path, int, int]] = {}
     p = index.params
+    scanned: set[tuple[int, int]] = set()   # a file hardlinked into several versions is read once
     for path in dict.fromkeys(candidates):
         if len(found) == len(wanted):
             break
         try:
             if path.is_symlink() or not path.is_file():
                 continue
+            st = path.stat()
+            if (st.st_dev, st.st_ino) in scanned:
+                continue
+            scanned.add((st.st_dev, st.st_ino))
             for c in chunk_file(path, p.min_size, p.avg_size, p.max_size):
                 if c.blake3 in wanted and c.blake3 not in found:
                     found[c.blake3] = (path, c.offset, c.length)

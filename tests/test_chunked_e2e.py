@@ -279,3 +279,38 @@ def test_fsck_names_a_missing_chunk(tmp_path: Path, images: tuple[bytes, bytes])
     fsck = run_cas("fsck", "--store", str(store), "--json", check=False)
     assert fsck.returncode == 1
     assert victim in json.loads(fsck.stdout)["missing_referenced"]
+
+
+def test_chunk_pack_build_and_deadline(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
+    """A pack rebuilds every chunk the new file lacks (patches against the chunks they replace);
+    past its time budget the rest go in raw, and the pack is still complete and verifies."""
+    import time as _time
+
+    from cas.chunked import build_chunk_pack, verify_chunk_pack
+    from cas.repo import open_repo
+    from casformat.chunks import PACK_RAW, PACK_ZSTD_PATCH, pack_header_size, parse_pack_header
+
+    one, two = images
+    repo = open_repo(load_config(tmp_path / "store"))
+    chunking = ChunkSettings.of(load_config(tmp_path / "store", chunk_min_file_bytes=1 << 20))
+    indexes = []
+    for name, data in (("a", one), ("b", two)):
+        source = next(iter(scan_tree(write_tree(tmp_path / name, {"f": data}), chunking=chunking).chunked.values()))
+        for _, offset, length in source.index:
+            repo.objects.ingest_bytes(data[offset:offset + length])
+        indexes.append(source.index)
+    new = set(indexes[1].digests()) - set(indexes[0].digests())
+
+    def entries(deadline: float | None) -> list:
+        out = tmp_path / f"pack-{deadline}"
+        raw = build_chunk_pack(repo.objects, indexes[0], indexes[1], out, deadline=deadline)
+        verify_chunk_pack(repo.objects, out)
+        data = out.read_bytes()
+        found = parse_pack_header(data[:pack_header_size(data[:12], len(data))], len(data))
+        assert {e.chunk.hex() for e in found} == new and raw == sum(e.length for e in found)
+        return found
+
+    patched = entries(None)
+    assert any(e.method == PACK_ZSTD_PATCH for e in patched)
+    assert sum(e.payload for e in patched) < 0.6 * sum(e.length for e in patched)
+    assert all(e.method == PACK_RAW for e in entries(_time.monotonic() - 1))
