@@ -225,8 +225,7 @@ def build_chunk_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> 
     started = time.monotonic()
     try:
         out = workdir / "chunks.pack"
-        raw = build_chunk_pack(store, base_index, target_index, out, limits.zstd_level,
-                               started + limits.time_budget_s)
+        raw = build_chunk_pack(store, base_index, target_index, out, deadline=started + limits.time_budget_s)
         verify_chunk_pack(store, out)
         if builds_cancelled():
             raise BuildCancelled("stopping")
