@@ -33,7 +33,8 @@ from casformat.canonical import parse_json
 from deltagen.digests import hash_stream, is_digest
 from deltagen.output import fsync_dir, write_atomic
 
-from .errors import Conflict
+from .chunked import write_whole
+from .errors import Conflict, NotFound
 from .objectstore import OBJECT_MODE, FsckReport, clone_or_copy, link_or_copy
 from .release_lookup import get_release
 from .repo import Repo
@@ -153,7 +154,13 @@ def checkout(repo: Repo, product: str, version: str, dest: Path, hardlink: bool 
                 links += 1
                 continue
             mode = (entry["mode"] & 0o555) or 0o444
-            if hardlink:
+            if "chunks" in entry:  # stored as chunks (cas/chunked.py): written whole, never linked
+                index = repo.chunk_indexes.get(repo.objects, repo.meta, entry["blake3"])
+                if index is None:
+                    raise NotFound(f"chunk index of {entry['path']} not found", code="object_not_found")
+                write_whole(repo.objects, index, path, entry["blake3"])
+                how = "copy"
+            elif hardlink:
                 how = link_or_copy(_variant(repo, entry["blake3"], mode), path)
             else:
                 with repo.objects.local_copy(entry["blake3"]) as source:

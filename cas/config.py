@@ -91,6 +91,15 @@ class Config:
     webhook_max_attempts: int = 8
     webhook_backoff_seconds: float = 5.0  # first retry delay, doubled each attempt
     webhook_max_backoff_seconds: float = 3600.0
+    # Content-defined chunking (cas/chunked.py, casformat/chunks.py): files of at least
+    # chunk_min_file_bytes are published as FastCDC chunks plus a chunk index.  The default is
+    # hdiffpatch's per-file cap (deltagen/limits.py): below it a patch is built and beats chunks
+    # on small edits; at and above it no patch is built quickly (bsdiff4 and HDiffPatch refuse,
+    # zstd patch-from takes minutes near its 1 GiB), so chunks move only what changed.
+    chunk_min_file_bytes: int = 128 << 20
+    chunk_min_bytes: int = 16 << 10     # FastCDC minimum, average and maximum chunk (casync's);
+    chunk_avg_bytes: int = 64 << 10     # pyfastcdc's real average is avg + min (~80 KiB)
+    chunk_max_bytes: int = 256 << 10
     # Ahead-of-time deltas.
     delta_builder: bool = True          # run `cas deltas worker` beside `cas serve`
     delta_build_on: tuple[str, ...] = ("testing", "released")

@@ -52,6 +52,7 @@ from deltagen.errors import BuildCancelled
 from deltagen.policy import classify
 from deltagen.recipes import compress_level_for
 
+from .chunked import build_chunk_pack, chunk_pairs, verify_chunk_pack
 from .deltaplan import bundle_inputs, plan_pairs
 from .errors import NotFound
 from .metadata import ObjectsBeingDeleted, Release
@@ -92,6 +93,12 @@ def _signed(release: Release) -> dict[str, Any]:
     return parse_json(release.manifest)["signed"]
 
 
+def patchable_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries deltas are built for: chunked files (cas/chunked.py) are not stored whole and
+    travel as chunks instead, so they are neither targets nor bases of a patch or bundle."""
+    return [e for e in files if "chunks" not in e]
+
+
 def bases_for(repo: Repo, target: Release) -> list[Release]:
     """The last K released versions before ``target`` and the factory release."""
     history = repo.meta.list_releases(target.product)
@@ -107,8 +114,15 @@ def planned_pairs(repo: Repo, base: Release | None, target: Release) -> list[tup
     """The (base object, target object) pairs of a release pair, planned once per process."""
     tiny = repo.config.delta_tiny_bytes
     key = (base.manifest_digest if base is not None else "", target.manifest_digest, tiny)
-    return repo.plans.get(key, lambda: plan_pairs(_signed(base)["files"] if base is not None else [],
-                                                  _signed(target)["files"], tiny))
+    return repo.plans.get(key, lambda: pairs_of(_signed(base)["files"] if base is not None else [],
+                                                _signed(target)["files"], tiny))
+
+
+def pairs_of(base_files: list[dict[str, Any]], target_files: list[dict[str, Any]], tiny: int) -> list[tuple[str, str]]:
+    """The jobs of a release pair: file pairs (patches, compressed forms) of the files stored
+    whole, and (base file, target file) chunk packs of chunked files (cas/chunked.py)."""
+    return (plan_pairs(patchable_files(base_files), patchable_files(target_files), tiny)
+            + chunk_pairs(base_files, target_files))
 
 
 def queue_pair(repo: Repo, base: Release, target: Release) -> int:
@@ -154,6 +168,23 @@ def read_may_queue(repo: Repo, target: Release, base: Release | None) -> bool:
     return not repo.meta.planned(target.product, base.version if base is not None else "", target.version)
 
 
+def chunk_bytes(repo: Repo, base_files: list[dict[str, Any]], target_files: list[dict[str, Any]]) -> dict[str, int]:
+    """For each chunked target file: its index size plus its chunks that no chunked file of the
+    base holds (what a client with the base fetches; cas/chunked.py)."""
+    targets = [e for e in target_files if e["type"] == "file" and "chunks" in e]
+    if not targets:
+        return {}
+    base_chunks: set[str] = set()
+    for entry in base_files:
+        if entry["type"] == "file" and "chunks" in entry:
+            base_chunks.update(repo.meta.index_chunk_sizes(entry["chunks"]["index"]))
+    out = {}
+    for entry in targets:
+        chunks = repo.meta.index_chunk_sizes(entry["chunks"]["index"])
+        out[entry["blake3"]] = entry["chunks"]["size"] + sum(n for d, n in chunks.items() if d not in base_chunks)
+    return out
+
+
 def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[str, Any]:
     """The manifest delta from ``base`` (None: from nothing, a fresh install) to ``target``;
     queues the builds when ``read_may_queue`` allows it."""
@@ -174,7 +205,8 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
     targets = {t for _, t in pairs}
     recipes = repo.meta.recipes_for(targets)
     document = manifest_delta(target.product, base.version if base else None, base_signed, target_envelope,
-                              target.manifest_digest, recipes, complete, base.manifest_digest if base else None)
+                              target.manifest_digest, recipes, complete, base.manifest_digest if base else None,
+                              chunk_bytes(repo, base_signed["files"], target_envelope["signed"]["files"]))
     if base is None:
         return document
     have = {e["blake3"] for e in base_signed["files"] if e["type"] == "file"}
@@ -183,9 +215,37 @@ def delta_document(repo: Repo, target: Release, base: Release | None) -> dict[st
 
 # --------------------------------------------------------------------------- building
 
+def build_chunk_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[dict[str, Any]]:
+    """The chunk pack of two chunked files (cas/chunked.py), verified, stored when smaller
+    than the chunks it holds; returns the recipe row to record (kind ``chunks``)."""
+    store = repo.objects
+    base_index = repo.chunk_indexes.get(store, repo.meta, base)
+    target_index = repo.chunk_indexes.get(store, repo.meta, target)
+    if base_index is None or target_index is None:
+        raise NotFound(f"chunk index of {target if target_index is None else base} is missing")
+    workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))
+    started = time.monotonic()
+    try:
+        out = workdir / "chunks.pack"
+        raw = build_chunk_pack(store, base_index, target_index, out, deadline=started + limits.time_budget_s)
+        verify_chunk_pack(store, out)
+        if builds_cancelled():
+            raise BuildCancelled("stopping")
+        size = out.stat().st_size
+        if size >= raw:
+            return []
+        ingested = store_built(repo, (base, target), out, blake3_file(out))
+        return [{"base": base, "kind": "chunks", "algorithm": "zstd", "object": ingested.digest,
+                 "size": ingested.size, "build_seconds": time.monotonic() - started}]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[dict[str, Any]]:
     """Build, verify and store the recipes of one pair; returns rows to record."""
     store = repo.objects
+    if base and not store.exists(target) and repo.meta.chunk_index_of(target) is not None:
+        return build_chunk_job(repo, base, target, limits)
     if not store.exists(target) or (base and not store.exists(base)):
         raise NotFound(f"object {'base ' + base if base and not store.exists(base) else target} is missing")
     workdir = Path(tempfile.mkdtemp(prefix="delta-", dir=store.tmp_dir))
@@ -255,7 +315,7 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     """The bundles worth building for a release pair (deltagen.bundle_candidates), built,
     verified and stored.  Each changed target brings the base of its best patch, else
     the first base the planner chose for it."""
-    base_files, target_files = _signed(base)["files"], _signed(target)["files"]
+    base_files, target_files = patchable_files(_signed(base)["files"]), patchable_files(_signed(target)["files"])
     have = {e["blake3"] for e in base_files if e["type"] == "file"}
     pairs = planned_pairs(repo, base, target)
     recipes = repo.meta.recipes_for({t for _, t in pairs})

@@ -375,7 +375,10 @@ class MirrorSync:
             raise MirrorError(f"manifest served as {product} {version} is for {signed.get('product')} "
                               f"{signed.get('version')}", code="bad_manifest")
         if body is not None:
-            self.copy_objects([e["blake3"] for e in signed["files"] if e["type"] == "file"])
+            # A chunked file is copied whole (upstream streams it from its chunks) with its
+            # index object, so clients fetch the index and Range-read the file here as upstream.
+            self.copy_objects([e["blake3"] for e in signed["files"] if e["type"] == "file"]
+                              + [e["chunks"]["index"] for e in signed["files"] if "chunks" in e])
             self._keep(rel, body, headers)
         return digest, signed
 

@@ -22,6 +22,7 @@ from casformat.canonical import canonical_bytes, document_digest
 from deltagen.output import write_atomic
 
 from . import releases
+from .chunked import ChunkedSource, read_chunk
 from .remote import RemoteError, make_client, request
 from .repo import Repo
 from .signing import sign
@@ -75,9 +76,47 @@ def publish_local(repo: Repo, tree: ScannedTree, envelope: dict[str, Any],
         uploaded_bytes += ingested.size if ingested.created else 0
         if progress:
             progress(ingested.size)
+    for source in tree.chunked.values():
+        objects, nbytes = _store_chunks_local(repo, source, progress)
+        uploaded += objects
+        uploaded_bytes += nbytes
     result = releases.publish(repo, signed["product"], signed["version"], canonical_bytes(envelope), "local")
     return PublishResult(signed["product"], signed["version"], document_digest(signed), len(tree.entries),
                          tree.logical_bytes, uploaded, uploaded_bytes, result.created, result.release.status)
+
+
+def _ingest_exact(repo: Repo, digest: str, data: bytes) -> bool:
+    """Store ``data`` as ``digest`` (refused unless it hashes to it); True when new."""
+    writer = repo.objects.writer()
+    try:
+        writer.write(data)
+    except BaseException:
+        writer.abort()
+        raise
+    return repo.ingested(writer.commit(digest, len(data))).created
+
+
+def _store_chunks_local(repo: Repo, source: ChunkedSource,
+                        progress: Callable[[int], None] | None) -> tuple[int, int]:
+    """The chunks of one file the store lacks, then its index: (objects, bytes) stored.
+    One chunk in memory at a time; each checked against its digest as it is stored."""
+    index = source.index
+    have = repo.present([source.index_digest, *index.digests()])
+    created = created_bytes = 0
+    with open(source.path, "rb") as fh:
+        for digest, offset, length in index:
+            if digest not in have:
+                fh.seek(offset)
+                if _ingest_exact(repo, digest, fh.read(length)):
+                    created += 1
+                    created_bytes += length
+                have.add(digest)
+            if progress:
+                progress(length)
+    if source.index_digest not in have and _ingest_exact(repo, source.index_digest, source.index_bytes):
+        created += 1
+        created_bytes += len(source.index_bytes)
+    return created, created_bytes
 
 
 # --------------------------------------------------------------------------- remote
@@ -180,17 +219,34 @@ async def publish_remote_async(server: str, token: str | None, tree: ScannedTree
                 info = await request(client, "GET", f"/v1/products/{product}/releases/{version}")
                 return PublishResult(product, version, document_digest(existing), len(tree.entries),
                                      tree.logical_bytes, 0, 0, False, info.json().get("status", "draft"))
-        digests = list(tree.sources)
+        # Chunked files: their indexes and chunks are objects like any other (each once).
+        chunk_at: dict[str, tuple[ChunkedSource, int]] = {}
+        sizes = {e["blake3"]: e["size"] for e in signed["files"] if e["type"] == "file" and "chunks" not in e}
+        for source in tree.chunked.values():
+            sizes[source.index_digest] = len(source.index_bytes)
+            for i in range(source.index.count):
+                chunk_at.setdefault(source.index.digest(i), (source, i))
+                sizes[source.index.digest(i)] = source.index.length(i)
+        digests = list(tree.sources) + list(dict.fromkeys(
+            d for s in tree.chunked.values() for d in (s.index_digest, *s.index.digests())))
         missing: list[str] = []
         for i in range(0, len(digests), MISSING_BATCH):
             response = await request(client, "POST", "/v1/objects/missing",
                                      json={"objects": digests[i:i + MISSING_BATCH]})
             missing.extend(response.json()["missing"])
-        sizes = {e["blake3"]: e["size"] for e in signed["files"] if e["type"] == "file"}
         gate = asyncio.Semaphore(concurrency)
+        indexes = {s.index_digest: s for s in tree.chunked.values()}
 
         async def one(digest: str) -> None:
             async with gate:
+                if digest in indexes or digest in chunk_at:
+                    data = (indexes[digest].index_bytes if digest in indexes
+                            else read_chunk(*chunk_at[digest]))
+                    await request(client, "PUT", f"/v1/objects/{digest}", params={"size": str(len(data))},
+                                  content=data)
+                    if progress:
+                        progress(len(data))
+                    return
                 path, size = tree.sources[digest], sizes[digest]
                 if size <= SMALL_OBJECT:
                     await _upload_small(client, digest, path, size)

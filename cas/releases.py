@@ -19,6 +19,7 @@ from casformat.manifests import MAX_FILES, manifest_problems
 from casformat.signatures import split_envelope, verify
 
 from . import channels, cms_signing, deltas
+from .chunked import check_chunked_entries
 from .errors import Conflict, Invalid, from_document
 from .metadata import STATUSES, ObjectsBeingDeleted, Release, StaleWrite
 from .offerable import check_offerable, check_trusted
@@ -78,13 +79,16 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
     files = signed["files"]
     wrong: list[str] = []
     for entry in files:
-        if entry["type"] != "file":
+        if entry["type"] != "file" or "chunks" in entry:
             continue
         size = repo.objects.size(entry["blake3"])
         if size is None:
             wrong.append(f"missing object {entry['blake3']} for {entry['path']}")
         elif size != entry["size"]:
             wrong.append(f"{entry['path']}: object has {size} bytes, manifest says {entry['size']}")
+    # Chunked files: index present and exact, every chunk present, the chunks hash to the file.
+    chunk_problems, chunk_lists = check_chunked_entries(repo.objects, repo.meta, files)
+    wrong += chunk_problems
     if wrong:
         code = "missing_objects" if all(w.startswith("missing") for w in wrong) else "size_mismatch"
         raise Invalid("manifest refers to objects the store does not hold as declared",
@@ -92,7 +96,8 @@ def publish(repo: Repo, product: str, version: str, body: bytes, actor: str) -> 
     digest = document_digest(signed)
     try:
         # The insert also revives any GC tombstone of these objects, in its transaction.
-        existing = repo.meta.insert_release(product, version, digest, canonical_bytes(envelope), files, actor)
+        existing = repo.meta.insert_release(product, version, digest, canonical_bytes(envelope), files, actor,
+                                            chunk_lists=chunk_lists)
     except ObjectsBeingDeleted as exc:
         raise Invalid("objects of this manifest are being garbage-collected; upload them again",
                       detail=[f"missing object {d}" for d in exc.digests], code="missing_objects") from None

@@ -7,6 +7,7 @@ from typing import Iterable
 
 from casformat.roots import Root
 
+from .chunked import IndexCache
 from .config import Config
 from .deltaplan import PlanCache
 from .keys import ServerKeys, load_server_keys, trusted_root
@@ -21,9 +22,11 @@ class Repo:
     meta: Metadata
     keys: ServerKeys
     plans: PlanCache = field(init=False)  # delta plans by release pair (cas/deltaplan.py)
+    chunk_indexes: IndexCache = field(init=False)  # parsed chunk indexes of chunked files (cas/chunked.py)
 
     def __post_init__(self) -> None:
         self.plans = PlanCache(self.config.delta_plan_cache_entries)
+        self.chunk_indexes = IndexCache()
 
     @property
     def store_dir(self) -> Path:

@@ -28,6 +28,11 @@ def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
     bar = min([raw_size] + [r["size"] for r in compressed])
     patches = [r for r in recipes if r["kind"] == "patch" and r["base"] in base_digests and r["size"] < bar]
     out: list[dict[str, Any]] = []
+    # A chunked file's chunk pack (every chunk its base lacks, casformat/chunks.py) from a base the client has.
+    packs = [r for r in recipes if r["kind"] == "chunks" and r["base"] in base_digests and r["size"] < raw_size]
+    for r in sorted(packs, key=lambda r: (r["size"], r["base"]))[:1]:
+        out.append({"kind": "chunks", "base": r["base"], "algorithm": r["algorithm"], "object": r["object"],
+                    "size": r["size"]})
     for r in sorted(patches, key=lambda r: (r["size"], r["algorithm"], r["base"])):
         out.append({"kind": "patch", "base": r["base"], "algorithm": r["algorithm"],
                     "object": r["object"], "size": r["size"]})
@@ -41,14 +46,21 @@ def offered(recipes: Iterable[Mapping[str, Any]], target: str, raw_size: int,
 def manifest_delta(product: str, base_version: str | None, base_manifest: Mapping[str, Any],
                    target_envelope: Mapping[str, Any], target_digest: str,
                    recipes: Mapping[str, Sequence[Mapping[str, Any]]], complete: bool,
-                   base_digest: str | None) -> dict[str, Any]:
-    """The manifest delta document from a base release (None: from nothing) to a target release."""
+                   base_digest: str | None, chunk_bytes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The manifest delta document from a base release (None: from nothing) to a target release.
+
+    ``chunk_bytes``: for chunked target files (``casformat/chunks.py``), the bytes a client
+    holding the base fetches: its index plus the chunks the base's files lack.  They count in
+    ``bytes.recipes`` instead of the whole file, or its index plus its chunk pack from the
+    base when one was built and is smaller."""
+    chunk_bytes = chunk_bytes or {}
     target = target_envelope["signed"]
     base = _files(base_manifest["files"])
     tfiles = _files(target["files"])
     removed = sorted(p for p in base if p not in tfiles)
     upserted = [e for p, e in sorted(tfiles.items()) if base.get(p) != e]
     have = {e["blake3"] for e in base.values() if e["type"] == "file"}
+    index_sizes = {e["blake3"]: e["chunks"]["size"] for e in tfiles.values() if "chunks" in e}
     wanted: dict[str, int] = {}
     for e in upserted:
         if e["type"] == "file":
@@ -60,7 +72,11 @@ def manifest_delta(product: str, base_version: str | None, base_manifest: Mappin
         offers = offered(recipes.get(digest, []), digest, size, have)
         recipe_doc[digest] = offers
         if digest not in have:
-            download += offers[0]["size"]
+            if digest in chunk_bytes:   # a chunked file: its index plus new chunks, or plus its pack
+                packs = [o["size"] for o in offers if o["kind"] == "chunks"]
+                download += min([chunk_bytes[digest]] + [index_sizes.get(digest, 0) + p for p in packs])
+            else:
+                download += offers[0]["size"]
             changed_raw += size
     full = sum({e["blake3"]: e["size"] for e in tfiles.values() if e["type"] == "file"}.values())
     return {
@@ -201,6 +217,10 @@ def check_recipe(recipe: object, target: str, target_size: int, signed_sizes: Ma
         if recipe.get("algorithm") != "zstd":
             return "compressed recipe algorithm must be zstd"
         return {"kind": "compressed", "algorithm": "zstd", "object": obj, "size": size}
+    if kind == "chunks":   # a chunk pack for a chunked file (casformat/chunks.py); each chunk is verified
+        if recipe.get("algorithm") != "zstd" or not is_digest(recipe.get("base")):
+            return "chunks recipe needs algorithm zstd and a base digest"
+        return {"kind": "chunks", "algorithm": "zstd", "base": recipe["base"], "object": obj, "size": size}
     if kind == "patch":
         algorithm, base = recipe.get("algorithm"), recipe.get("base")
         if algorithm not in set(algorithms):

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from deltagen.digests import is_digest
 
+from .chunks import check_index_size
 from .compat import check_policy
 from .errors import DocumentError, InvalidPath
 from .paths import check_name, check_tree
@@ -17,12 +18,33 @@ from .times import parse_time
 
 MANIFEST_FIELDS = {"schema", "product", "version", "created", "files"}
 FILE_FIELDS = {"path", "type", "mode", "size", "blake3", "sha256"}
+CHUNKED_FIELDS = FILE_FIELDS | {"chunks"}   # a chunked file also names its index (casformat/chunks.py)
+CHUNKS_FIELDS = {"index", "size"}
 SYMLINK_FIELDS = {"path", "type", "target"}
 MAX_FILES = 1_000_000
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def chunks_problems(chunks: Any, file_size: Any) -> list[str]:
+    """What is wrong with a file entry's ``chunks`` member ({index, size})."""
+    if not isinstance(chunks, dict) or set(chunks) != CHUNKS_FIELDS:
+        return [f"chunks must be exactly {sorted(CHUNKS_FIELDS)}"]
+    problems = []
+    if not is_digest(chunks["index"]):
+        problems.append("chunks index must be 64 lowercase hex chars")
+    if not _is_int(chunks["size"]):
+        problems.append("chunks size must be an integer")
+    elif _is_int(file_size) and file_size >= 0:
+        problems.extend(check_index_size(chunks["size"], file_size))
+    return problems
+
+
+def is_chunked(entry: Any) -> bool:
+    """A file entry whose content is stored as chunks (it names a chunk index)."""
+    return isinstance(entry, dict) and entry.get("type") == "file" and "chunks" in entry
 
 
 def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
@@ -58,10 +80,9 @@ def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
         path = entry.get("path")
         where = f"{where} ({path!r})" if isinstance(path, str) else where
         if kind == "file":
-            extra = set(entry) - FILE_FIELDS
-            missing = FILE_FIELDS - set(entry)
-            if extra or missing:
-                problems.append(f"{where}: fields must be exactly {sorted(FILE_FIELDS)}")
+            fields = CHUNKED_FIELDS if "chunks" in entry else FILE_FIELDS
+            if set(entry) != fields:
+                problems.append(f"{where}: fields must be exactly {sorted(FILE_FIELDS)} (and optionally chunks)")
                 continue
             mode, size = entry["mode"], entry["size"]
             if not _is_int(mode) or not 0 <= mode <= 0o7777:
@@ -72,6 +93,8 @@ def manifest_problems(signed: Any, casefold: bool = False) -> list[str]:
                 problems.append(f"{where}: size must be a non-negative integer")
             if not is_digest(entry["blake3"]) or not is_digest(entry["sha256"]):
                 problems.append(f"{where}: blake3 and sha256 must be 64 lowercase hex chars")
+            if "chunks" in entry:
+                problems.extend(f"{where}: {p}" for p in chunks_problems(entry["chunks"], size))
             tree.append((path, "file", None))
         elif kind == "symlink":
             if set(entry) != SYMLINK_FIELDS:

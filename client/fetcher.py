@@ -280,3 +280,54 @@ class Fetcher:
         return final
 
 
+
+    # ------------------------------------------------------------------ byte ranges of an object
+    async def object_range(self, digest: str, start: int, end: int, part: Path,
+                           check: Callable[[Path], None]) -> Path:
+        """Bytes ``[start, end)`` of object ``digest`` into ``part``, resumed from what ``part``
+        already holds (also across a process restart), then ``check(part)`` (which raises
+        ``DownloadError`` for bytes that do not verify; the next attempt or server is tried)."""
+        async with self._gate:
+            return await self._with_retries(f"object {digest[:16]} bytes {start}-{end - 1}",
+                                            lambda s: self._fetch_range(s, digest, start, end, part, check))
+
+    async def _fetch_range(self, server: str, digest: str, start: int, end: int, part: Path,
+                           check: Callable[[Path], None]) -> Path:
+        size = end - start
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        what = f"object {digest[:16]} bytes {start}-{end - 1}"
+        if have < size:
+            headers = {"Range": f"bytes={start + have}-{end - 1}", "If-Range": f'"{digest}"'}
+            try:
+                async with self._http.stream("GET", f"{server}/v1/objects/{digest}", headers=headers) as response:
+                    self._check_status(response, what)
+                    content_range = response.headers.get("content-range", "")
+                    if response.status_code != 206 or not content_range.startswith(f"bytes {start + have}-"):
+                        raise DownloadError(f"{what}: expected 206 with Content-Range from {start + have}, got "
+                                            f"{response.status_code} {content_range!r}", retryable=True)
+                    slow = SlowSender(what, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
+                    with open(part, "ab") as fh:
+                        async for chunk in response.aiter_raw():
+                            if have + len(chunk) > size:
+                                fh.truncate(0)
+                                raise DownloadError(f"{what}: response runs past the {size} bytes asked for")
+                            await self.limiter.take(len(chunk))
+                            fh.write(chunk)
+                            slow.add(len(chunk))
+                            have += len(chunk)
+                            self.bytes_downloaded += len(chunk)
+                            self.progress(len(chunk))
+                        fh.flush()
+            except httpx.HTTPError as exc:
+                raise DownloadError(f"{what}: {type(exc).__name__}: {exc}", retryable=True) from None
+            if have != size:
+                raise DownloadError(f"{what}: got {have} of {size} bytes", retryable=True)
+        try:
+            check(part)
+        except DownloadError:
+            part.unlink(missing_ok=True)
+            raise
+        return part

@@ -55,6 +55,8 @@ class Plan:
         """Objects of the first choices, {digest: size}: each chosen bundle once."""
         wanted: dict[str, int] = {}
         for plan in self.files:
+            if "chunks" in plan.entry:
+                continue  # rebuilt from chunks (client/chunks.py), never downloaded whole
             first = plan.first_choice
             if first is not None:
                 wanted[first["object"]] = int(first["size"])
@@ -62,8 +64,10 @@ class Plan:
 
     @property
     def download_bytes(self) -> int:
-        """Bytes of the first choices to download."""
-        return sum(self.downloads().values())
+        """Bytes of the first choices to download; a chunked file not present counts at its
+        full size (at most that much is fetched; usually far less)."""
+        chunked = sum(int(p.entry["size"]) for p in self.files if p.local is None and "chunks" in p.entry)
+        return sum(self.downloads().values()) + chunked
 
     @property
     def new_bytes(self) -> int:
@@ -108,6 +112,9 @@ def file_options(entry: Mapping[str, Any], offered: Iterable[Mapping[str, Any]],
             if base is None:
                 continue  # we do not have (an intact copy of) that base
             options.append({**recipe, "base_path": str(base)})
+        elif recipe.get("kind") == "chunks" and "chunks" in entry:
+            # A chunk pack needs chunks of its base, found (and each verified) by client/chunks.py.
+            options.append(dict(recipe))
         elif recipe.get("kind") in ("compressed", "raw"):
             options.append(dict(recipe))
     if not any(o["kind"] == "raw" for o in options):

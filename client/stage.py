@@ -14,13 +14,14 @@ import asyncio
 import errno
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from deltagen import DeltaError, apply_bundle, apply_patch, decompress_file
 
+from .chunks import build_chunked
 from .errors import ClientError, DownloadError, InsufficientSpace
 from .faults import crash_point
 from .install import finish_file, fsync_tree, installed_mode, place_file, remove_tree, tree_problems
@@ -35,6 +36,8 @@ class ObjectSource(Protocol):
     """What staging needs of ``client.fetcher.Fetcher``: verified objects in the downloads directory."""
 
     async def object(self, digest: str, size: int) -> Path: ...
+
+    async def object_range(self, digest: str, start: int, end: int, part: Path, check: Any) -> Path: ...
 
     def final_path(self, digest: str) -> Path: ...
 
@@ -59,7 +62,8 @@ def check_free_space(layout: InstallRoot, plan: Plan, free_space_factor: float) 
 
 
 async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping[str, Any], plan: Plan,
-                     log: Log) -> StagedTree:
+                     log: Log, chunk_candidates: Callable[[Mapping[str, Any]], list[Path]] | None = None
+                     ) -> StagedTree:
     """Build ``signed``'s tree in ``.cas/staging/{version}`` following ``plan``; returns what it wrote."""
     staging = layout.staging / signed["version"]
     remove_tree(staging)
@@ -77,6 +81,10 @@ async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping
             place_file(source, dest, installed_mode(file_plan.entry), link=True)
             if file_plan.local is None or not dest.stat().st_nlink > 1:
                 written.append(dest)  # a bundle member, or copied (mode differs): needs its fsync
+        elif "chunks" in file_plan.entry:
+            candidates = chunk_candidates(file_plan.entry) if chunk_candidates else []
+            await _build_chunked(fetcher, layout.downloads, file_plan, dest, candidates, log)
+            written.append(dest)
         else:
             await _build_file(fetcher, file_plan, dest, log)
             written.append(dest)
@@ -143,6 +151,21 @@ def _bundled(file_plan: FilePlan, built: Mapping[str, Path]) -> Path | None:
         return None
     os.chmod(path, installed_mode(file_plan.entry))
     return path
+
+
+async def _build_chunked(fetcher: ObjectSource, downloads: Path, file_plan: FilePlan, dest: Path,
+                         candidates: list[Path], log: Log) -> None:
+    """A chunked file from local and fetched chunks (client/chunks.py); no other recipe."""
+    entry = file_plan.entry
+    try:
+        pack = next((r for r in file_plan.recipes if r.get("kind") == "chunks"), None)
+        await build_chunked(fetcher, downloads, entry, dest, candidates, log, pack)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        if exc.errno in DISK_FULL:
+            raise InsufficientSpace(f"disk full while staging {entry['path']}: {exc}") from None
+        raise ClientError(f"{entry['path']}: {exc}") from None
+    finish_file(dest, installed_mode(entry))
 
 
 async def _build_file(fetcher: ObjectSource, file_plan: FilePlan, dest: Path, log: Log) -> None:

@@ -285,7 +285,7 @@ class Updater:
         write_journal(layout, journal.at("fetching"))
         crash_point("after_journal")
         self.progress_total(plan.download_bytes)
-        staged = await self._stage(fetcher, target, plan)
+        staged = await self._stage(fetcher, target, plan, local)
         publish(layout, staged, target.envelope)
         write_journal(layout, journal.at("staged"))
         crash_point("after_staged_journal")
@@ -310,10 +310,10 @@ class Updater:
         return UpdateResult("deferred", current, version, current,
                             next_window=opening.isoformat() if opening else None)
 
-    async def _stage(self, fetcher: Fetcher, target: Target, plan: Plan) -> StagedTree:
+    async def _stage(self, fetcher: Fetcher, target: Target, plan: Plan, local: LocalContent) -> StagedTree:
         """Stage the target; a failure removes the half-built tree and the journal."""
         try:
-            return await stage_tree(self.layout, fetcher, target.signed, plan, self.log)
+            return await stage_tree(self.layout, fetcher, target.signed, plan, self.log, local.chunk_candidates)
         except BaseException:
             # Free the space of a half-built tree now (downloads are kept for resuming).
             remove_tree(self.layout.staging / target.signed["version"])

@@ -27,6 +27,11 @@ def blake3_bytes(data: bytes) -> str:
     return _blake3.blake3(data).hexdigest()
 
 
+def blake3_raw(data: bytes | memoryview) -> bytes:
+    """The 32-byte BLAKE3 of ``data`` (chunk indexes store digests raw)."""
+    return _blake3.blake3(data).digest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

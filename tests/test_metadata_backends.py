@@ -150,6 +150,9 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     # Undo migrations 6.. (append a line here with every new migration).
     undo = ["DROP TABLE upload_parts", "DROP TABLE client_pin_events", "DROP TABLE client_pins",
             "DROP TABLE channel_policies",
+            "DROP TABLE index_chunks", "DROP INDEX release_files_chunk_index",
+            "ALTER TABLE release_files DROP COLUMN chunk_index_size",
+            "ALTER TABLE release_files DROP COLUMN chunk_index",
             "DROP TABLE build_pins",
             "DROP INDEX uploads_owner", "ALTER TABLE uploads DROP COLUMN owner", "ALTER TABLE uploads DROP COLUMN bytes",
             "DROP INDEX reports_reporter", "ALTER TABLE reports DROP COLUMN counted",

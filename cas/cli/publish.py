@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .. import publisher
+from ..chunked import ChunkSettings
 from ..config import load_config
 from ..errors import CasError
 from ..trees import scan_tree
@@ -27,7 +29,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     show = not args.json and sys.stderr.isatty()
     remote = remote_of(args)
     signing = release_keys(args, None if remote is not None else load_config(args.store).store)
-    tree = scan_tree(Path(args.dir))
+    config = load_config(args.store)
+    if args.chunk_min_file_bytes is not None:
+        config = replace(config, chunk_min_file_bytes=args.chunk_min_file_bytes)
+    tree = scan_tree(Path(args.dir), chunking=ChunkSettings.of(config))
     envelope = publisher.signed_manifest(args.product, args.version, tree, signing)
     if args.cms_cert or args.cms_key:  # enterprise CMS signature (cas/cms_signing.py)
         if not (args.cms_cert and args.cms_key):
@@ -67,6 +72,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--status", choices=["testing", "released"], default=None)
     p.add_argument("--channel", default=None)
     p.add_argument("--jobs", type=int, default=4, help="parallel uploads")
+    p.add_argument("--chunk-min-file-bytes", type=int, default=None,
+                   help="publish files of at least this size as content-defined chunks "
+                        "(default: the store's chunk_min_file_bytes, 128 MiB)")
     p.add_argument("--cms-cert", default=None, help="X.509 code-signing certificate (PEM) for a detached CMS "
                    "signature of the manifest (docs/enterprise-signing.md)")
     p.add_argument("--cms-key", default=None, help="its private key (PEM; passphrase in $CAS_CMS_KEY_PASSWORD)")

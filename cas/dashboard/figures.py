@@ -76,6 +76,7 @@ class Figures:
         # of 200,000 files each take gigabytes.
         self._manifests: Lru[dict[str, Any]] = Lru(MANIFESTS_CACHED, cache_bytes)
         self._blobs: Lru[dict[str, int]] = Lru(max(1, releases_cached), cache_bytes)
+        self._stored: Lru[dict[str, int]] = Lru(max(1, releases_cached))
         self.deltas: Lru[dict[str, Any]] = Lru(DELTAS_CACHED)
         self._dedup: tuple[Any, dict[tuple[str, str], dict[str, int]]] | None = None
         self._usage: tuple[float, tuple[int, int]] | None = None
@@ -92,6 +93,22 @@ class Figures:
             return {f["blake3"]: f["size"] for f in self.manifest(release)["signed"]["files"]
                     if f["type"] == "file"}
         return self._blobs.get(release.manifest_digest, make, len(release.manifest))
+
+    def stored(self, repo: Repo, release: Release) -> dict[str, int]:
+        """Distinct stored objects of a release: whole files, and for chunked files their
+        index and chunks (dedup is counted per chunk): blake3 -> size."""
+        def make() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for f in self.manifest(release)["signed"]["files"]:
+                if f["type"] != "file":
+                    continue
+                if "chunks" in f:
+                    out[f["chunks"]["index"]] = f["chunks"]["size"]
+                    out.update(repo.meta.index_chunk_sizes(f["chunks"]["index"]))
+                else:
+                    out[f["blake3"]] = f["size"]
+            return out
+        return self._stored.get(release.manifest_digest, make)
 
     def usage(self, repo: Repo) -> tuple[int, int]:
         """(objects, stored bytes) of the object store, at most ``usage_seconds`` old."""
@@ -114,7 +131,7 @@ class Figures:
         seen: set[str] = set()
         out: dict[tuple[str, str], dict[str, int]] = {}
         for r in order:
-            blobs = self.blobs(r)
+            blobs = self.stored(repo, r)
             new = {d: s for d, s in blobs.items() if d not in seen}
             seen.update(blobs)
             unique, added = sum(blobs.values()), sum(new.values())

@@ -26,8 +26,7 @@ from casformat.times import format_epoch, parse_time
 
 from .. import rollouts
 from ..clock import Clock
-from ..deltaplan import plan_pairs
-from ..deltas import delta_document
+from ..deltas import chunk_bytes, delta_document, pairs_of
 from ..metadata import STATUSES, Release
 from ..releases import TRANSITIONS
 from ..repo import Repo
@@ -88,7 +87,7 @@ def _pair_figures(repo: Repo, figures: Figures, base: Release, target: Release,
     The figures come from the manifest delta a client gets (``deltas.delta_document``,
     which has no side effect for a pair already planned), so they always agree with it."""
     base_env, target_env = figures.manifest(base), figures.manifest(target)
-    pairs = plan_pairs(base_env["signed"]["files"], target_env["signed"]["files"], repo.config.delta_tiny_bytes)
+    pairs = pairs_of(base_env["signed"]["files"], target_env["signed"]["files"], repo.config.delta_tiny_bytes)
     if repo.config.delta_bundles:
         pairs.append((base.manifest_digest, target.manifest_digest))  # the pair's bundle job
     states = repo.meta.job_states(pairs)
@@ -103,6 +102,10 @@ def _pair_figures(repo: Repo, figures: Figures, base: Release, target: Release,
     def compute() -> dict[str, Any]:
         doc = delta_document(repo, target, base)
         have = set(figures.blobs(base))
+        chunked = chunk_bytes(repo, figures.manifest(base)["signed"]["files"],
+                              figures.manifest(target)["signed"]["files"])
+        index_sizes = {f["blake3"]: f["chunks"]["size"] for f in figures.manifest(target)["signed"]["files"]
+                       if "chunks" in f}
         by_kind: dict[str, int] = {}
         files_by_kind: dict[str, int] = {}
         counted: set[str] = set()
@@ -111,6 +114,10 @@ def _pair_figures(repo: Repo, figures: Figures, base: Release, target: Release,
                 continue
             first = offers[0]
             kind = first["kind"]
+            if digest in chunked:   # a chunked file: its index and the chunks the base lacks, or its pack
+                packs = [o["size"] for o in offers if o["kind"] == "chunks"]
+                kind, first = "chunks", {**first, "size": min([chunked[digest]]
+                                                              + [index_sizes[digest] + p for p in packs])}
             files_by_kind[kind] = files_by_kind.get(kind, 0) + 1
             if kind == "bundle":   # one object for several files: fetched (and counted) once
                 if first["object"] in counted:

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from deltagen.digests import is_digest
 
+from ..chunked import ChunkedView
 from ..errors import BadRequest, Invalid, NotFound, TooLarge
 from ..objectstore import ObjectStore
 from .auth import require, token_owner
@@ -58,7 +59,7 @@ class StreamedObjectResponse(Response):
     one range is a 206 with ``Content-Range``, several a 206 ``multipart/byteranges``.
     Every read of the backend runs in the thread pool, one chunk at a time."""
 
-    def __init__(self, store: ObjectStore, digest: str, size: int, ranges: list[tuple[int, int]],
+    def __init__(self, store: ObjectStore | ChunkedView, digest: str, size: int, ranges: list[tuple[int, int]],
                  headers: dict[str, str]) -> None:
         super().__init__(status_code=206 if ranges else 200, headers=headers,
                          media_type="application/octet-stream")
@@ -118,22 +119,32 @@ async def get_object(request: Request) -> Response:
     path = store.local_path(digest)
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    found: int | None = None
     if path is not None:
         try:
             st = os.stat(path)
+            found = st.st_size
         except FileNotFoundError:
-            raise NotFound(f"object {digest} not found", code="object_not_found") from None
-        size = st.st_size
+            pass
     else:
         found = await run_in_threadpool(store.size, digest)
-        if found is None:
+    chunked = None
+    if found is None:
+        # Not stored whole: a chunked file is read back from its chunks (cas/chunked.py).
+        chunked = await run_in_threadpool(repo.chunk_indexes.get, store, repo.meta, digest)
+        if chunked is None:
             raise NotFound(f"object {digest} not found", code="object_not_found")
+        size = chunked.file_size
+    else:
         size = found
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     ranges = _requested_ranges(request, etag, size)
     if isinstance(ranges, Response):
         return ranges
+    if chunked is not None:
+        return StreamedObjectResponse(ChunkedView(store, chunked), digest, size, ranges,
+                                      {**headers, "Accept-Ranges": "bytes"})
     if path is not None:
         return ObjectResponse(path, headers=headers, stat_result=st, media_type="application/octet-stream",
                               whole=not ranges)

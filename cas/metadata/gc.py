@@ -52,10 +52,16 @@ class GcQueries(MetadataBackend):
     """The ``gc_tombstones`` and ``gc_runs`` tables, and what garbage collection must keep."""
 
     def live_objects(self) -> set[str]:
-        """Every object something still needs: release files, recipe and bundle objects,
-        and the objects builds in progress have pinned."""
+        """Every object something still needs: release files (a chunked file's index and
+        its chunks), recipe and bundle objects, and the objects builds in progress have pinned."""
         c = self._conn()
         live = {r[0] for r in c.execute("SELECT DISTINCT blake3 FROM release_files WHERE type = 'file'")}
+        # chunked files: their index objects and every chunk those indexes list
+        live.update(r[0] for r in c.execute(
+            "SELECT DISTINCT chunk_index FROM release_files WHERE chunk_index IS NOT NULL"))
+        live.update(r[0] for r in c.execute(
+            "SELECT DISTINCT chunk FROM index_chunks WHERE chunk_index IN "
+            "(SELECT chunk_index FROM release_files WHERE chunk_index IS NOT NULL)"))
         live.update(r[0] for r in c.execute("SELECT DISTINCT object FROM recipes"))
         live.update(r[0] for r in c.execute("SELECT DISTINCT object FROM bundles"))
         live.update(r[0] for r in c.execute("SELECT DISTINCT digest FROM build_pins WHERE expires >= ?",
@@ -127,6 +133,10 @@ class GcQueries(MetadataBackend):
             if row is None or row[0] != "marked" or row[1] >= marked_before:
                 return False
             if (c.execute("SELECT 1 FROM release_files WHERE blake3 = ? LIMIT 1", (digest,)).fetchone()
+                    or c.execute("SELECT 1 FROM release_files WHERE chunk_index = ? LIMIT 1", (digest,)).fetchone()
+                    or c.execute("SELECT 1 FROM index_chunks ic JOIN release_files rf "
+                                 "ON rf.chunk_index = ic.chunk_index WHERE ic.chunk = ? LIMIT 1",
+                                 (digest,)).fetchone()
                     or c.execute("SELECT 1 FROM recipes WHERE object = ? LIMIT 1", (digest,)).fetchone()
                     or c.execute("SELECT 1 FROM bundles WHERE object = ? LIMIT 1", (digest,)).fetchone()
                     or c.execute("SELECT 1 FROM build_pins WHERE digest = ? AND expires >= ? LIMIT 1",

@@ -265,7 +265,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX build_pins_digest ON build_pins(digest);
     """,
-    # 13 (issue 18; the lead merges it after migration 12 of another branch): version
+    # 12: chunked files (casformat/chunks.py): a file entry names its chunk index object;
+    # ``index_chunks`` lists each index's chunks (with sizes) once, so garbage collection,
+    # fsck and stats see the chunks a live release needs without reading index objects.
+    """
+    ALTER TABLE release_files ADD COLUMN chunk_index TEXT;
+    ALTER TABLE release_files ADD COLUMN chunk_index_size INTEGER;
+    CREATE INDEX release_files_chunk_index ON release_files(chunk_index);
+    CREATE TABLE index_chunks (
+        chunk_index TEXT NOT NULL,
+        chunk TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (chunk_index, chunk)
+    );
+    CREATE INDEX index_chunks_chunk ON index_chunks(chunk);
+    """,
+    # 13: version
     # compatibility policies (cas/channels.py signs them into the channel document; the
     # client checks them before it downloads anything).  channel '*': the product's policy.
     """
@@ -278,7 +293,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (product, channel)
     );
     """,
-    # 14 (issue 18; the lead merges it after migrations 12 and 13 of other branches): per-node
+    # 14: per-node
     # rollback.  A client id pinned to a release on a channel (cas/pins.py; the channel document
     # lists the pins), and every pin and unpin with who, when and why.
     """
@@ -306,7 +321,6 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     );
     CREATE INDEX client_pin_events_channel ON client_pin_events(product, channel, id);
-    );
     """,
     # 15: uploads whose bytes live in a shared object store (cas/uploads.py, SharedUploads):
     # each append is one part object; a part counts once recorded here, in upload order.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from casformat.times import format_epoch
 
@@ -59,14 +59,19 @@ class ReleaseQueries(MetadataBackend):
             (product, version))]
 
     def insert_release(self, product: str, version: str, manifest_digest: str, manifest: bytes,
-                       files: Iterable[dict[str, Any]], actor: str, status: str = "draft") -> Release | None:
+                       files: Iterable[dict[str, Any]], actor: str, status: str = "draft",
+                       chunk_lists: Mapping[str, Sequence[tuple[str, int]]] | None = None) -> Release | None:
         """Record a release; returns the existing one instead when the version exists.
 
         Publishes of one product are serialised on its ``products`` row, so two
         replicas publishing the same version record it once (the second gets the
         first's row back) and ``seq`` never repeats.  Raises ObjectsBeingDeleted
-        when garbage collection deleted objects the release names."""
+        when garbage collection deleted objects the release names.
+
+        ``chunk_lists``: for each chunk index a chunked file names, its distinct chunks
+        (digest, size), recorded once per index (``index_chunks``)."""
         files = list(files)
+        chunk_lists = chunk_lists or {}
         now = time.time()
         with self._tx() as c:
             c.execute("INSERT INTO products(name, created) VALUES (?, ?) ON CONFLICT DO NOTHING", (product, now))
@@ -76,7 +81,9 @@ class ReleaseQueries(MetadataBackend):
             if row is not None:
                 return release_from_row(row)
             regular = [f for f in files if f["type"] == "file"]
-            gone = revive_in(c, [f["blake3"] for f in regular])
+            needed = [f["chunks"]["index"] if "chunks" in f else f["blake3"] for f in regular]
+            needed += [d for chunks in chunk_lists.values() for d, _ in chunks]
+            gone = revive_in(c, needed)
             if gone:
                 raise ObjectsBeingDeleted(sorted(gone))
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE product = ?",
@@ -86,10 +93,14 @@ class ReleaseQueries(MetadataBackend):
                       (product, version, manifest_digest, manifest, status, len(files),
                        sum(f["size"] for f in regular), now, now, seq))
             c.executemany(
-                "INSERT INTO release_files(product, version, path, type, blake3, size, mode, target) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO release_files(product, version, path, type, blake3, size, mode, target, "
+                "chunk_index, chunk_index_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(product, version, f["path"], f["type"], f.get("blake3"), f.get("size"), f.get("mode"),
-                  f.get("target")) for f in files])
+                  f.get("target"), f["chunks"]["index"] if "chunks" in f else None,
+                  f["chunks"]["size"] if "chunks" in f else None) for f in files])
+            for index, chunks in chunk_lists.items():
+                c.executemany("INSERT INTO index_chunks(chunk_index, chunk, size) VALUES (?, ?, ?) "
+                              "ON CONFLICT DO NOTHING", [(index, d, n) for d, n in chunks])
             c.execute("INSERT INTO release_events(product, version, from_status, to_status, actor, reason, at)"
                       " VALUES (?, ?, NULL, ?, ?, 'published', ?)", (product, version, status, actor, now))
         return None
@@ -147,10 +158,32 @@ class ReleaseQueries(MetadataBackend):
                  "reason": r["reason"], "at": format_epoch(r["at"])} for r in rows]
 
     def referenced_objects(self) -> list[tuple[str, int]]:
-        """Every distinct (blake3, size) any release references."""
+        """Every distinct stored object (blake3, size) any release references: whole files,
+        and for chunked files their chunk index and its chunks."""
         rows = self._conn().execute(
-            "SELECT DISTINCT blake3, size FROM release_files WHERE type = 'file'").fetchall()
+            "SELECT blake3, size FROM release_files WHERE type = 'file' AND chunk_index IS NULL "
+            "UNION SELECT chunk_index, chunk_index_size FROM release_files WHERE chunk_index IS NOT NULL "
+            "UNION SELECT ic.chunk, ic.size FROM index_chunks ic WHERE ic.chunk_index IN "
+            "(SELECT chunk_index FROM release_files WHERE chunk_index IS NOT NULL)").fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def chunk_index_of(self, blake3: str) -> tuple[str, int, int] | None:
+        """(index digest, index size, file size) of a chunked file with this content, or None."""
+        row = self._conn().execute(
+            "SELECT chunk_index, chunk_index_size, size FROM release_files WHERE blake3 = ? "
+            "AND chunk_index IS NOT NULL LIMIT 1", (blake3,)).fetchone()
+        return (row[0], int(row[1]), int(row[2])) if row is not None else None
+
+    def chunked_file_known(self, blake3: str, index: str) -> bool:
+        """Whether a recorded release already names this (file, index) pair (checked at its publish)."""
+        return self._conn().execute(
+            "SELECT 1 FROM release_files WHERE blake3 = ? AND chunk_index = ? LIMIT 1",
+            (blake3, index)).fetchone() is not None
+
+    def index_chunk_sizes(self, index: str) -> dict[str, int]:
+        """The distinct chunks an index lists, {digest: size} (empty if never recorded)."""
+        return {r[0]: int(r[1]) for r in self._conn().execute(
+            "SELECT chunk, size FROM index_chunks WHERE chunk_index = ?", (index,))}
 
     def logical_bytes(self) -> int:
         """The sum of every release's file sizes (what the store would hold without deduplication)."""
