@@ -62,9 +62,11 @@ def tree_entries(tree: Path) -> list[dict[str, Any]]:
 
 
 def peak_rss() -> int:
-    import resource
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    """This process's own peak memory (``deltagen.budget.own_peak_rss``: not ``ru_maxrss``,
+    which a process started from this script's large main process inherits; that inflated
+    every memory figure of this script before 2026-12-02)."""
+    from deltagen.budget import own_peak_rss
+    return own_peak_rss()
 
 
 class TreeRss:
@@ -115,7 +117,7 @@ class TreeRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, peak_rss())
+        self.peak = max(self.peak, peak_rss())  # this process's own exact peak; children: sampled
 
 
 # ---------------------------------------------------------------- deltacas (run in children)
@@ -276,14 +278,19 @@ def run_child(op: str, spec: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the others
 
 def run_cmd(argv: list[str], stdout: Any = subprocess.DEVNULL) -> dict[str, Any]:
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed: {err.strip()[-500:]}")
-    return {"elapsed_s": elapsed, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    """Run a tool; its wall time and peak memory.  The peak is GNU time's ``%M`` of the tool
+    started from ``/usr/bin/time`` (a small process): measured from this script directly,
+    ``ru_maxrss`` would start at this script's own peak (see ``peak_rss``)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as rss:
+        started = time.perf_counter()
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], stdout=stdout,
+                                stderr=subprocess.PIPE)
+        _, err_bytes = proc.communicate()
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:3])} failed: {err_bytes.decode().strip()[-500:]}")
+        kib = int(rss.read().strip().splitlines()[-1])
+    return {"elapsed_s": elapsed, "peak_rss_bytes": kib * 1024}
 
 
 def dir_bytes(path: Path) -> int:

@@ -195,6 +195,21 @@ def build_before(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
     return BuildStats(time.monotonic() - started, peak)
 
 
+def own_peak_rss() -> int:
+    """This process's peak resident memory since its exec (``VmHWM``), in bytes.
+
+    Not ``ru_maxrss``: a process started by fork/vfork + exec from a large parent (a build
+    worker from the server) inherits the parent's high-water mark in it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: the best there is
+
+
 def _worker(argv: list[str]) -> int:
     die_with_parent()
     spec = json.loads(argv[0])
@@ -207,7 +222,7 @@ def _worker(argv: list[str]) -> int:
     except (OSError, MemoryError) as exc:
         print(f"DeltaError: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = own_peak_rss()
     print(json.dumps({"peak_rss_bytes": peak}))
     return 0
 

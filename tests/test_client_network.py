@@ -22,7 +22,7 @@ from conftest import READ, Server, start_server
 from hostile_proxy import FAST_CLIENT, VERSIONS, HostileProxy, wait_for_builds
 
 from casformat.canonical import MAX_MANIFEST_BYTES, canonical_bytes
-from client.config import ClientConfig
+from client.config import ClientConfig, ConfigError
 from client.errors import ClientError, DownloadError
 from client.fetcher import Fetcher
 from client.updater import Updater
@@ -368,7 +368,7 @@ def test_a_manifest_rebuilt_from_a_delta_is_held_to_the_manifest_cap(world: Worl
 def test_max_manifest_bytes_cannot_exceed_the_cap_the_cache_is_read_with() -> None:
     ClientConfig(servers=("http://x",), product="app", channel="stable", client_id="c",
                  max_manifest_bytes=MAX_MANIFEST_BYTES)
-    with pytest.raises(ValueError, match="max_manifest_bytes"):
+    with pytest.raises(ConfigError, match="max_manifest_bytes"):
         ClientConfig(servers=("http://x",), product="app", channel="stable", client_id="c",
                      max_manifest_bytes=MAX_MANIFEST_BYTES + 1)
 

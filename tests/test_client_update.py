@@ -210,7 +210,7 @@ def test_gc_removes_only_unreferenced_versions(srv: Server, tmp_path: Path) -> N
     assert (link(root, "current"), link(root, "previous"), link(root, "factory")) == ("1.2.0", "1.1.0", "1.0.0")
     proc = cli("gc", root, "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"removed": [], "kept": ["1.0.0", "1.1.0", "1.2.0"]}
+    assert json.loads(proc.stdout) == {"ok": True, "removed": [], "kept": ["1.0.0", "1.1.0", "1.2.0"]}
 
     # The channel goes back to the factory release: the intact installed tree is reused as is
     # (nothing downloaded, the factory tree never torn down); 1.1.0 is now unreferenced.
@@ -224,7 +224,7 @@ def test_gc_removes_only_unreferenced_versions(srv: Server, tmp_path: Path) -> N
 
     proc = cli("gc", root, "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"removed": ["1.1.0"], "kept": ["1.0.0", "1.2.0"]}
+    assert json.loads(proc.stdout) == {"ok": True, "removed": ["1.1.0"], "kept": ["1.0.0", "1.2.0"]}
     assert not (root / "versions" / "1.1.0").exists()
     assert not (root / ".cas" / "manifests" / "1.1.0.json").exists()
     assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.0.0", "1.2.0"]
