@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import httpx
 
@@ -238,8 +238,6 @@ class Fetcher:
                 self._check_status(response, f"object {digest[:16]}")
                 if response.status_code == 304:
                     raise DownloadError(f"object {digest[:16]}: unexpected 304 to an unconditional GET")
-                slow = SlowSender(f"object {digest[:16]}", self.config.min_rate_bytes_per_s,
-                                  self.config.slow_grace_s)
                 mode = "ab"
                 if response.status_code == 206:
                     content_range = response.headers.get("content-range", "")
@@ -248,26 +246,34 @@ class Fetcher:
                 else:
                     mode, have = "wb", 0
                 with open(part, mode) as fh:
-                    # No chunk_size: httpx would buffer up to it and lose the buffer when
-                    # the connection drops, so a cut under 256 KiB left nothing to resume.
-                    async for chunk in response.aiter_raw():
-                        if have + len(chunk) > size:
-                            fh.truncate(0)
-                            raise DownloadError(f"object {digest[:16]}: response runs past its {size} bytes")
-                        await self.limiter.take(len(chunk))
-                        fh.write(chunk)
-                        slow.add(len(chunk))
-                        have += len(chunk)
-                        self.bytes_downloaded += len(chunk)
-                        self.progress(len(chunk))
-                    # No fsync: a download is only ever used after its BLAKE3 checks out, so a
-                    # torn .part after a power cut is re-fetched, and the staged tree is fsynced.
-                    fh.flush()
+                    have = await self._copy_body(response, fh, have, size, f"object {digest[:16]}")
         except httpx.HTTPError as exc:
             raise DownloadError(f"object {digest[:16]}: {type(exc).__name__}: {exc}", retryable=True) from None
         if have != size:
             raise DownloadError(f"object {digest[:16]}: got {have} of {size} bytes", retryable=True)
         return self._finish(part, final, digest, size)
+
+    async def _copy_body(self, response: httpx.Response, fh: IO[bytes], have: int, size: int, what: str) -> int:
+        """Append a response body to ``fh`` (which holds ``have`` bytes), never past ``size``,
+        at the bandwidth limit, cut off when the sender is too slow; the bytes ``fh`` then holds.
+
+        No chunk_size: httpx would buffer up to it and lose the buffer when the connection
+        drops, so a cut under 256 KiB left nothing to resume.  No fsync: a download is only
+        ever used after its BLAKE3 checks out, so a torn .part after a power cut is re-fetched,
+        and the staged tree is made durable."""
+        slow = SlowSender(what, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
+        async for chunk in response.aiter_raw():
+            if have + len(chunk) > size:
+                fh.truncate(0)
+                raise DownloadError(f"{what}: response runs past its {size} bytes")
+            await self.limiter.take(len(chunk))
+            fh.write(chunk)
+            slow.add(len(chunk))
+            have += len(chunk)
+            self.bytes_downloaded += len(chunk)
+            self.progress(len(chunk))
+        fh.flush()
+        return have
 
     def _finish(self, part: Path, final: Path, digest: str, size: int) -> Path:
         with open(part, "rb") as fh:
@@ -308,19 +314,8 @@ class Fetcher:
                     if response.status_code != 206 or not content_range.startswith(f"bytes {start + have}-"):
                         raise DownloadError(f"{what}: expected 206 with Content-Range from {start + have}, got "
                                             f"{response.status_code} {content_range!r}", retryable=True)
-                    slow = SlowSender(what, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
                     with open(part, "ab") as fh:
-                        async for chunk in response.aiter_raw():
-                            if have + len(chunk) > size:
-                                fh.truncate(0)
-                                raise DownloadError(f"{what}: response runs past the {size} bytes asked for")
-                            await self.limiter.take(len(chunk))
-                            fh.write(chunk)
-                            slow.add(len(chunk))
-                            have += len(chunk)
-                            self.bytes_downloaded += len(chunk)
-                            self.progress(len(chunk))
-                        fh.flush()
+                        have = await self._copy_body(response, fh, have, size, what)
             except httpx.HTTPError as exc:
                 raise DownloadError(f"{what}: {type(exc).__name__}: {exc}", retryable=True) from None
             if have != size:
