@@ -78,15 +78,19 @@ class Uploads:
             raise NotFound(f"unknown or expired upload {upload_id}", code="unknown_upload")
         return path
 
-    def start(self, owner: str = "") -> str:
-        """A new upload of ``owner`` (a token), within its ``upload_max_per_token``."""
+    def _record_new(self, owner: str) -> str:
+        """Record a new upload of ``owner`` (a token) within its ``upload_max_per_token``; its id."""
         upload_id = secrets.token_hex(16)
         limit = self.repo.config.upload_max_per_token
-        # record first: expire() removes unrecorded files
         if not self.repo.meta.create_upload(upload_id, owner, limit):
             raise TooManyRequests(f"this token has {limit} uploads in progress (upload_max_per_token); "
                                   "complete or cancel one, or wait for idle ones to expire",
                                   detail={"quota": "upload_max_per_token", "limit": limit}, code="upload_quota")
+        return upload_id
+
+    def start(self, owner: str = "") -> str:
+        """A new upload of ``owner`` (a token), within its ``upload_max_per_token``."""
+        upload_id = self._record_new(owner)  # record first: expire() removes unrecorded files
         self._path(upload_id).touch(mode=0o600, exist_ok=False)
         self._hashers[upload_id] = StreamHasher()
         return upload_id
@@ -272,13 +276,7 @@ class SharedUploads(Uploads):
 
     def start(self, owner: str = "") -> str:
         """A new upload of ``owner`` (a token), within its ``upload_max_per_token``: a row, no bytes yet."""
-        upload_id = secrets.token_hex(16)
-        limit = self.repo.config.upload_max_per_token
-        if not self.repo.meta.create_upload(upload_id, owner, limit):
-            raise TooManyRequests(f"this token has {limit} uploads in progress (upload_max_per_token); "
-                                  "complete or cancel one, or wait for idle ones to expire",
-                                  detail={"quota": "upload_max_per_token", "limit": limit}, code="upload_quota")
-        return upload_id
+        return self._record_new(owner)
 
     def _size(self, upload_id: str) -> int:
         size = self.repo.meta.upload_size(_checked_id(upload_id))
