@@ -10,11 +10,21 @@ Small objects are immutable, so their bytes are cached (LRU, bounded by
 ``small_object_cache_bytes``).  Channel documents are cached per process and
 dropped whenever ``meta.data_version()`` moves: SQLite's ``data_version`` (another
 connection committed) or PostgreSQL's ``channels`` counter (a channel moved, on any replica).
+
+SQLite's check is a pragma on this thread's connection and runs in the loop.  PostgreSQL's
+is a query, so it runs on the thread pool and is shared (:class:`VersionCheck`): a request
+waits for the next check that *starts after it arrived*, so it never sees a channel older
+than the last change committed before it came, and one query answers every request that
+arrived while the previous one ran (without that, each replica served polls one database
+round trip at a time: 743 304s/s, benchmarks/scale.py).
 """
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deltagen.digests import is_digest
@@ -50,6 +60,47 @@ class SmallObjectCache:
             self.used -= len(old)
 
 
+class VersionCheck:
+    """Single-flight calls of a blocking ``read`` on the thread pool.  ``await current()``
+    returns the result of a call that started after ``current()`` was called: either the
+    call queued behind the one running, or a new one.  A failed call fails its waiters."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+        self._running = False
+        self._next: asyncio.Future[int] | None = None
+
+    async def current(self) -> int:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            # a waiter cancelled under its shield leaves the result unread: mark it read
+            self._next.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future = self._next
+        if not self._running:
+            self._start()
+        return await asyncio.shield(future)
+
+    def _start(self) -> None:
+        future, self._next = self._next, None
+        assert future is not None
+        self._running = True
+        task = asyncio.ensure_future(run_in_threadpool(self._read))
+        task.add_done_callback(lambda done: self._finish(future, done))
+
+    def _finish(self, future: asyncio.Future[int], done: asyncio.Future[int]) -> None:
+        self._running = False
+        if done.cancelled():
+            future.cancel()
+            return
+        error = done.exception()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result())
+        if self._next is not None:
+            self._start()
+
+
 class FastPath:
     def __init__(self, app: ASGIApp, repo: Repo, metrics: Metrics) -> None:
         self.app = app
@@ -58,6 +109,8 @@ class FastPath:
         self.objects = SmallObjectCache(repo.config.small_object_cache_bytes)
         self._channels: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._data_version = -1
+        meta = repo.meta
+        self._version_check = None if meta.data_version_is_local else VersionCheck(meta.data_version)
         self._channel_cache_control = f"public, max-age={repo.config.channel_max_age_seconds}".encode()
         self._count_304 = metrics.requests.labels("GET", "fast_not_modified", "304")
         self._count_obj = metrics.requests.labels("GET", "fast_object", "200")
@@ -118,13 +171,25 @@ class FastPath:
         headers = self._headers(scope)
         if b"authorization" in headers:
             return False
-        version = self.repo.meta.data_version()
+        if self._version_check is None:
+            version = self.repo.meta.data_version()
+        else:
+            try:
+                version = await self._version_check.current()
+            except Exception:
+                return False  # the database is unreachable: the application answers 503
         if version != self._data_version:
             self._channels.clear()
             self._data_version = version
         cached = self._channels.get((product, channel))
         if cached is None:
-            ch = self.repo.meta.get_channel(product, channel)
+            if self._version_check is None:
+                ch = self.repo.meta.get_channel(product, channel)
+            else:
+                try:
+                    ch = await run_in_threadpool(self.repo.meta.get_channel, product, channel)
+                except Exception:
+                    return False
             if ch is None:
                 return False
             cached = (ch.etag, ch.document)

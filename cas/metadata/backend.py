@@ -59,6 +59,10 @@ class MetadataBackend(abc.ABC):
     def migrate(self) -> None:
         """Apply the migrations the store lacks; refuse a store newer than this program."""
 
+    #: True when ``data_version`` is answered in-process (no round trip), so it may be called
+    #: inside the event loop; its value is then only comparable on the same thread.
+    data_version_is_local = True
+
     @abc.abstractmethod
     def data_version(self) -> int:
         """A number that changes whenever a channel may have changed (cheap cache check)."""

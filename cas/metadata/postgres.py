@@ -164,6 +164,8 @@ class PostgresMetadata(Metadata):
     is checked before it is handed out, so after a PostgreSQL restart the dead ones are
     replaced instead of failing one request each."""
 
+    data_version_is_local = False   # a query: cas/http/fastpath.py runs it off the event loop
+
     FOR_UPDATE = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
     INTEGRITY_ERRORS = (psycopg.IntegrityError,)
