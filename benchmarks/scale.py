@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -586,9 +588,15 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "rows": {t: n for t, n in sorted(rows.items()) if n}}
 
 
+def version_name(version: str) -> str:
+    """A Debian version (``1:2.39.5-0+deb12u2``, ``3.0.20-1~deb12u2``) as a release name."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", version)
+
+
 def bench_pair(store: ScaleStore, pair: Pair, corpus: Path) -> dict[str, Any]:
     old, new = release_tree(pair, pair.old, corpus), release_tree(pair, pair.new, corpus)
     product = f"bench-{pair.name}"
+    pair = dataclasses.replace(pair, old=version_name(pair.old), new=version_name(pair.new))
     row: dict[str, Any] = {"kind": pair.kind, "source": pair.source, **tree_stats(old, new)}
     s0 = store.snapshot()
     since, cpu = time.time(), store.cpu_sample()
@@ -648,7 +656,12 @@ def bench_builds(work: Path, eng: Engines, args: argparse.Namespace) -> dict[str
         for pair in pairs:
             log(f"builds: {pair.label} ...")
             started = time.perf_counter()
-            out["pairs"][pair.label] = row = bench_pair(store, pair, Path(args.corpus))
+            try:
+                out["pairs"][pair.label] = row = bench_pair(store, pair, Path(args.corpus))
+            except Exception as exc:  # one pair failing does not end the run: it is reported
+                log(f"  FAILED: {exc}")
+                out.setdefault("failed", {})[pair.label] = str(exc)[-2000:]
+                continue
             b = row["builds"]
             log(f"  {b['jobs']} jobs built in {b['build_span_s']} s ({b['worker_cpu_s']} CPU s), changed "
                 f"{row['changed_bytes']:,} B; the release adds {row['storage']['release']['bucket_bytes']:,} B to "
