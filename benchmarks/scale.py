@@ -100,6 +100,16 @@ def ensure_wrk() -> None:
     serve.WRK = shutil.which("wrk")
 
 
+def cpu_share() -> dict[str, float]:
+    """How much of a core this machine gives a CPU-bound process right now: a fixed Python loop
+    in a child (at this script's niceness), its wall time against its CPU time.  On a shared or
+    oversubscribed machine wall > CPU, and every wall-time figure of this run is stretched alike."""
+    code = ("import time; w = time.perf_counter(); c = time.process_time(); sum(i * i for i in range(4_000_000)); "
+            "print(time.perf_counter() - w, time.process_time() - c)")
+    wall, cpu = map(float, run([sys.executable, "-c", code]).stdout.split())
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "wall_over_cpu": round(wall / cpu, 2)}
+
+
 # ---------------------------------------------------------------- engines
 
 @dataclass
@@ -530,8 +540,11 @@ class ScaleStore:
             self.repo = open_repo(load_config(self.publisher))
         target = releases.get_release(self.repo, product, new)
         doc = deltas.delta_document(self.repo, target, releases.get_release(self.repo, product, old))
+        import gzip
         objects = {offers[0]["object"] for offers in doc["recipes"].values() if offers}
-        return {"complete": doc["complete"], "document_bytes": len(canonical_bytes(doc)), "objects": len(objects),
+        body = canonical_bytes(doc)
+        return {"complete": doc["complete"], "document_bytes": len(body), "objects": len(objects),
+                "document_gzip_bytes": len(gzip.compress(body, 6)),
                 "download_bytes": doc["bytes"]["recipes"], "full_bytes": doc["bytes"]["full"]}
 
     def cpu_sample(self) -> tuple[float, dict[str, dict[int, float]]]:
@@ -749,12 +762,11 @@ def sizing(reads: dict[str, Any] | None, builds: dict[str, Any] | None,
                    "updates_per_move": int(updates), "updates_per_s_during_a_move": round(update_rate, 1),
                    "updates_per_s_peak": round(update_rate * a["peak_factor"], 1)}
     per_update: dict[str, float] = {}
-    if builds:
+    if builds and builds["pairs"]:
         rows = list(builds["pairs"].values())
-        per_update = {"delta_document_bytes": sum(r["delta"]["document_bytes"] for r in rows) / len(rows),
-                      "download_bytes": sum(r["delta"]["download_bytes"] for r in rows) / len(rows),
-                      "objects": sum(r["delta"]["objects"] for r in rows) / len(rows)}
-        out["per_update_measured_mean"] = {k: round(v, 1) for k, v in per_update.items()}
+        per_update = {k: sum(r["delta"][k] for r in rows) / len(rows)
+                      for k in ("document_bytes", "document_gzip_bytes", "download_bytes", "objects")}
+        out["measured_per_update_mean"] = {k: round(v, 1) for k, v in per_update.items()}
     # Edge caches: channel documents revalidated once per max-age per edge; deltas and objects
     # immutable, fetched once per edge.
     channel_origin = a["edge_caches"] / a["channel_max_age_s"]
@@ -767,74 +779,102 @@ def sizing(reads: dict[str, Any] | None, builds: dict[str, Any] | None,
 
         def ms(case: str, part: str = "cas serve") -> float:
             return float(rep[case]["cpu_ms_per_request"].get(part, 0.0))
+
+        def rps(case: str) -> float:
+            return float(rep[case]["rps"])
         objects = per_update.get("objects", 1.0)
+        # CPU bound: the replica's CPU per request (the load generator's share excluded).
         update_ms = ms("channel_200") + ms("delta") + objects * ms("object_1k")
-        update_pg_ms = ms("channel_200", "postgresql") + ms("delta", "postgresql") + objects * ms("object_1k", "postgresql")
-        steady_cores = peak * ms("channel_304") / 1000
-        wave_cores = a["peak_factor"] * (polls * ms("channel_304") + update_rate * update_ms) / 1000
+        update_pg_ms = (ms("channel_200", "postgresql") + ms("delta", "postgresql")
+                        + objects * ms("object_1k", "postgresql"))
+        cpu_cores = a["peak_factor"] * (polls * ms("channel_304") + update_rate * update_ms) / 1000
+        # Rate bound: one replica's measured requests/s here (where it waited on PostgreSQL or
+        # SeaweedFS rather than used its CPU, this is the tighter bound).
+        replica_s = a["peak_factor"] * (polls / rps("channel_304") + update_rate * (
+            1 / rps("channel_200") + 1 / rps("delta") + objects / rps("object_1k")))
         out["origin_without_cache"] = {
             "measured_cas_cpu_ms": {c: ms(c) for c, _ in CASES},
             "measured_postgresql_cpu_ms": {c: ms(c, "postgresql") for c, _ in CASES},
-            "cas_cores_peak_polls": round(steady_cores, 2),
-            "cas_cores_peak_during_a_move": round(wave_cores, 2),
-            "replicas_one_core_each": max(2, _ceil(wave_cores / a["core_utilisation"])),
+            "measured_replica_rps": {c: rps(c) for c, _ in CASES},
+            "cas_cores_peak_polls_only": round(peak * ms("channel_304") / 1000, 2),
+            "replicas_peak_polls_only_by_rate": round(peak / rps("channel_304"), 2),
+            "cas_cores_peak_during_a_move": round(cpu_cores, 1),
+            "replicas_peak_during_a_move_by_rate": round(replica_s, 1),
+            "replicas": max(2, _ceil(max(cpu_cores, replica_s) / a["core_utilisation"])),
             "postgresql_cores_peak_during_a_move": round(
                 a["peak_factor"] * (polls * ms("channel_304", "postgresql") + update_rate * update_pg_ms) / 1000, 2)}
-        origin_rps = channel_origin + a["edge_caches"] * (1 + objects) / 86400 * a["channel_moves_per_day"]
+        origin_rps = channel_origin + a["edge_caches"] * (2 + objects) * a["channel_moves_per_day"] / 86400
         out["origin_with_cache"] = {"requests_per_s": round(origin_rps, 2),
                                     "cas_cores": round(origin_rps * max(ms("delta"), ms("channel_200")) / 1000, 4),
-                                    "replicas": 2, "why": "two for availability; the load is a few requests/s"}
-    if builds:
+                                    "replicas": 2, "why": "two for availability; the read load is < 1 request/s"}
+    if builds and builds["pairs"]:
         t = builds["totals"]
-        cpu_release = t["build_worker_cpu_s"] / t["pairs"]
-        # Measured with one base per release; a release is patched from delta_bases shipped releases
-        # and the factory one: the compressed forms once, patches and bundles per base -- so at most
-        # (bases + 1) x the one-base figure.
-        cpu_release_bases = cpu_release * (a["delta_bases"] + 1)
+        n = t["pairs"]
+        bases = a["delta_bases"] + 1  # the last delta_bases shipped releases and the factory release
+        cpu_release = t["build_worker_cpu_s"] / n
+        # Measured with one base per release.  With more, the compressed forms are built once and
+        # the patches and bundles per base: at most bases x the one-base figure.
+        cpu_release_bases = cpu_release * bases
         cpu_day = cpu_release_bases * a["releases_per_day"]
         out["builds"] = {"measured_worker_cpu_s_per_release_one_base": round(cpu_release, 2),
-                         "measured_build_s_per_release_one_worker": round(t["build_s"] / t["pairs"], 2),
+                         "measured_build_s_per_release_one_worker": round(t["build_s"] / n, 2),
                          "worker_cpu_s_per_release_all_bases_upper_bound": round(cpu_release_bases, 1),
                          "worker_cpu_s_per_day": round(cpu_day),
                          "worker_cores_average": round(cpu_day / 86400, 3),
                          "worker_cores_for_latency_target": max(1, _ceil(cpu_release_bases
                                                                          / a["build_latency_target_s"]))}
-        bucket_release = t["release_bucket_bytes"] / t["pairs"]
-        db_release = t["release_db_bytes"] / t["pairs"]
+        rows = list(builds["pairs"].values())
+        objects_b = sum(r["storage"]["objects"]["bucket_bytes"] for r in rows) / n
+        compressed_b = sum(r["builds"]["recipes"].get("compressed", {}).get("bytes", 0) for r in rows) / n
+        per_base_b = sum(r["builds"]["recipes"].get("patch", {}).get("bytes", 0) + r["builds"]["bundles"]["bytes"]
+                         for r in rows) / n
+        bucket_release = objects_b + compressed_b + bases * per_base_b
+        per_row = builds["bytes_per_row"]
         rows_release: dict[str, float] = {}
-        for r in builds["pairs"].values():
-            for table, n in r["storage"]["release"]["rows"].items():
-                rows_release[table] = rows_release.get(table, 0) + n / t["pairs"]
+        for r in rows:
+            for table, count in r["storage"]["release"]["rows"].items():
+                rows_release[table] = rows_release.get(table, 0) + count / n
+        per_base_tables = ("recipes", "delta_jobs", "bundles", "delta_plans")
+        db_release = sum(count * per_row.get(table, 0) * (bases if table in per_base_tables else 1)
+                         for table, count in rows_release.items())
         report_bytes = builds["report_row"]["bytes_per_report"]
         reports_day = updates * a["channel_moves_per_day"] * a["reports_per_update"]
         out["storage"] = {
-            "measured_bucket_bytes_per_release_mean": round(bucket_release),
-            "measured_db_bytes_per_release_mean": round(db_release),
-            "measured_db_rows_per_release_mean": {k: round(v, 1) for k, v in sorted(rows_release.items())},
+            "measured_bucket_bytes_per_release_one_base_mean": round(t["release_bucket_bytes"] / n),
+            "measured_bucket_bytes_split_mean": {"objects": round(objects_b), "compressed": round(compressed_b),
+                                                 "patches_and_bundles_per_base": round(per_base_b)},
+            "measured_db_bytes_per_release_one_base_mean": round(t["release_db_bytes"] / n),
+            "measured_db_rows_per_release_one_base_mean": {k: round(v, 1) for k, v in sorted(rows_release.items())},
+            "measured_db_bytes_per_row": per_row,
             "measured_bytes_per_report": report_bytes,
+            "bucket_bytes_per_release_all_bases": round(bucket_release),
             "bucket_bytes_per_day": round(bucket_release * a["releases_per_day"]),
             "bucket_bytes_per_year_no_gc": round(bucket_release * a["releases_per_day"] * 365),
             "bucket_bytes_of_retained_releases": round(bucket_release * a["retain_releases"]),  # + one full tree
+            "db_bytes_per_release_all_bases": round(db_release),
             "db_release_bytes_per_year": round(db_release * a["releases_per_day"] * 365),
             "reports_per_day": int(reports_day),
             "db_report_bytes_per_day": round(reports_day * report_bytes),
             "db_report_bytes_per_year": round(reports_day * report_bytes * 365)}
     if per_update:
-        move_bytes = updates * (per_update["delta_document_bytes"] + per_update["download_bytes"])
+        def gbit(nbytes: float) -> float:
+            return round(nbytes * 8 / a["poll_interval_s"] / 1e9, 3)
+        move_bytes = updates * (per_update["document_bytes"] + per_update["download_bytes"])
+        move_gzip = updates * (per_update["document_gzip_bytes"] + per_update["download_bytes"])
         out["bandwidth"] = {
-            "bytes_per_move": round(move_bytes),
-            "edge_egress_gbit_s_during_a_move": round(move_bytes * 8 / a["poll_interval_s"] / 1e9, 3),
-            "edge_egress_gbit_s_peak": round(move_bytes * 8 / a["poll_interval_s"] / 1e9 * a["peak_factor"], 3),
+            "edge_bytes_per_move": round(move_bytes),
+            "edge_bytes_per_move_documents_gzipped": round(move_gzip),
+            "edge_egress_gbit_s_during_a_move": gbit(move_bytes),
+            "edge_egress_gbit_s_peak": round(gbit(move_bytes) * a["peak_factor"], 3),
+            "edge_egress_gbit_s_peak_documents_gzipped": round(gbit(move_gzip) * a["peak_factor"], 3),
             "poll_egress_mbit_s_peak": round(peak * a["response_304_bytes"] * 8 / 1e6, 2),
-            "origin_bytes_per_move": round(a["edge_caches"] * (per_update["delta_document_bytes"]
+            "origin_bytes_per_move": round(a["edge_caches"] * (per_update["document_bytes"]
                                                                + per_update["download_bytes"]))}
-    replicas = out.get("origin_with_cache", {}).get("replicas", 2)
     workers = out.get("builds", {}).get("worker_cores_for_latency_target", 1)
     out["postgresql_connections"] = {
         "formula": "(replicas + build workers) x postgres_pool_size (+ tools)",
-        "with_cache": (replicas + workers) * a["postgres_pool_size"],
-        "without_cache": (out.get("origin_without_cache", {}).get("replicas_one_core_each", replicas) + workers)
-        * a["postgres_pool_size"]}
+        "with_cache": (out.get("origin_with_cache", {}).get("replicas", 2) + workers) * a["postgres_pool_size"],
+        "without_cache": (out.get("origin_without_cache", {}).get("replicas", 2) + workers) * a["postgres_pool_size"]}
     return out
 
 
@@ -851,14 +891,23 @@ def main() -> int:
     ap.add_argument("--skip-reads", action="store_true")
     ap.add_argument("--skip-builds", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    ap.add_argument("--sizing-from", type=Path, default=None, metavar="JSON",
+                    help="measure nothing: recompute the sizing of an earlier result (after changing ASSUMPTIONS)")
     args = ap.parse_args()
+    if args.sizing_from:
+        report = json.loads(args.sizing_from.read_text())
+        report["sizing"] = sizing(report.get("reads"), report.get("builds"))
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["sizing"], indent=1))
+        return 0
     ensure_wrk()
     args.loadgen = "wrk" if serve.WRK else "python"
     work = args.work or Path(tempfile.mkdtemp(prefix="cas-scale-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "machine": {**serve.versions(), "loadavg_at_start": os.getloadavg(), "nice": os.nice(0)},
+        "machine": {**serve.versions(), "loadavg_at_start": os.getloadavg(), "nice": os.nice(0),
+                    "cpu_share_at_start": cpu_share()},
         "settings": {"duration_s": args.duration, "threads": args.threads, "conns": args.conns,
                      "loadgen": args.loadgen, "pairs": args.pairs,
                      "note": "the load generator, the servers, PostgreSQL and SeaweedFS share this machine's "
@@ -873,9 +922,11 @@ def main() -> int:
                 (work / "reads").mkdir()
                 report["reads"] = bench_reads(work / "reads", eng, args)
                 report["machine"]["loadavg_after_reads"] = os.getloadavg()
+                report["machine"]["cpu_share_after_reads"] = cpu_share()
             if not args.skip_builds:
                 report["builds"] = bench_builds(work, eng, args)
                 report["machine"]["loadavg_after_builds"] = os.getloadavg()
+                report["machine"]["cpu_share_after_builds"] = cpu_share()
         report["sizing"] = sizing(report.get("reads"), report.get("builds"))
         report["elapsed_s"] = round(time.perf_counter() - started)
         report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
