@@ -472,6 +472,12 @@ class ScaleStore:
         (self.publisher / "config.toml").write_text(self.config)
         run(CAS + ["keys", "init", "--store", self.publisher])
 
+    @staticmethod
+    def server_version(url: str) -> str:
+        import psycopg
+        with psycopg.connect(url) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
         import psycopg
         with psycopg.connect(self.url) as conn:
@@ -870,9 +876,9 @@ def sizing(reads: dict[str, Any] | None, builds: dict[str, Any] | None,
             "poll_egress_mbit_s_peak": round(peak * a["response_304_bytes"] * 8 / 1e6, 2),
             "origin_bytes_per_move": round(a["edge_caches"] * (per_update["document_bytes"]
                                                                + per_update["download_bytes"]))}
-    workers = out.get("builds", {}).get("worker_cores_for_latency_target", 1)
+    workers = max(2, out.get("builds", {}).get("worker_cores_for_latency_target", 1))  # two for availability
     out["postgresql_connections"] = {
-        "formula": "(replicas + build workers) x postgres_pool_size (+ tools)",
+        "formula": "(replicas + build workers) x postgres_pool_size (+ tools)", "build_workers": workers,
         "with_cache": (out.get("origin_with_cache", {}).get("replicas", 2) + workers) * a["postgres_pool_size"],
         "without_cache": (out.get("origin_without_cache", {}).get("replicas", 2) + workers) * a["postgres_pool_size"]}
     return out
@@ -915,7 +921,7 @@ def main() -> int:
                              "(scripts/postgres-test-server.sh)"}}
     try:
         with engines(work) as eng:
-            report["machine"]["postgresql"] = eng.pg.url.rsplit("@", 1)[0].split("://")[0]
+            report["machine"]["postgresql"] = eng.pg.url and ScaleStore.server_version(eng.pg.url)
             report["machine"]["seaweedfs"] = subprocess.run(
                 [shutil.which("weed") or "weed", "version"], capture_output=True, text=True).stdout.strip()
             if not args.skip_reads:
