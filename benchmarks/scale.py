@@ -25,8 +25,9 @@ It measures:
    throughout (a build host with one core's worth of builds).  For each chosen corpus pair
    (benchmarks/corpus.py, the cached trees in ``--corpus``) the old release is published
    (released) and its builds drained; the new one is published as a draft (objects stored,
-   nothing queued), then moved to testing, which queues its builds, and the worker builds them: jobs/s, MB of changed
-   files/s, seconds per release, and the worker's CPU seconds (its build children included).
+   nothing queued), then moved to testing, which queues its builds, and the worker builds
+   them: jobs/s, MB of changed files/s, seconds per release, and the worker's CPU seconds
+   (its build children included).
 3. **Storage per release**: bytes the new release adds to the bucket (its objects after dedup,
    then the compressed forms, patches and bundles its builds add), PostgreSQL database growth
    and rows added per table, against the tree's size; and the size of one client report row.
@@ -37,6 +38,11 @@ Prints tables, writes benchmarks/results/scale.json.
 
     python benchmarks/scale.py [--work DIR] [--corpus /tmp/deltacas-peers] [--pairs a,b,...]
                                [--duration 5] [--skip-reads] [--skip-builds]
+    python benchmarks/scale.py --sizing-from benchmarks/results/scale.json   # sizing only
+
+The machine's cores are shared by the load generator, the engines and anything else running:
+requests/s and build seconds are what it gave; the CPU seconds per request and per release
+(and ``cpu_share_*``: how much of a core a CPU-bound process got) are what the sizing uses.
 """
 from __future__ import annotations
 
@@ -921,7 +927,7 @@ def main() -> int:
                              "(scripts/postgres-test-server.sh)"}}
     try:
         with engines(work) as eng:
-            report["machine"]["postgresql"] = eng.pg.url and ScaleStore.server_version(eng.pg.url)
+            report["machine"]["postgresql"] = ScaleStore.server_version(eng.pg.url)
             report["machine"]["seaweedfs"] = subprocess.run(
                 [shutil.which("weed") or "weed", "version"], capture_output=True, text=True).stdout.strip()
             if not args.skip_reads:
