@@ -81,6 +81,10 @@ class Config:
     # address) within the window; further ids from that reporter are stored, not counted.
     reports_gate_ids_per_source: int = 16
     reports_gate_window_seconds: int = 24 * 3600
+    # `cas gc` deletes client reports older than this many days (0: keep them all).  Reports
+    # are the largest table of a big fleet's database (docs/scale.md); the gate window above
+    # must fit inside it.
+    report_retention_days: int = 90
     # Staged rollouts (cas/rollouts.py) and webhooks (cas/webhooks.py).
     rollout_tick_seconds: float = 30.0   # how often the server evaluates running rollouts
     rollout_max_clients: int = 10_000    # ids in a batches rollout
@@ -244,6 +248,10 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
         raise ValueError(f"max_document_bytes must be 1..{MAX_MANIFEST_BYTES}: clients refuse a larger manifest "
                          "(casformat's MAX_MANIFEST_BYTES)")
     config = Config(store=store_path, **kwargs)
+    if config.report_retention_days < 0 or (
+            config.report_retention_days and config.report_retention_days * 86400 < config.reports_gate_window_seconds):
+        raise ValueError("report_retention_days must be 0 (keep all) or hold the rollout gate's window "
+                         f"(reports_gate_window_seconds = {config.reports_gate_window_seconds})")
     config.delta_limits()  # a bad delta setting is refused here, with DeltaLimits's message
     # tokens = [{name = "ci", scope = "admin", sha256 = "..."}] or {scope = ..., token = "..."}
     hashes, names = parse_tokens(data.get("tokens", []))

@@ -40,6 +40,7 @@ class GcReport:
     grace_seconds: float
     releases_deleted: list[str] = field(default_factory=list)
     recipes_pruned: int = 0
+    reports_pruned: int = 0
     objects: int = 0
     referenced: int = 0
     marked: int = 0
@@ -102,6 +103,8 @@ def collect(repo: Repo, grace_seconds: float = 6 * 3600, dry_run: bool = False, 
                                allowed=("released", "deprecated"))
     if not dry_run:
         report.recipes_pruned = repo.meta.prune_recipes()
+        if repo.config.report_retention_days:
+            report.reports_pruned = repo.meta.prune_reports(started - repo.config.report_retention_days * 86400)
     live = repo.meta.live_objects()
     tombs = repo.meta.tombstones()
     report.referenced = len(live)

@@ -176,3 +176,33 @@ def test_gc_over_http_and_cli(server: Server, release_trees: list[Path]) -> None
         assert status["last_run"]["dry_run"] is False
         gone = admin.get(f"/v1/objects/{done['deleted'][0]}")
         assert gone.status_code == 404
+
+
+def test_gc_prunes_reports_older_than_the_retention_in_batches(tmp_path: Path, metadata_url: str,
+                                                               release_trees: list[Path]) -> None:
+    r = open_repo(load_config(tmp_path / "store", metadata_url=metadata_url, report_retention_days=30))
+    init_keys(tmp_path / "store", r.meta)
+    r.reload_keys()
+    publish(r, release_trees[0], "1.0.0", "released")
+    now = __import__("time").time()
+    ages = [40, 35, 31, 29, 10, 0]    # days
+    for i, days in enumerate(ages):
+        r.meta.add_report("app", f"c{i}", None, "1.0.0", "success", "", at=now - days * 86400)
+    assert gc.collect(r, grace_seconds=0, dry_run=True).reports_pruned == 0   # a dry run deletes nothing
+    assert len(r.meta.reports("app")) == 6
+    assert r.meta.prune_reports(now - 30 * 86400, batch=2) == 3               # two batches, the second short
+    assert gc.collect(r, grace_seconds=0).reports_pruned == 0
+    assert sorted(x["client_id"] for x in r.meta.reports("app")) == ["c3", "c4", "c5"]
+    r.meta.add_report("app", "old", None, "1.0.0", "failed", "", at=now - 31 * 86400)
+    assert gc.collect(r, grace_seconds=0).reports_pruned == 1
+    forever = open_repo(load_config(tmp_path / "store", metadata_url=metadata_url, report_retention_days=0))
+    forever.meta.add_report("app", "ancient", None, "1.0.0", "success", "", at=now - 3650 * 86400)
+    assert gc.collect(forever, grace_seconds=0).reports_pruned == 0
+    assert "ancient" in {x["client_id"] for x in forever.meta.reports("app")}
+
+
+@pytest.mark.parametrize("days", [-1, 0.5])
+def test_a_retention_shorter_than_the_gate_window_is_refused(tmp_path: Path, days: float) -> None:
+    (tmp_path / "config.toml").write_text(f"report_retention_days = {days}\n")
+    with pytest.raises((ValueError, TypeError)):
+        load_config(tmp_path, config_file=str(tmp_path / "config.toml"))

@@ -41,7 +41,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         human = (f"deleted {len(data['deleted'])} objects ({data['deleted_bytes']:,} bytes), marked "
                  f"{data['marked']} unreferenced objects (deleted after {args.grace}s if still unreferenced), "
-                 f"revived {data['revived']}, pruned {data['recipes_pruned']} recipes; releases deleted: "
+                 f"revived {data['revived']}, pruned {data['recipes_pruned']} recipes and {data['reports_pruned']} "
+                 f"reports; releases deleted: "
                  f"{', '.join(data['releases_deleted']) or 'none'}")
     emit(args, data, human)
     return 0

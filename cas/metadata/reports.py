@@ -67,3 +67,15 @@ class ReportQueries(MetadataBackend):
             failed_before = out.get(client_id, ("", False))[1]
             out[client_id] = (outcome, failed_before or outcome != "success")
         return out
+
+    def prune_reports(self, before: float, batch: int = 10_000) -> int:
+        """Delete reports older than ``before``, ``batch`` rows a transaction (oldest ids first,
+        so a huge table is pruned without one long lock); the number deleted."""
+        deleted = 0
+        while True:
+            with self._tx() as c:
+                gone = c.execute("DELETE FROM reports WHERE id IN "
+                                 "(SELECT id FROM reports WHERE at < ? ORDER BY id LIMIT ?)", (before, batch)).rowcount
+            deleted += gone
+            if gone < batch:
+                return deleted
