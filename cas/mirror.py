@@ -161,7 +161,9 @@ class MirrorSync:
         self._lock = threading.Lock()
         self.state = MirrorState(self.store)
         self.docs = docs_dir(self.store)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # identity: documents are kept as served and capped as read, so no gzip (a bomb would be
+        # inflated whole by httpx before the cap could see it)
+        headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
         self.http = httpx.Client(base_url=self.upstream, headers=headers, timeout=60, transport=transport,
                                  event_hooks={"request": [self._count]})
 

@@ -19,6 +19,7 @@ import email.utils
 import os
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TypeVar
@@ -172,19 +173,42 @@ class Fetcher:
         return await self._with_retries(path, once)
 
     async def _document_once(self, server: str, path: str, max_bytes: int) -> bytes:
+        """One GET of a document.  Documents (unlike objects) may come gzipped: the delta
+        document of a small update is often larger than its patches, and gzip shrinks it ~10x.
+        ``max_bytes`` bounds the bytes received and the bytes inflated (a gzip bomb is cut at
+        the cap, never inflated past it); a truncated or trailing-junk stream is refused."""
         try:
-            async with self._http.stream("GET", server + path) as response:
+            async with self._http.stream("GET", server + path, headers={"Accept-Encoding": "gzip"}) as response:
                 self._check_status(response, path)
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     raise DownloadError(f"{path}: {declared} bytes exceeds the cap of {max_bytes}")
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("identity", "gzip"):
+                    raise DownloadError(f"{path}: Content-Encoding {encoding!r} was not asked for")
+                gzipped = encoding == "gzip" and response.status_code != 304   # a 304 has no body
+                inflate = zlib.decompressobj(wbits=31) if gzipped else None
                 body = bytearray()
+                received = 0
                 slow = SlowSender(path, self.config.min_rate_bytes_per_s, self.config.slow_grace_s)
                 async for chunk in response.aiter_raw():
-                    body += chunk
+                    received += len(chunk)
                     slow.add(len(chunk))
-                    if len(body) > max_bytes:
+                    if received > max_bytes:
                         raise DownloadError(f"{path}: response runs past the cap of {max_bytes} bytes")
+                    if inflate is None:
+                        body += chunk
+                        continue
+                    try:   # max_length >= 1 (0 would mean unbounded): body never passes max_bytes + 1
+                        body += inflate.decompress(chunk, max_bytes + 1 - len(body))
+                    except zlib.error as exc:
+                        raise DownloadError(f"{path}: corrupt gzip body: {exc}") from None
+                    if len(body) > max_bytes or inflate.unconsumed_tail:
+                        raise DownloadError(f"{path}: gzip body inflates past the cap of {max_bytes} bytes")
+                    if inflate.eof and inflate.unused_data:
+                        raise DownloadError(f"{path}: bytes after the end of the gzip body")
+                if inflate is not None and not inflate.eof:
+                    raise DownloadError(f"{path}: gzip body ends before its end")
                 return bytes(body)
         except httpx.HTTPError as exc:
             raise DownloadError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from None

@@ -17,7 +17,8 @@ Fault kinds (``params``):
   corrupt   offsets=[..]     flip bytes (default: the middle byte) of the upstream body
   status    code, headers={}, body=b""   answer without asking upstream (503 + Retry-After, 429, 403...)
   notfound                   404 with a JSON error, like a mirror that lacks the data
-  replace   body, code=200, content_type  serve these bytes instead (replayed or forged documents)
+  replace   body, code=200, content_type, headers={}  serve these bytes instead (replayed or forged
+                             documents, a gzip bomb with ``content-encoding: gzip``)
   transform fn(bytes)->bytes rewrite the upstream body (Content-Length follows)
   overlong  extra=N, declare=True   append N junk bytes; declare=False keeps the old Content-Length
   endless   chunk=65536      headers without a length, then junk forever (until the peer hangs up)
@@ -203,7 +204,8 @@ class HostileProxy:
         if kind == "replace":
             data = p["body"] if isinstance(p["body"], bytes) else json.dumps(p["body"]).encode()
             return await self._respond(writer, seen, p.get("code", 200),
-                                       {"content-type": p.get("content_type", "application/json")}, data)
+                                       {"content-type": p.get("content_type", "application/json"),
+                                        **p.get("headers", {})}, data)
         if kind == "stall" and p.get("after") is None:
             await asyncio.sleep(p["seconds"])
             return

@@ -7,6 +7,7 @@ deltas built); every client talks to it through ``tests/hostile_proxy.py``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import signal
@@ -276,10 +277,42 @@ def test_mirror_without_the_data(world: World, proxy: HostileProxy, tmp_path: Pa
 
 
 def test_compressing_cdn_is_harmless(world: World, proxy: HostileProxy, tmp_path: Path) -> None:
-    """A mirror that gzips whatever the client says it accepts (nginx `gzip on`)."""
+    """A mirror that gzips whatever the client says it accepts (nginx `gzip on`): documents
+    come gzipped (the client asks for it), objects never (it asks for identity)."""
     proxy.fault(r"^/v1/", "gzip")
     up = init_client(tmp_path / "c", [proxy.url], world.server.store)
     assert up.update().current == "1.2.0" and up.verify()["ok"]
+    seen = proxy.seen(r"^/v1/")
+    documents = [s for s in seen if "/objects/" not in s.path]
+    assert documents and all("gzip" in s.headers.get("accept-encoding", "") for s in documents)
+    assert all(s.headers.get("accept-encoding") == "identity" for s in seen if "/objects/" in s.path)
+
+
+GZIP_FAULTS = {
+    # 8 MiB of zeros in an 8 KiB gzip stream, against a cap of 1 MiB: inflating it whole is what the cap forbids
+    "bomb": (gzip.compress(b"\0" * (8 << 20), 9), "inflates past the cap"),
+    "truncated": (gzip.compress(b'{"signed": {}}' * 100)[:-9], "ends before its end"),
+    "trailing": (gzip.compress(b'{"signed": {}}') + b"junk", "after the end"),
+    "corrupt": (b"\x1f\x8b\x08\x00" + b"\xff" * 64, "corrupt gzip"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(GZIP_FAULTS))
+def test_hostile_gzip_documents_are_refused(world: World, proxy: HostileProxy, tmp_path: Path, fault: str) -> None:
+    body, message = GZIP_FAULTS[fault]
+    proxy.fault(CHANNEL, "replace", body=body, headers={"content-encoding": "gzip"})
+    root = tmp_path / "c"
+    up = init_client(root, [proxy.url], world.server.store, max_channel_bytes=1 << 20)
+    with pytest.raises(DownloadError, match=message):
+        up.update()
+    assert current(root) is None
+
+
+def test_an_encoding_not_asked_for_is_refused(world: World, proxy: HostileProxy, tmp_path: Path) -> None:
+    proxy.fault(CHANNEL, "replace", body=b"\x00" * 100, headers={"content-encoding": "br"})
+    up = init_client(tmp_path / "c", [proxy.url], world.server.store)
+    with pytest.raises(DownloadError, match="not asked for"):
+        up.update()
 
 
 # --------------------------------------------------------------------------- 3. retry policy

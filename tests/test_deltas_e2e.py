@@ -202,3 +202,30 @@ def test_fresh_install_delta_offers_compressed_forms(built) -> None:
     kinds = [r[0]["kind"] for r in delta["recipes"].values()]
     assert "compressed" in kinds
     assert delta["bytes"]["recipes"] < delta["bytes"]["full"] * 0.8
+
+
+@pytest.mark.parametrize("path", ["/v1/products/app/releases/1.2.0/manifest",
+                                  "/v1/products/app/releases/1.2.0/delta?from=1.0.0"])
+def test_documents_go_gzipped_to_whoever_asks(built, path: str) -> None:
+    """Manifests and delta documents: gzip (weak ETag, Vary) when accepted, identity otherwise;
+    the same bytes once inflated, and a 304 for either ETag."""
+    import gzip as gz
+
+    import httpx
+    server, _ = built
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        plain = http.get(path, headers={"Accept-Encoding": "identity"})
+        packed = http.get(path, headers={"Accept-Encoding": "gzip, deflate"})
+        refused = http.get(path, headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert plain.status_code == packed.status_code == refused.status_code == 200
+    assert "content-encoding" not in plain.headers and "content-encoding" not in refused.headers
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert packed.content == plain.content   # inflated by httpx
+    assert packed.headers["etag"] == "W/" + plain.headers["etag"]
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        with http.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as response:
+            wire = b"".join(response.iter_raw())
+        assert len(wire) < len(plain.content) // 2 and gz.decompress(wire) == plain.content
+        for etag in (plain.headers["etag"], packed.headers["etag"]):
+            again = http.get(path, headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
+            assert again.status_code == 304, etag

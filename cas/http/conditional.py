@@ -1,5 +1,15 @@
-"""Conditional requests: the one place ``If-None-Match`` is compared."""
+"""Conditional requests and content negotiation: the one place ``If-None-Match`` is compared
+and ``Accept-Encoding`` read."""
 from __future__ import annotations
+
+import gzip
+from collections.abc import Mapping
+
+from starlette.responses import Response
+
+JSON = "application/json"
+#: manifests and delta documents this large or larger go gzipped to a client that accepts it
+GZIP_MIN_BYTES = 1024
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -10,3 +20,34 @@ def etag_matches(header: str | None, etag: str) -> bool:
         return True
     bare = etag.removeprefix("W/")
     return any(candidate.strip().removeprefix("W/") == bare for candidate in header.split(","))
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether ``Accept-Encoding`` takes gzip (``gzip`` or ``*`` listed without ``q=0``)."""
+    if not header:
+        return False
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower().removeprefix("q=").strip() if params.strip().lower().startswith("q=") else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def document_response(request_headers: Mapping[str, str], body: bytes, etag: str, cache: str,
+                      compressible: bool = False) -> Response:
+    """A JSON document with its ETag and Cache-Control; 304 on a matching ``If-None-Match``.
+    ``compressible``: gzipped (deterministic bytes, weak ETag, ``Vary: Accept-Encoding``) when
+    the client accepts it -- a small update's delta document is often larger than its patches."""
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if compressible:
+        headers["Vary"] = "Accept-Encoding"
+    if etag_matches(request_headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    if compressible and len(body) >= GZIP_MIN_BYTES and accepts_gzip(request_headers.get("accept-encoding")):
+        body = gzip.compress(body, 6, mtime=0)
+        headers.update({"Content-Encoding": "gzip", "ETag": "W/" + etag.removeprefix("W/")})
+    return Response(body, media_type=JSON, headers=headers)

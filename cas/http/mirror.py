@@ -24,7 +24,7 @@ from ..mirror import docs_dir, mirror_dir, relpath_for
 from ..repo import Repo
 from . import objects
 from .auth import require
-from .conditional import etag_matches
+from .conditional import document_response
 from .metrics import Metrics
 from .numbers import decimal
 from .stack import build_app
@@ -65,16 +65,14 @@ def _relpath(kind: str, product: str = "", name: str = "", base: str | None = No
         raise NotFound("not mirrored", code="not_mirrored") from None
 
 
-async def _serve(request: Request, rel: str, missing_code: str) -> Response:
+async def _serve(request: Request, rel: str, missing_code: str, compressible: bool = False) -> Response:
     require(request, "read")
     found = await run_in_threadpool(request.app.state.documents.read, rel)
     if found is None:
         raise NotFound(f"{request.url.path} is not on this mirror", code=missing_code)
     body, meta = found
-    headers = {"ETag": meta.get("etag", ""), "Cache-Control": meta.get("cache_control", "no-cache")}
-    if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return document_response(request.headers, body, meta.get("etag", ""), meta.get("cache_control", "no-cache"),
+                             compressible)
 
 
 async def root(request: Request) -> Response:
@@ -94,7 +92,8 @@ async def releases(request: Request) -> Response:
 
 async def manifest(request: Request) -> Response:
     p = request.path_params
-    return await _serve(request, _relpath("manifest", p["product"], p["version"]), "unknown_release")
+    return await _serve(request, _relpath("manifest", p["product"], p["version"]), "unknown_release",
+                        compressible=True)
 
 
 async def delta(request: Request) -> Response:
@@ -103,7 +102,8 @@ async def delta(request: Request) -> Response:
     if base is None:
         raise BadRequest("name the base release: ?from=<version> (or ?from= for a fresh install)",
                          code="missing_base")
-    return await _serve(request, _relpath("delta", p["product"], p["version"], base), "unknown_base")
+    return await _serve(request, _relpath("delta", p["product"], p["version"], base), "unknown_base",
+                        compressible=True)
 
 
 async def channel(request: Request) -> Response:

@@ -12,18 +12,15 @@ from .. import channels, deltas, gc, releases
 from ..errors import BadRequest, Invalid, NotFound
 from .auth import require
 from .bodies import json_body, read_body
-from .conditional import etag_matches
+from .conditional import document_response
 from .numbers import decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 JSON = "application/json"
 
 
-def _document(request: Request, body: bytes, etag: str, cache: str) -> Response:
-    headers = {"ETag": etag, "Cache-Control": cache}
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type=JSON, headers=headers)
+def _document(request: Request, body: bytes, etag: str, cache: str, compressible: bool = False) -> Response:
+    return document_response(request.headers, body, etag, cache, compressible)
 
 
 async def list_products(request: Request) -> Response:
@@ -49,7 +46,7 @@ async def get_manifest(request: Request) -> Response:
     release = await run_in_threadpool(releases.get_release, request.app.state.repo,
                                       request.path_params["product"], request.path_params["version"])
     cache = IMMUTABLE if release.status in ("released", "deprecated") else "no-cache"
-    return _document(request, release.manifest, f'"{release.manifest_digest}"', cache)
+    return _document(request, release.manifest, f'"{release.manifest_digest}"', cache, compressible=True)
 
 
 async def get_release_info(request: Request) -> Response:
@@ -171,7 +168,8 @@ async def get_delta(request: Request) -> Response:
     document = await run_in_threadpool(deltas.delta_document, repo, target, base)
     body = canonical_bytes(document)
     final = document["complete"] and target.status in ("released", "deprecated")
-    return _document(request, body, f'"{blake3_bytes(body)}"', IMMUTABLE if final else "no-cache")
+    return _document(request, body, f'"{blake3_bytes(body)}"', IMMUTABLE if final else "no-cache",
+                     compressible=True)
 
 
 async def deltas_status(request: Request) -> Response:
