@@ -30,7 +30,7 @@ class Nginx:
         """The upstream of the last logged request for ``request_uri``: "-" when nginx answered
         by itself, else the address of the `cas serve` it asked."""
         for line in reversed(self.log_lines()):
-            uri, _status, upstream = line.rsplit(" ", 2)
+            _method, uri, _status, upstream = line.split(" ", 3)
             if uri == request_uri:
                 return upstream
         raise AssertionError(f"{request_uri} is not in nginx's access log")
@@ -50,7 +50,7 @@ pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format deltacas '$request_uri $status $upstream_addr';
+    log_format deltacas '$request_method $request_uri $status $upstream_addr';
     access_log {workdir}/access.log deltacas;
     client_body_temp_path {workdir}/body;
     proxy_temp_path {workdir}/proxy;
