@@ -169,7 +169,7 @@ def _sweep(tree: Path, wanted: set[str], stats: ExportStats) -> None:
     if not top.is_dir():
         return
     now = time.time()
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+    for dirpath, _dirs, filenames in os.walk(top, topdown=False):
         here = Path(dirpath)
         for name in filenames:
             path = here / name

@@ -15,8 +15,22 @@ from deltagen.output import stdout_closed
 
 from ..errors import CasError
 from ..remote import RemoteError
-from . import (channel, dashboard, deltas, demo, keys, mirror, pin, publish, release, rollout, serve, static, store,
-               tokens)
+from . import (
+    channel,
+    dashboard,
+    deltas,
+    demo,
+    keys,
+    mirror,
+    pin,
+    publish,
+    release,
+    rollout,
+    serve,
+    static,
+    store,
+    tokens,
+)
 from .command import Subcommands, report_error
 
 CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE, as a shell reports it)
