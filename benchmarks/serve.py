@@ -96,7 +96,10 @@ def publish(store: Path, tree: Path) -> float:
     run(CAS + ["keys", "init", "--store", str(store)])
     started = time.perf_counter()
     run(CAS + ["publish", str(tree), "--product", "bench", "--version", "1", "--store", str(store),
-               "--status", "released", "--channel", "stable"])
+               "--status", "released", "--channel", "stable",
+               # stored whole, as before chunking existed (files over 128 MiB are chunked by default;
+               # a chunked file's object is assembled by cas serve, never a plain file)
+               "--chunk-min-file-bytes", str(512 * MiB)])
     return time.perf_counter() - started
 
 

@@ -254,6 +254,10 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     if not 0 < kwargs.get("max_document_bytes", MAX_MANIFEST_BYTES) <= MAX_MANIFEST_BYTES:
         raise ValueError(f"max_document_bytes must be 1..{MAX_MANIFEST_BYTES}: clients refuse a larger manifest "
                          "(casformat's MAX_MANIFEST_BYTES)")
+    for key in ("static_tree_poll_seconds", "static_tree_refresh_seconds"):
+        value = kwargs.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{key} must be a number of seconds above 0")
     prefix = kwargs.get("accel_redirect_prefix", "")
     if prefix and not re.fullmatch(r"/[A-Za-z0-9._~/-]*/", prefix):
         raise ValueError("accel_redirect_prefix must be a URI path starting and ending with '/', "

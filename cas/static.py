@@ -109,7 +109,12 @@ def documents(repo: Repo, skipped: list[str]) -> Iterator[tuple[str, bytes]]:
                 continue
             bases: list[Release | None] = [None, *deltas.bases_for(repo, target)]
             for base in bases:
-                document = deltas.delta_document(repo, target, base)
+                try:
+                    document = deltas.delta_document(repo, target, base)
+                except (CasError, DocumentError, KeyError, TypeError, ValueError) as exc:
+                    # left to cas serve (which answers this error itself); the channels still go out
+                    skipped.append(f"delta {name} {base.version if base else ''} -> {version}: {exc}")
+                    continue
                 if document["complete"]:
                     yield from _one(skipped, ("delta", name, version, base.version if base else None),
                                     canonical_bytes(document))

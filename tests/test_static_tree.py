@@ -128,6 +128,9 @@ def test_the_tree_holds_what_cas_serves_and_nginx_sends_it_itself(layout: Layout
                             ("/v1/products/app/releases/1.1.0/delta?from=1.0.0%2F..", 422),
                             ("/v1/products/app/releases/1.1.0/delta?from=.", 422),
                             ("/v1/products/app/releases/1.1.0/delta?from=0.9", 404),
+                            ("/v1/products/app/releases/1.1.0/delta", 400),
+                            ("/v1/products/app/releases/1.1.0/delta?base=1.0.0", 400),
+                            ("/v1/products/app/releases/1.1.0/delta?from=1.0.0&from=0.9", 404),
                             ("/v1/products/app/channels/nope", 404),
                             ("/v1/products/app/channels/.stable", 404),
                             ("/v1/products/app/releases/9.9.9/manifest", 404)]:

@@ -5,16 +5,17 @@ answered that may have changed something (any method but GET and HEAD: ``Trigger
 whenever ``meta.data_version()`` moves (a change made by another process: the ``cas`` CLI,
 another replica, the delta worker), checked every ``static_tree_poll_seconds``; and in any
 case every ``static_tree_refresh_seconds`` (PostgreSQL's data version moves with channel
-writes only).  The check runs on the event loop's own thread, like ``FastPath``'s: SQLite's
-``PRAGMA data_version`` is per connection, and each thread has its own.
+writes only).  The check and the export run on one thread of their own: SQLite's
+``PRAGMA data_version`` is per connection (each thread has its own, and a connection does not
+see its own commits there), and a PostgreSQL outage must not block the event loop.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import static
@@ -30,29 +31,38 @@ class StaticTreeWatcher:
         self.repo = repo
         self.wake = asyncio.Event()
         self.exports = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="static-tree")
+        self._seen: int | None = None
+        self._last = 0.0
 
     def changed(self) -> None:
         self.wake.set()
 
+    def step(self, woken: bool) -> None:
+        """Export when woken, when the data version moved, or when the refresh interval passed."""
+        version = self.repo.meta.data_version()
+        if woken or version != self._seen or \
+                time.monotonic() - self._last >= self.repo.config.static_tree_refresh_seconds:
+            static.export(self.repo)
+            self.exports += 1
+            self._seen, self._last = version, time.monotonic()
+
     async def run(self) -> None:
-        config = self.repo.config
-        seen: int | None = None
-        last = 0.0
-        while True:
-            woken = self.wake.is_set()
-            self.wake.clear()
-            try:
-                version = self.repo.meta.data_version()
-                if woken or version != seen or time.monotonic() - last >= config.static_tree_refresh_seconds:
-                    await run_in_threadpool(static.export, self.repo)
-                    self.exports += 1
-                    seen, last = version, time.monotonic()
-            except Exception:   # a failing export (full disk, database outage) is retried next tick
-                log.exception("static tree export failed")
-            try:
-                await asyncio.wait_for(self.wake.wait(), config.static_tree_poll_seconds)
-            except TimeoutError:
-                pass
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                woken = self.wake.is_set()
+                self.wake.clear()
+                try:
+                    await loop.run_in_executor(self._thread, self.step, woken)
+                except Exception:   # a failing export (full disk, database outage) is retried next tick
+                    log.exception("static tree export failed")
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.repo.config.static_tree_poll_seconds)
+                except TimeoutError:
+                    pass
+        finally:
+            self._thread.shutdown(wait=False)
 
 
 class Trigger:
