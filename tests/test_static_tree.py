@@ -408,3 +408,43 @@ def test_with_anonymous_reads_off_nginx_sends_objects_after_the_token_check(tmp_
     finally:
         nginx.stop()
         server.stop()
+
+
+def test_the_tree_follows_changes_made_elsewhere_on_either_metadata_backend(
+        metadata_url: str, tmp_path: Path, release_trees: list[Path]) -> None:
+    """PostgreSQL's data version moves with channel writes only: a channel moved by another
+    process shows within a poll, anything else within static_tree_refresh_seconds."""
+    tree = tmp_path / "tree"
+    server = start_server(tmp_path / "store", config=textwrap.dedent(f"""\
+        metadata_url = "{metadata_url}"
+        static_tree = "{tree}"
+        static_tree_poll_seconds = 0.1
+        static_tree_refresh_seconds = 1.0
+        delta_builder = false
+        """))
+    try:
+        key = str(server.store / "keys" / "release.pem")
+
+        def cli(*args: str) -> None:   # its own process, on the store's config (not the server)
+            run_cas(*args, "--store", str(server.store))
+
+        cli("publish", str(release_trees[0]), "--product", "app", "--version", "1.0.0", "--status", "released",
+            "--key", key)
+        manifest = tree / "v1/products/app/releases/1.0.0/manifest"
+        wait_until("a release published elsewhere", manifest.exists, timeout=4.0)
+        cli("channel", "set", "app", "stable", "1.0.0")
+        channel = tree / "v1/products/app/channels/stable"
+        wait_until("a channel set elsewhere", channel.exists, timeout=3.0)
+        with server.client(None) as cas:
+            assert channel.read_bytes() == cas.get("/v1/products/app/channels/stable").content
+            assert manifest.read_bytes() == cas.get("/v1/products/app/releases/1.0.0/manifest").content
+        cli("publish", str(release_trees[1]), "--product", "app", "--version", "1.1.0", "--status", "released",
+            "--key", key)
+        wait_until("a second release", (tree / "v1/products/app/releases/1.1.0/manifest").exists, timeout=4.0)
+        cli("release", "status", "app", "1.1.0", "deprecated")
+        cli("release", "delete", "app", "1.1.0")
+        wait_until("a release deleted elsewhere",
+                   lambda: not (tree / "v1/products/app/releases/1.1.0").exists(), timeout=4.0)
+        assert manifest.exists() and channel.exists()
+    finally:
+        server.stop()
