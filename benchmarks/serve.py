@@ -12,7 +12,10 @@ One run, side by side on this machine:
    config (own prefix, pid, logs, ``daemon off``) serving the store's ``objects/ab/cdef...``
    directory through a location regex for ``/v1/objects/<digest>`` (sendfile, etag on) and
    the channel document as a static JSON file.  nginx runs as ``worker_processes 1`` and
-   ``auto`` (= nproc); the ``auto`` row is the reference for the ratios.
+   ``auto`` (= nproc); the ``auto`` row is the reference for the ratios.  And the production
+   layout (docs/deploy.md, issue 17 item 5): nginx ``auto`` running docs/nginx-production.conf
+   (objects by ``try_files`` from the store, documents from the static tree) in front of a
+   ``cas serve`` with ``static_tree`` set, which keeps that tree; its target is >= 0.9x nginx.
 3. Per server: MB/s for the full 256 MiB download and for the last 64 MiB by Range (curl
    ``%{speed_download}``, median of ``--repeat``); requests/s for the 1 KiB object and for a
    304 on the channel document (``If-None-Match`` with the server's own etag), with
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -48,6 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +96,10 @@ def publish(store: Path, tree: Path) -> float:
     run(CAS + ["keys", "init", "--store", str(store)])
     started = time.perf_counter()
     run(CAS + ["publish", str(tree), "--product", "bench", "--version", "1", "--store", str(store),
-               "--status", "released", "--channel", "stable"])
+               "--status", "released", "--channel", "stable",
+               # stored whole, as before chunking existed (files over 128 MiB are chunked by default;
+               # a chunked file's object is assembled by cas serve, never a plain file)
+               "--chunk-min-file-bytes", str(512 * MiB)])
     return time.perf_counter() - started
 
 
@@ -175,7 +183,10 @@ class Server:
                 self.proc.wait()
 
 
-def nginx_server(work: Path, name: str, store: Path, channel_doc: Path, workers: str, port: int) -> Server:
+def nginx_server(work: Path, name: str, store: Path, channel_doc: Path, workers: str, port: int,
+                 site: str | None = None) -> Server:
+    """Bare nginx over the store's files, or (``site``) nginx running that site (the production
+    layout, docs/nginx-production.conf) with the same process and connection settings."""
     prefix = work / f"{name}-prefix"
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     user = "user root root;" if os.geteuid() == 0 else ""  # temp dirs are 0700: workers must read them
@@ -202,6 +213,7 @@ http {{
     scgi_temp_path {prefix}/tmp;
     types {{ application/json json; }}
     default_type application/octet-stream;
+    {site or ""}
     server {{
         listen 127.0.0.1:{port};
         location = /healthz {{ return 200 "ok"; }}
@@ -216,9 +228,36 @@ http {{
     }}
 }}
 """
+    if site is not None:   # only the site: the bare server block is dropped
+        conf = conf[:conf.index("    server {\n        listen")] + "}\n"
     (prefix / "nginx.conf").write_text(conf)
     (prefix / "tmp").mkdir(exist_ok=True)
     return Server(name, [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port, "/healthz")
+
+
+@contextlib.contextmanager
+def production_layout(work: Path, store: Path, port: int) -> Iterator[Server]:
+    """nginx (worker_processes auto) running docs/nginx-production.conf in front of a `cas serve`
+    that keeps the static document tree (static_tree) of the same store: what docs/deploy.md
+    describes.  Yields the nginx server, once the tree holds the channel document."""
+    from cas.static import render_nginx_site
+    tree = work / "static-tree"
+    config = work / "production.toml"
+    config.write_text(f'static_tree = "{tree}"\ndelta_builder = false\n')   # serving only, as bare nginx
+    cas_port = free_port()
+    cas = Server("production-cas", CAS + ["serve", "--store", str(store), "--config", str(config), "--port",
+                                          str(cas_port), "--host", "127.0.0.1"], cas_port, "/healthz")
+    with cas:
+        channel = tree / "v1" / "products" / "bench" / "channels" / "stable"
+        deadline = time.time() + 30
+        while not channel.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"the static tree has no {channel} after 30 s")
+            time.sleep(0.1)
+        site = render_nginx_site((ROOT / "docs" / "nginx-production.conf").read_text(), listen=f"127.0.0.1:{port}",
+                                 upstreams=[f"127.0.0.1:{cas_port}"], store=store, tree=tree)
+        with nginx_server(work, "production", store, channel, "auto", port, site=site) as server:
+            yield server
 
 
 def cas_server(name: str, store: Path, workers: int, port: int) -> Server:
@@ -463,6 +502,7 @@ def versions() -> dict[str, Any]:
 
 
 ROWS = [("cas-1w", "deltacas, 1 worker"), ("cas-2w", "deltacas, --workers 2"),
+        ("production", "production layout: nginx auto + static tree, cas serve behind"),
         ("nginx-1w", "nginx, worker_processes 1"), ("nginx", "nginx, worker_processes auto")]
 
 
@@ -524,12 +564,17 @@ def main() -> int:
         channel_doc = work / "stable.json"
         for key, _label in ROWS:
             port = free_port()
+            server: Any
             if key.startswith("cas"):
                 server = cas_server(key, store, 2 if key == "cas-2w" else 1, port)
+                log(f"{key}: {' '.join(server.cmd)}")
+            elif key == "production":
+                server = production_layout(work, store, port)
+                log(f"{key}: nginx with docs/nginx-production.conf on port {port}, cas serve behind it")
             else:
                 server = nginx_server(work, key, store, channel_doc, "1" if key == "nginx-1w" else "auto", port)
-            log(f"{key}: {' '.join(server.cmd)}")
-            with server:
+                log(f"{key}: {' '.join(server.cmd)}")
+            with server as server:
                 if key == "cas-1w":  # nginx serves the very bytes cas serves, as a static file
                     with urllib.request.urlopen(f"{server.base}/v1/products/bench/channels/stable") as r:
                         channel_doc.write_bytes(r.read())
@@ -556,6 +601,10 @@ def main() -> int:
                 "not_modified_ge_20k_rps": {k: results[k]["not_modified"]["rps"] >= 20_000
                                             for k in ("cas-1w", "cas-2w")},
                 "small_ge_10k_rps": {k: results[k]["small"]["rps"] >= 10_000 for k in ("cas-1w", "cas-2w")},
+                # issue 17 item 5: the production layout at >= 0.9x bare nginx, side by side
+                "production_ge_0.9x_nginx": {c: results["production"][c][f] / ref[c][f] >= 0.9
+                                             for c, f in (("full", "MBps"), ("range_tail", "MBps"),
+                                                          ("small", "rps"), ("not_modified", "rps"))},
             },
         }
         if profiles:

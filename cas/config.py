@@ -144,6 +144,17 @@ class Config:
     s3_presign_seconds: int = 3600
     s3_multipart_threshold_bytes: int = 64 << 20
     s3_multipart_chunk_bytes: int = 16 << 20
+    # Reads at nginx speed (docs/deploy.md, docs/nginx-production.conf, cas/static.py): a
+    # directory where the public documents are kept as files for nginx ("": off), checked for
+    # changes made elsewhere every static_tree_poll_seconds (SQLite: any commit; PostgreSQL: a
+    # channel write) and rewritten in full at least every static_tree_refresh_seconds.
+    static_tree: str = ""
+    static_tree_poll_seconds: float = 0.5
+    static_tree_refresh_seconds: float = 10.0
+    # With anonymous_read = false behind nginx: GET /v1/objects/{d} checks the token, then
+    # answers with X-Accel-Redirect: {prefix}ab/cdef... (an `internal` nginx location over
+    # STORE/objects/) so nginx sends the bytes ("": off; filesystem store only).
+    accel_redirect_prefix: str = ""
     # Read-only mirror (cas/mirror.py): serve what `cas mirror sync` copied from this upstream.
     mirror_of: str = ""
 
@@ -247,6 +258,14 @@ def load_config(store: str | os.PathLike[str] | None = None, config_file: str | 
     if not 0 < kwargs.get("max_document_bytes", MAX_MANIFEST_BYTES) <= MAX_MANIFEST_BYTES:
         raise ValueError(f"max_document_bytes must be 1..{MAX_MANIFEST_BYTES}: clients refuse a larger manifest "
                          "(casformat's MAX_MANIFEST_BYTES)")
+    for key in ("static_tree_poll_seconds", "static_tree_refresh_seconds"):
+        value = kwargs.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{key} must be a number of seconds above 0")
+    prefix = kwargs.get("accel_redirect_prefix", "")
+    if prefix and not re.fullmatch(r"/[A-Za-z0-9._~/-]*/", prefix):
+        raise ValueError("accel_redirect_prefix must be a URI path starting and ending with '/', "
+                         'e.g. "/_deltacas/objects/"')
     config = Config(store=store_path, **kwargs)
     if config.report_retention_days < 0 or (
             config.report_retention_days and config.report_retention_days * 86400 < config.reports_gate_window_seconds):

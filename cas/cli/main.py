@@ -15,7 +15,22 @@ from deltagen.output import stdout_closed
 
 from ..errors import CasError
 from ..remote import RemoteError
-from . import channel, dashboard, deltas, demo, keys, mirror, pin, publish, release, rollout, serve, store, tokens
+from . import (
+    channel,
+    dashboard,
+    deltas,
+    demo,
+    keys,
+    mirror,
+    pin,
+    publish,
+    release,
+    rollout,
+    serve,
+    static,
+    store,
+    tokens,
+)
 from .command import Subcommands, report_error
 
 CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE, as a shell reports it)
@@ -23,7 +38,7 @@ CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE, as
 # in the order ``cas --help`` lists the commands
 GROUPS: tuple[Callable[[Subcommands], None], ...] = (
     serve.register, keys.register, tokens.register, publish.register, release.register, channel.register, rollout.register, pin.register,
-    store.register_checkout, deltas.register, mirror.register, demo.register, store.register,
+    store.register_checkout, deltas.register, mirror.register, static.register, demo.register, store.register,
     dashboard.register)
 
 

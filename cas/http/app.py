@@ -23,6 +23,7 @@ from .deltaworker import DeltaWorkerProcess
 from .metrics import Metrics
 from .ratelimit import SlidingWindow
 from .stack import build_app
+from .statictree import StaticTreeWatcher, Trigger
 
 log = logging.getLogger("cas.http")
 
@@ -71,6 +72,8 @@ def create_app(repo: Repo) -> Starlette:
         metrics_.channel_resigned.inc(len(channels.resign_expiring(repo)))
 
     clock = clock_from_env()
+    # The static document tree for nginx (cas/static.py), when configured.
+    static_tree = StaticTreeWatcher(repo) if repo.config.static_tree else None
 
     def gate() -> None:
         rollout_gate.evaluate(repo, clock)
@@ -91,7 +94,8 @@ def create_app(repo: Repo) -> Starlette:
                  *([asyncio.create_task(_supervise(builder))] if builder else []),
                  asyncio.create_task(_every(min(repo.config.upload_ttl_seconds / 4, 3600), sweep, "sweep")),
                  asyncio.create_task(_every(repo.config.rollout_tick_seconds, gate, "rollouts")),
-                 asyncio.create_task(_every(repo.config.webhook_poll_seconds, deliver, "webhooks"))]
+                 asyncio.create_task(_every(repo.config.webhook_poll_seconds, deliver, "webhooks")),
+                 *([asyncio.create_task(static_tree.run())] if static_tree else [])]
         try:
             yield
         finally:
@@ -145,6 +149,9 @@ def create_app(repo: Repo) -> Starlette:
         *dashboard.routes(),  # operator page at / and /v1/admin/dashboard/* (cas/http/dashboard.py)
     ]
     app = build_app(routes, repo, metrics_, lifespan)
+    if static_tree is not None:
+        app.add_middleware(Trigger, watcher=static_tree)
+    app.state.static_tree = static_tree
     app.state.uploads = uploads
     app.state.clock = clock
     app.state.report_limiter = SlidingWindow(repo.config.reports_per_client_per_minute,

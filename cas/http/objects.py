@@ -139,6 +139,12 @@ async def get_object(request: Request) -> Response:
         size = found
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    prefix = repo.config.accel_redirect_prefix
+    if prefix and found is not None and path is not None:
+        # Behind nginx (docs/nginx-production-tokens.conf): the token was checked above; nginx
+        # sends the file itself from an internal location (Range, If-Range, sendfile).
+        return Response(status_code=200, media_type="application/octet-stream",
+                        headers={**headers, "X-Accel-Redirect": f"{prefix}{digest[:2]}/{digest[2:]}"})
     ranges = _requested_ranges(request, etag, size)
     if isinstance(ranges, Response):
         return ranges
