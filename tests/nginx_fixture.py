@@ -28,12 +28,17 @@ class Nginx:
 
     def upstream_of(self, request_uri: str) -> str:
         """The upstream of the last logged request for ``request_uri``: "-" when nginx answered
-        by itself, else the address of the `cas serve` it asked."""
-        for line in reversed(self.log_lines()):
-            _method, uri, _status, upstream = line.split(" ", 3)
-            if uri == request_uri:
-                return upstream
-        raise AssertionError(f"{request_uri} is not in nginx's access log")
+        by itself, else the address of the `cas serve` it asked.  nginx logs a request after
+        its response has gone, so the line may come a moment after the client read it."""
+        deadline = time.monotonic() + 3
+        while True:
+            for line in reversed(self.log_lines()):
+                _method, uri, _status, upstream = line.split(" ", 3)
+                if uri == request_uri:
+                    return upstream
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{request_uri} is not in nginx's access log")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -119,6 +119,12 @@ def test_the_tree_holds_what_cas_serves_and_nginx_sends_it_itself(layout: Layout
             again = ngx.get(url, headers={"If-None-Match": served.headers["etag"]})
             assert again.status_code == 304 and again.content == b"", url
             assert layout.nginx.upstream_of(url) == "-"
+            # manifests and deltas of 1 KiB+ go gzipped by nginx as by cas serve, channels never
+            asked = {"Accept-Encoding": "gzip"}
+            packed, packed_direct = ngx.get(url, headers=asked), cas.get(url, headers=asked)
+            assert packed.content == data and packed_direct.content == data, url
+            expect = "gzip" if ("/manifest" in url or "/delta" in url) and len(data) >= 1024 else None
+            assert packed.headers.get("content-encoding") == packed_direct.headers.get("content-encoding") == expect, url
         # a file's mtime (so nginx's ETag) is a function of its bytes alone
         channel = layout.tree / "v1/products/app/channels/stable"
         assert int(channel.stat().st_mtime) == static.mtime_of(channel.read_bytes())
