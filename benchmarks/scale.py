@@ -16,8 +16,8 @@ It measures:
    a 1 KiB object, a manifest delta (``/releases/<new>/delta?from=<old>``), a manifest --
    against one layout at a time (a function per layout, ``LAYOUTS``): the embedded default
    (SQLite + filesystem), one replica on PostgreSQL + SeaweedFS, nginx balancing two such
-   replicas, and a placeholder row for the production layout where nginx serves the reads
-   (issue 17, item 5: built on another branch; ``layout_production`` is where it plugs in).
+   replicas, and the production layout where nginx serves the documents from the static tree
+   (issue 17, item 5: docs/nginx-production.conf in front of the two replicas).
    Besides requests/s, the CPU seconds every component spent (replicas, nginx, PostgreSQL
    backends, SeaweedFS; from /proc), so requests per CPU-second can be given even though the
    load generator shares the machine's cores.
@@ -291,17 +291,43 @@ def layout_nginx_two_replicas(ctx: ReadContext) -> Iterator[Running]:
                                 "postgresql": [ctx.eng.postmaster_pid()], "seaweedfs": [ctx.eng.weed.proc.pid]})
 
 
-# The production layout (issue 17, item 5: nginx serves reads from a static document tree and
-# X-Accel-Redirect after the token check) is built on another branch.  After merging it, give
-# this a body like layout_nginx_two_replicas (nginx config of docs/deploy.md) and the row fills.
-layout_production: Callable[[ReadContext], contextlib.AbstractContextManager[Running]] | None = None
+@contextlib.contextmanager
+def layout_production(ctx: ReadContext) -> Iterator[Running]:
+    """The production layout (issue 17, item 5; docs/deploy.md): nginx running
+    docs/nginx-production.conf in front of the two replicas, which keep one static document
+    tree (``static_tree``).  Documents come from the tree; objects live in the S3 bucket,
+    so nginx finds no file for them and hands them to the replicas (``try_files`` fallback)."""
+    from cas.static import render_nginx_site
+    tree = ctx.work / "static-tree"
+    for store in ctx.replica_stores:
+        config = store / "config.toml"
+        text = config.read_text()
+        if "static_tree" not in text:
+            config.write_text(text + f'static_tree = "{tree}"\n')
+    with contextlib.ExitStack() as stack:
+        reps = [stack.enter_context(cas_replica(f"replica-{i}", s)) for i, s in enumerate(ctx.replica_stores)]
+        channel = tree / "v1" / "products" / "fleet" / "channels" / "stable"
+        deadline = time.monotonic() + 60
+        while not channel.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the static tree has no {channel} after 60 s")
+            time.sleep(0.1)
+        port = serve.free_port()
+        site = render_nginx_site((ROOT / "docs" / "nginx-production.conf").read_text(), listen=f"127.0.0.1:{port}",
+                                 upstreams=[f"127.0.0.1:{r.port}" for r in reps], store=ctx.replica_stores[0],
+                                 tree=tree)
+        ngx = stack.enter_context(serve.nginx_server(ctx.work, "production", ctx.replica_stores[0], channel,
+                                                     "auto", port, site=site))
+        yield Running(ngx.base, {"cas serve": [r.proc.pid for r in reps], "nginx": [ngx.proc.pid],
+                                 "postgresql": [ctx.eng.postmaster_pid()], "seaweedfs": [ctx.eng.weed.proc.pid]})
+
 
 LAYOUTS: list[tuple[str, str, Any]] = [
     ("embedded", "embedded default: 1 `cas serve`, SQLite + filesystem", layout_embedded),
     ("replica", "1 replica, PostgreSQL + SeaweedFS", layout_replica),
     ("nginx-2", "nginx balancing 2 replicas, PostgreSQL + SeaweedFS", layout_nginx_two_replicas),
-    ("production", "production layout (nginx serves reads) -- TO BE FILLED after merging item 5",
-     layout_production),
+    ("production", "production layout: docs/nginx-production.conf + 2 replicas keeping one static tree, "
+     "PostgreSQL + SeaweedFS", layout_production),
 ]
 CASES = [("channel_304", "channel 304"), ("channel_200", "channel 200"), ("object_1k", "1 KiB object"),
          ("delta", "delta document"), ("manifest", "manifest")]
