@@ -108,6 +108,28 @@ def test_round_trip_and_format(tmp_path: Path, pair: tuple[Path, Path], compress
     assert hdiffpatch.apply(old.read_bytes(), data) == new.read_bytes()
 
 
+def test_lzma_streams_carry_machine_code_props(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """deltagen codes each stream with its own lc/lp/pb (hdiff_format.STREAM_PROPS), not HDiffPatch's
+    lc3/lp0/pb2; the patch is still one the library's own patcher (what hpatchz runs) applies."""
+    if not hdiff_format._tuned_available():
+        pytest.skip("liblzma < 5.4: HDiffPatch's own LZMA is used")
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    data = (tmp_path / "p").read_bytes()
+    header, bodies = _parts(data)
+    seen = 0
+    for stream, body, choices in zip(header.streams, bodies, hdiff_format.STREAM_PROPS, strict=True):
+        if stream.compressed:
+            lc, lp, pb = choices[0]
+            assert body[0] == 5 and body[1] == (pb * 5 + lp) * 9 + lc, stream.name
+            seen += 1
+    assert seen >= 1
+    assert hdiffpatch.apply(old.read_bytes(), data) == new.read_bytes()
+    # and it is smaller than HDiffPatch's own LZMA with the same dictionary
+    assert len(data) < len(hdiffpatch.diff(old.read_bytes(), new.read_bytes(),
+                                           compression=hdiff_format.build_config("lzma")))
+
+
 def test_patches_made_by_the_library_with_other_settings_apply(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     old, new = pair
     for compression in (None, "lzma", "zstd", hdiffpatch.LzmaConfig(level=6, window=20),
