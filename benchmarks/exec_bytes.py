@@ -102,7 +102,8 @@ def bsdiff_lzma(old: bytes, new: bytes) -> int:
     patch = bsdiff4.diff(old, new)
     lc, ld = struct.unpack_from("<qq", patch, 8)
     blocks = [patch[32:32 + lc], patch[32 + lc:32 + lc + ld], patch[32 + lc + ld:]]
-    return 32 + sum(best_grid(bz2.decompress(b))[0] for b in blocks)
+    return 32 + sum(min(lzma1(data, *p) for p in ((3, 0, 2), (0, 0, 0), (1, 0, 0))) if data else 0
+                    for data in (bz2.decompress(b) for b in blocks))
 
 
 def lzma_from(old: bytes, new: bytes, lc: int, lp: int, pb: int) -> tuple[int, float, float]:
@@ -150,6 +151,10 @@ def measure(job: dict[str, Any], what: tuple[str, ...]) -> dict[str, Any]:
         t0 = time.perf_counter()
         row["bcjhdiff"] = len(hdiffpatch.diff(fold, fnew, build_config("lzma"), validate=False))
         row["bcjhdiff_s"] = time.perf_counter() - t0
+    if "bsdiff" in what:
+        t0 = time.perf_counter()
+        row["bsdiff_lzma"] = bsdiff_lzma(old, new)
+        row["bsdiff_s"] = time.perf_counter() - t0
     if "full" in what:
         for lc, lp, pb in ((3, 0, 2), (1, 0, 0), (0, 2, 2), (0, 0, 2), (2, 0, 0)):
             row[f"from{lc}{lp}{pb}"] = lzma_from(old, new, lc, lp, pb)[0]
@@ -184,6 +189,7 @@ def changed_executables(names: list[str], work: Path) -> list[dict[str, Any]]:
 TABLES = {
     "tuned": (("today", "tuned"), ("today_s", "tuned_s", "tuned_apply_s")),
     "from": (("today", "from000", "bcjfrom000", "bcjhdiff"), ("today_s", "from000_s", "from000_dec_s")),
+    "bsdiff": (("today", "bsdiff_lzma"), ("today_s", "bsdiff_s")),
     "full": (("today", "from000", "from302", "from100", "from022", "from002", "from200", "props", "single",
               "bsdiff_lzma"), ()),
 }
@@ -225,7 +231,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=[p.name for p in CORPUS], metavar="NAME")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exec-bytes.jsonl")
     parser.add_argument("--what", default="tuned", help="comma-separated: tuned (HDIFF13 with per-stream "
-                        "props), from (LZMA with the old file as dictionary), bcj (x86 BCJ first), full (other "
+                        "props), from (LZMA with the old file as dictionary), bcj (x86 BCJ first), bsdiff (bsdiff4's blocks LZMA-coded), full (other "
                         "lc/lp/pb, HDiffPatch streams re-compressed, bsdiff4 blocks with LZMA; files <= --full-max)")
     parser.add_argument("--paths", help="only files whose path contains one of these (comma-separated)")
     parser.add_argument("--full-max", type=int, default=6 << 20)

@@ -311,14 +311,21 @@ def declared_size(head: bytes, patch_size: int) -> int:
 # HDiffPatch's LZMA plugin codes every stream with lc3/lp0/pb2, the defaults for text.
 # The streams of a machine-code diff are byte-granular, not text: on the changed
 # executables of the issue-15 pairs (benchmarks/exec_bytes.py, a grid of 12 lc/lp/pb per
-# stream) pb=0 and lp=0 won on every stream, and lc 1 / 4 / 0 / 3 for covers / rle ctrl /
-# rle code / new data came within 0.1% of the grid's best.  Each stream carries its own
-# props, so such a patch is still a plain HDIFF13 "lzma" patch that stock ``hpatchz``
-# applies (and deltagen's apply reads props from each stream, as before).
-#: lc/lp/pb per stream (covers, rle ctrl, rle code, new data); with several, the smallest is kept
+# stream) pb=0 and lp=0 won on most streams, with a best lc that differs per stream and
+# per file (one fixed choice lost 1.9% to lc3/lp0/pb2 on one library).  So each stream
+# gets the best of a few props, HDiffPatch's own among them, chosen on a sample of the
+# stream when it is large.  Each stream carries its own props, so such a patch is still a
+# plain HDIFF13 "lzma" patch that stock ``hpatchz`` applies (and deltagen's apply reads
+# props from each stream, as before).
+#: lc/lp/pb candidates per stream (covers, rle ctrl, rle code, new data)
 STREAM_PROPS: tuple[tuple[tuple[int, int, int], ...], ...] = (
-    ((1, 0, 0),), ((4, 0, 0),), ((0, 0, 0),), ((3, 0, 0),),
+    ((3, 0, 2), (1, 0, 0), (4, 0, 0)),
+    ((3, 0, 2), (4, 0, 0)),
+    ((3, 0, 2), (0, 0, 0), (2, 0, 0)),
+    ((3, 0, 2), (0, 0, 0), (3, 0, 0)),
 )
+#: streams larger than 2x this choose their props on this many bytes from their middle
+PROPS_SAMPLE = 128 * 1024
 
 
 def _tuned_available() -> bool:
@@ -339,6 +346,15 @@ def _lzma_dict_size(size: int) -> int:
     return cap
 
 
+def _lzma_size(data: bytes, props: tuple[int, int, int]) -> int:
+    from . import lzma_prefix
+
+    out: list[bytes] = []
+    lzma_prefix.compress(b"", data, out.append, dict_size=_lzma_dict_size(len(data)), lc=props[0], lp=props[1],
+                         pb=props[2], preset=_LZMA_LEVEL, end_mark=False)
+    return sum(map(len, out))
+
+
 def _lzma_stream(data: bytes, props: tuple[tuple[int, int, int], ...]) -> bytes | None:
     """The smallest HDIFF13 ``lzma`` encoding of one stream over ``props``, or None when
     storing it raw is as small (HDiffPatch's own rule)."""
@@ -346,6 +362,9 @@ def _lzma_stream(data: bytes, props: tuple[tuple[int, int, int], ...]) -> bytes 
 
     best: bytes | None = None
     dict_size = _lzma_dict_size(len(data))
+    if len(props) > 1 and len(data) > 2 * PROPS_SAMPLE:
+        sample = data[len(data) // 2:len(data) // 2 + PROPS_SAMPLE]
+        props = (min(props, key=lambda p: _lzma_size(sample, p)),)
     for lc, lp, pb in props:
         out: list[bytes] = []
         lzma_prefix.compress(b"", data, out.append, dict_size=dict_size, lc=lc, lp=lp, pb=pb,

@@ -7,7 +7,7 @@ match-byte literals make "the same code as before, a few bytes changed" cheap, a
 machine code the x86 branch-call-jump filter (BCJ, ``pybcj``; the filter of xz and 7-Zip)
 is run over old and new first, so calls whose target moved by the same amount become equal
 bytes.  On rebuilt executables whose HDiffPatch patch is poor (over ~15% of the file:
-recompiled with other code generation) it is 8-12% smaller than HDiffPatch
+recompiled with other code generation) it is 10-18% smaller than HDiffPatch
 (docs/deltagen.md, "lzma-from").
 
 Layout (little-endian; 32 bytes of header, then the LZMA data to the end of the file)::

@@ -7,8 +7,9 @@ predictable from the file's content class:
 - ``executable`` (ELF, PE, Mach-O): HDiffPatch won 56 of 63 changed files and all but
   0.07% of their bytes; zstd patch-from and bsdiff4 took 5.6x its build time together.
   Where HDiffPatch's patch is poor (over ``LZMA_FROM_FRACTION`` of the file: code rebuilt
-  with other code generation), lzma-from is built too: it was 8-12% smaller on every such
-  file measured, and larger than HDiffPatch on every file below it.
+  with other code generation), lzma-from is built too: it was 10-18% smaller on every such
+  file measured; below 12% it was larger on every file (up to 2x), between 12% and 15%
+  it was a toss-up.
 - ``text`` (no NUL byte, valid UTF-8 in the samples): zstd patch-from won 245 of 246
   files, by ~26% over HDiffPatch; but on large files (``TEXT_HDIFF_BYTES`` and up) zstd
   at level 19 is slow (a 6 MB JavaScript bundle: 6.1 s, against 1.4 s for HDiffPatch,
