@@ -258,15 +258,18 @@ def make_hdiff_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath, li
         new = fh.read()
     try:
         # validate=False: the recipes flow applies every patch once through apply_hdiff_patch
+        parts: list[bytes | memoryview]
         if limits.hdiffpatch_compressor == "lzma" and _tuned_available():
-            patch = tuned_lzma_patch(old, new)
+            parts = tuned_lzma_parts(old, new)
         else:
-            patch = hdiffpatch.diff(old, new, compression=build_config(limits.hdiffpatch_compressor),
-                                    validate=False)
+            parts = [hdiffpatch.diff(old, new, compression=build_config(limits.hdiffpatch_compressor),
+                                     validate=False)]
     except hdiffpatch.HDiffPatchError as exc:
         raise CorruptPatch(f"hdiffpatch could not make a patch: {exc}") from None
+    del old, new
     with atomic_output(out_path) as dst:
-        dst.write(patch)
+        for part in parts:
+            dst.write(part)
 
 
 def apply_hdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink, expected_size: int,
@@ -355,43 +358,52 @@ def _lzma_size(data: bytes, props: tuple[int, int, int]) -> int:
     return sum(map(len, out))
 
 
-def _lzma_stream(data: bytes, props: tuple[tuple[int, int, int], ...]) -> bytes | None:
-    """The smallest HDIFF13 ``lzma`` encoding of one stream over ``props``, or None when
-    storing it raw is as small (HDiffPatch's own rule)."""
+def _lzma_stream(data: bytes, props: tuple[tuple[int, int, int], ...], start: int = 0,
+                 size: int | None = None) -> bytes | None:
+    """The smallest HDIFF13 ``lzma`` encoding of one stream (``data[start:start + size]``, read
+    in place) over ``props``, or None when storing it raw is as small (HDiffPatch's own rule)."""
     from . import lzma_prefix
 
+    size = len(data) - start if size is None else size
     best: bytes | None = None
-    dict_size = _lzma_dict_size(len(data))
-    if len(props) > 1 and len(data) > 2 * PROPS_SAMPLE:
-        sample = data[len(data) // 2:len(data) // 2 + PROPS_SAMPLE]
+    dict_size = _lzma_dict_size(size)
+    if len(props) > 1 and size > 2 * PROPS_SAMPLE:
+        sample = data[start + size // 2:start + size // 2 + PROPS_SAMPLE]
         props = (min(props, key=lambda p: _lzma_size(sample, p)),)
     for lc, lp, pb in props:
         out: list[bytes] = []
         lzma_prefix.compress(b"", data, out.append, dict_size=dict_size, lc=lc, lp=lp, pb=pb,
-                             preset=_LZMA_LEVEL, end_mark=False)
+                             preset=_LZMA_LEVEL, end_mark=False, start=start, length=size)
         body = (bytes([_LZMA_PROPS, (pb * 5 + lp) * 9 + lc]) + struct.pack("<I", dict_size) + b"".join(out))
         if best is None or len(body) < len(best):
             best = body
-    return best if best is not None and len(best) < len(data) else None
+    return best if best is not None and len(best) < size else None
 
 
 def tuned_lzma_patch(old: bytes, new: bytes,
                      props: tuple[tuple[tuple[int, int, int], ...], ...] = STREAM_PROPS) -> bytes:
-    """An HDIFF13 ``lzma`` patch whose streams each use the best of ``props``.
+    """An HDIFF13 ``lzma`` patch whose streams each use the best of ``props``."""
+    return b"".join(tuned_lzma_parts(old, new, props))
+
+
+def tuned_lzma_parts(old: bytes, new: bytes, props: tuple[tuple[tuple[int, int, int], ...], ...] = STREAM_PROPS,
+                     ) -> list[bytes | memoryview]:
+    """:func:`tuned_lzma_patch` as the pieces to write one after the other (streams stored raw
+    are views of HDiffPatch's diff, not copies).
 
     HDiffPatch makes the diff with nothing compressed; each stream is then coded here with
     liblzma (raw LZMA1, no end marker, as HDiffPatch's plugin writes it).
     """
     raw = hdiffpatch.diff(old, new, None, validate=False)
     header = parse_header(raw[:HEADER_MAX], len(raw))
-    parts = [MAGIC, b"lzma\0", encode_varint(header.new_size), encode_varint(header.old_size),
-             encode_varint(header.cover_count)]
-    bodies = []
+    parts: list[bytes | memoryview] = [MAGIC, b"lzma\0", encode_varint(header.new_size),
+                                       encode_varint(header.old_size), encode_varint(header.cover_count)]
+    bodies: list[bytes | memoryview] = []
+    view = memoryview(raw)
     pos = header.header_size
     for stream, choices in zip(header.streams, props, strict=True):
-        data = raw[pos:pos + stream.size]
-        pos += stream.size
-        packed = _lzma_stream(data, choices) if data else None
+        packed = _lzma_stream(raw, choices, pos, stream.size) if stream.size else None
         parts += [encode_varint(stream.size), encode_varint(len(packed) if packed is not None else 0)]
-        bodies.append(packed if packed is not None else data)
-    return b"".join(parts + bodies)
+        bodies.append(packed if packed is not None else view[pos:pos + stream.size])
+        pos += stream.size
+    return parts + bodies

@@ -132,12 +132,18 @@ def encoder_memusage(dict_size: int, preset: int = 9) -> int:
 
 
 def compress(dictionary: bytes, data: bytes, write: Callable[[bytes], object], *, dict_size: int,
-             lc: int, lp: int, pb: int, preset: int = 9, extreme: bool = False, end_mark: bool = True) -> None:
-    """Raw LZMA1 of ``data`` after ``dictionary``, written through ``write``.
+             lc: int, lp: int, pb: int, preset: int = 9, extreme: bool = False, end_mark: bool = True,
+             start: int = 0, length: int | None = None) -> None:
+    """Raw LZMA1 of ``data[start:start + length]`` after ``dictionary``, written through ``write``
+    (the range is read in place, not copied).
 
     ``end_mark=False``: no end-of-payload marker (the decoder must be told the size), as
     LZMA SDK encoders write it for a known size (``LZMA_FILTER_LZMA1EXT``, liblzma >= 5.4).
     """
+    if length is None:
+        length = len(data) - start
+    if start < 0 or length < 0 or start + length > len(data):
+        raise ValueError("start/length outside the data")
     lib = _lib()
     # liblzma only reads the dictionary and the input: point it at the bytes objects' own
     # buffers (c_char_p keeps a reference) instead of copying them
@@ -148,14 +154,15 @@ def compress(dictionary: bytes, data: bytes, write: Callable[[bytes], object], *
     if not end_mark:
         filter_id = _FILTER_LZMA1EXT
         options.reserved_int[0] = 0                      # ext_flags: no end marker allowed
-        options.reserved_int[1] = len(data) & 0xFFFFFFFF  # ext_size_low
-        options.reserved_int[2] = len(data) >> 32         # ext_size_high
+        options.reserved_int[1] = length & 0xFFFFFFFF  # ext_size_low
+        options.reserved_int[2] = length >> 32         # ext_size_high
     stream = _Stream()
     _ret(lib.lzma_raw_encoder(ctypes.byref(stream), _filters(options, filter_id)))
-    src = ctypes.c_char_p(data) if data else None
+    src = ctypes.c_char_p(data) if length else None
     out = ctypes.create_string_buffer(CHUNK)
     try:
-        stream.next_in, stream.avail_in = (ctypes.cast(src, ctypes.c_void_p) if src else None), len(data)
+        base = ctypes.cast(src, ctypes.c_void_p).value if src is not None else None
+        stream.next_in, stream.avail_in = (base + start if base is not None else None), length
         while True:
             stream.next_out, stream.avail_out = ctypes.cast(out, ctypes.c_void_p), CHUNK
             code = lib.lzma_code(ctypes.byref(stream), _FINISH)
