@@ -3,8 +3,9 @@
 Usable on its own (it imports neither ``cas`` nor ``client``).  Public surface:
 
 - :func:`make_patch` / :func:`apply_patch` for ``"hdiffpatch"`` (HDiffPatch HDIFF13 with
-  LZMA inside, stock ``hpatchz``), ``"bsdiff4"`` (BSDIFF40, stock ``bspatch``) and
-  ``"zstd"`` (patch-from, stock ``zstd -d --long=31 --patch-from``);
+  LZMA inside, stock ``hpatchz``), ``"bsdiff4"`` (BSDIFF40, stock ``bspatch``),
+  ``"zstd"`` (patch-from, stock ``zstd -d --long=31 --patch-from``) and ``"lzma-from"``
+  (LZMA with the old file as preset dictionary, :mod:`deltagen.lzma_from`; no stock tool);
 - :func:`compress_file` / :func:`decompress_file` for the full compressed form;
 - :func:`best_recipes` to pick the cheapest verified recipes for a target;
 - :func:`build_bundle` / :func:`apply_bundle` / :func:`choose_cover` for bundles (one

@@ -534,7 +534,7 @@ def bundle_candidates(files: Sequence[Mapping[str, Any]],
     When a file carries ``best_size`` and ``best_algorithm`` (its cheapest per-file offer:
     a patch's algorithm, or "zstd" for a compressed form, None for raw) and the build
     policy is "auto", it joins no group if it is a native library (:func:`file_kind`)
-    whose offer is an hdiffpatch or bsdiff4 patch (a zstd frame does not beat those on
+    whose offer is an hdiffpatch, bsdiff4 or lzma-from patch (a zstd frame does not beat those on
     machine code: on the benchmark corpus such bundles cost up to 860 s each and won
     once, by 7%), or if that offer is larger than
     ``bundle_member_max_bytes`` (a bundle wins by sharing frame overhead and context
@@ -545,7 +545,8 @@ def bundle_candidates(files: Sequence[Mapping[str, Any]],
     seen_targets: dict[str, Mapping[str, Any]] = {}
     for f in files:
         if limits.build_policy == "auto" and "best_size" in f and (
-                (f.get("best_algorithm") in ("hdiffpatch", "bsdiff4") and file_kind(f["path"]) == "native")
+                (f.get("best_algorithm") in ("hdiffpatch", "bsdiff4", "lzma-from")
+                 and file_kind(f["path"]) == "native")
                 or f["best_size"] > limits.bundle_member_max_bytes):
             continue
         seen_targets.setdefault(f["target"], f)

@@ -258,11 +258,18 @@ def make_hdiff_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath, li
         new = fh.read()
     try:
         # validate=False: the recipes flow applies every patch once through apply_hdiff_patch
-        patch = hdiffpatch.diff(old, new, compression=build_config(limits.hdiffpatch_compressor), validate=False)
+        parts: list[bytes | memoryview]
+        if limits.hdiffpatch_compressor == "lzma" and _tuned_available():
+            parts = tuned_lzma_parts(old, new)
+        else:
+            parts = [hdiffpatch.diff(old, new, compression=build_config(limits.hdiffpatch_compressor),
+                                     validate=False)]
     except hdiffpatch.HDiffPatchError as exc:
         raise CorruptPatch(f"hdiffpatch could not make a patch: {exc}") from None
+    del old, new
     with atomic_output(out_path) as dst:
-        dst.write(patch)
+        for part in parts:
+            dst.write(part)
 
 
 def apply_hdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink, expected_size: int,
@@ -300,3 +307,103 @@ def apply_hdiff_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink,
 def declared_size(head: bytes, patch_size: int) -> int:
     """The new size an HDIFF13 header declares (the CLI's ``apply`` without ``--size``)."""
     return parse_header(head, patch_size).new_size
+
+
+# --- LZMA props chosen per stream (make side) ------------------------------------------
+#
+# HDiffPatch's LZMA plugin codes every stream with lc3/lp0/pb2, the defaults for text.
+# The streams of a machine-code diff are byte-granular, not text: on the changed
+# executables of the issue-15 pairs (benchmarks/exec_bytes.py, a grid of 12 lc/lp/pb per
+# stream) pb=0 and lp=0 won on most streams, with a best lc that differs per stream and
+# per file (one fixed choice lost 1.9% to lc3/lp0/pb2 on one library).  So each stream
+# gets the best of a few props, HDiffPatch's own among them, chosen on a sample of the
+# stream when it is large.  Each stream carries its own props, so such a patch is still a
+# plain HDIFF13 "lzma" patch that stock ``hpatchz`` applies (and deltagen's apply reads
+# props from each stream, as before).
+#: lc/lp/pb candidates per stream (covers, rle ctrl, rle code, new data)
+STREAM_PROPS: tuple[tuple[tuple[int, int, int], ...], ...] = (
+    ((3, 0, 2), (1, 0, 0), (4, 0, 0)),
+    ((3, 0, 2), (4, 0, 0)),
+    ((3, 0, 2), (0, 0, 0), (2, 0, 0)),
+    ((3, 0, 2), (0, 0, 0), (3, 0, 0)),
+)
+#: streams larger than 2x this choose their props on this many bytes from their middle
+PROPS_SAMPLE = 128 * 1024
+
+
+def _tuned_available() -> bool:
+    """liblzma can write LZMA1 without an end marker (>= 5.4), as HDiffPatch's streams are."""
+    from . import lzma_prefix
+
+    return lzma_prefix.exact_size_available()
+
+
+def _lzma_dict_size(size: int) -> int:
+    """The dictionary HDiffPatch's encoder would use: the next 2^n or 3 x 2^n at or above the
+    stream's size, between 4 KiB and ``2 ** _LZMA_WINDOW_LOG``."""
+    cap = 1 << _LZMA_WINDOW_LOG
+    for n in range(12, _LZMA_WINDOW_LOG + 1):
+        for d in (1 << n, 3 << (n - 1)):
+            if d >= size:
+                return min(d, cap)
+    return cap
+
+
+def _lzma_size(data: bytes, props: tuple[int, int, int]) -> int:
+    from . import lzma_prefix
+
+    out: list[bytes] = []
+    lzma_prefix.compress(b"", data, out.append, dict_size=_lzma_dict_size(len(data)), lc=props[0], lp=props[1],
+                         pb=props[2], preset=_LZMA_LEVEL, end_mark=False)
+    return sum(map(len, out))
+
+
+def _lzma_stream(data: bytes, props: tuple[tuple[int, int, int], ...], start: int = 0,
+                 size: int | None = None) -> bytes | None:
+    """The smallest HDIFF13 ``lzma`` encoding of one stream (``data[start:start + size]``, read
+    in place) over ``props``, or None when storing it raw is as small (HDiffPatch's own rule)."""
+    from . import lzma_prefix
+
+    size = len(data) - start if size is None else size
+    best: bytes | None = None
+    dict_size = _lzma_dict_size(size)
+    if len(props) > 1 and size > 2 * PROPS_SAMPLE:
+        sample = data[start + size // 2:start + size // 2 + PROPS_SAMPLE]
+        props = (min(props, key=lambda p: _lzma_size(sample, p)),)
+    for lc, lp, pb in props:
+        out: list[bytes] = []
+        lzma_prefix.compress(b"", data, out.append, dict_size=dict_size, lc=lc, lp=lp, pb=pb,
+                             preset=_LZMA_LEVEL, end_mark=False, start=start, length=size)
+        body = (bytes([_LZMA_PROPS, (pb * 5 + lp) * 9 + lc]) + struct.pack("<I", dict_size) + b"".join(out))
+        if best is None or len(body) < len(best):
+            best = body
+    return best if best is not None and len(best) < size else None
+
+
+def tuned_lzma_patch(old: bytes, new: bytes,
+                     props: tuple[tuple[tuple[int, int, int], ...], ...] = STREAM_PROPS) -> bytes:
+    """An HDIFF13 ``lzma`` patch whose streams each use the best of ``props``."""
+    return b"".join(tuned_lzma_parts(old, new, props))
+
+
+def tuned_lzma_parts(old: bytes, new: bytes, props: tuple[tuple[tuple[int, int, int], ...], ...] = STREAM_PROPS,
+                     ) -> list[bytes | memoryview]:
+    """:func:`tuned_lzma_patch` as the pieces to write one after the other (streams stored raw
+    are views of HDiffPatch's diff, not copies).
+
+    HDiffPatch makes the diff with nothing compressed; each stream is then coded here with
+    liblzma (raw LZMA1, no end marker, as HDiffPatch's plugin writes it).
+    """
+    raw = hdiffpatch.diff(old, new, None, validate=False)
+    header = parse_header(raw[:HEADER_MAX], len(raw))
+    parts: list[bytes | memoryview] = [MAGIC, b"lzma\0", encode_varint(header.new_size),
+                                       encode_varint(header.old_size), encode_varint(header.cover_count)]
+    bodies: list[bytes | memoryview] = []
+    view = memoryview(raw)
+    pos = header.header_size
+    for stream, choices in zip(header.streams, props, strict=True):
+        packed = _lzma_stream(raw, choices, pos, stream.size) if stream.size else None
+        parts += [encode_varint(stream.size), encode_varint(len(packed) if packed is not None else 0)]
+        bodies.append(packed if packed is not None else view[pos:pos + stream.size])
+        pos += stream.size
+    return parts + bodies

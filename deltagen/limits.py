@@ -9,8 +9,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 #: the patch algorithms deltagen knows (recipe ``algorithm`` of a patch)
-Algorithm = Literal["hdiffpatch", "zstd", "bsdiff4"]
-ALGORITHMS: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4")
+Algorithm = Literal["hdiffpatch", "zstd", "bsdiff4", "lzma-from"]
+ALGORITHMS: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from")
 
 #: zstd's largest window (``--long=31``): old + new must fit in it for patch-from.
 ZSTD_WINDOW_LOG_MAX = 31
@@ -45,6 +45,11 @@ class DeltaLimits:
         4.5 when the new file is new data; 128 MiB -> ~1.1 GiB peak in the worker, like
         bsdiff4 at its cap.  Apply: old + patch + decoded streams + 2x new (the output
         and its copy), all bounded by this cap.
+    lzma_from_max_bytes: old + new may not be larger for an lzma-from attempt, on build and
+        on apply.  Build: liblzma's encoder with a dictionary of old + new takes ~11.5 bytes
+        per dictionary byte (binary-tree match finder), plus old + new twice (the inputs and
+        their x86-filtered copies): 64 MiB -> ~0.9 GiB.  Apply: the dictionary (old + new)
+        plus old twice.
     hdiffpatch_compressor: what the streams inside an HDiffPatch patch are compressed
         with when built: "lzma" (smaller) or "zstd" (faster to apply).  Apply reads both.
     patch_algorithms: the patch algorithms ``best_recipes`` may build.  ("zstd",
@@ -67,7 +72,8 @@ class DeltaLimits:
     bundle_member_max_bytes: int = 64 * 1024
     hdiffpatch_max_bytes: int = 128 * MiB
     hdiffpatch_compressor: Literal["lzma", "zstd"] = "lzma"
-    patch_algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4")
+    lzma_from_max_bytes: int = 64 * MiB
+    patch_algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from")
     build_policy: Literal["auto", "exhaustive"] = "auto"
 
     def __post_init__(self) -> None:

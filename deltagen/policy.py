@@ -6,6 +6,10 @@ predictable from the file's content class:
 
 - ``executable`` (ELF, PE, Mach-O): HDiffPatch won 56 of 63 changed files and all but
   0.07% of their bytes; zstd patch-from and bsdiff4 took 5.6x its build time together.
+  Where HDiffPatch's patch is poor (over ``LZMA_FROM_FRACTION`` of the file: code rebuilt
+  with other code generation), lzma-from is built too: it was 10-18% smaller on every such
+  file measured; below 12% it was larger on every file (up to 2x), between 12% and 15%
+  it was a toss-up.
 - ``text`` (no NUL byte, valid UTF-8 in the samples): zstd patch-from won 245 of 246
   files, by ~26% over HDiffPatch; but on large files (``TEXT_HDIFF_BYTES`` and up) zstd
   at level 19 is slow (a 6 MB JavaScript bundle: 6.1 s, against 1.4 s for HDiffPatch,
@@ -60,7 +64,7 @@ class ClassPolicy:
 
 
 POLICIES: dict[FileClass, ClassPolicy] = {
-    "executable": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.5),
+    "executable": ClassPolicy(("hdiffpatch", "lzma-from", "zstd", "bsdiff4"), 0.5),
     "text": ClassPolicy(("zstd", "hdiffpatch", "bsdiff4"), 0.25),
     "compressed": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), None),
     "binary": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.05),
@@ -109,10 +113,17 @@ def patch_order(file_class: FileClass, new_size: int, limits: DeltaLimits) -> tu
     return tuple(a for a in order if a in limits.patch_algorithms)
 
 
+#: lzma-from is built for an executable only when the kept patch is over this fraction of
+#: the target: below it HDiffPatch won on every file measured (benchmarks/exec_bytes.py)
+LZMA_FROM_FRACTION = 0.15
+
+
 def worth_another(file_class: FileClass, kept_size: int | None, target_size: int,
-                  limits: DeltaLimits) -> bool:
-    """Whether to build the next algorithm after one was tried (see the module docstring)."""
+                  limits: DeltaLimits, algorithm: Algorithm | None = None) -> bool:
+    """Whether to build ``algorithm`` (the next one) after one was tried (see the module docstring)."""
     if kept_size is None or limits.build_policy == "exhaustive":
         return True
+    if algorithm == "lzma-from":
+        return kept_size > LZMA_FROM_FRACTION * target_size
     fraction = POLICIES[file_class].runner_up_fraction
     return fraction is not None and kept_size > fraction * target_size

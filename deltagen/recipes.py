@@ -89,6 +89,8 @@ def _candidates(old_size: int, new_size: int, file_class: FileClass,
                     if max(old_size, new_size) > limits.bsdiff_max_bytes else None),
         "hdiffpatch": (f"old or new above hdiffpatch_max_bytes ({limits.hdiffpatch_max_bytes})"
                        if max(old_size, new_size) > limits.hdiffpatch_max_bytes else None),
+        "lzma-from": (f"old + new above lzma_from_max_bytes ({limits.lzma_from_max_bytes})"
+                      if old_size + new_size > limits.lzma_from_max_bytes else None),
     }
     return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)]
 
@@ -134,7 +136,7 @@ def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits
                 log.append(Attempt(algorithm, f"skipped: {skip}"))
                 continue
             if tried and not worth_another(file_class, best.size if best is not None else None,
-                                           target.size, limits):
+                                           target.size, limits, algorithm):
                 log.append(Attempt(algorithm, f"not built: the {file_class} policy keeps "
                                               f"{best.algorithm if best else '-'} ({best.size if best else '-'} B)"))
                 continue

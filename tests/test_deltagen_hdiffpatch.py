@@ -108,6 +108,44 @@ def test_round_trip_and_format(tmp_path: Path, pair: tuple[Path, Path], compress
     assert hdiffpatch.apply(old.read_bytes(), data) == new.read_bytes()
 
 
+def test_lzma_streams_carry_their_own_props(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """deltagen codes each stream with the best of a few lc/lp/pb (hdiff_format.STREAM_PROPS);
+    the patch is still one the library's own patcher (what hpatchz runs) applies."""
+    if not hdiff_format._tuned_available():
+        pytest.skip("liblzma < 5.4: HDiffPatch's own LZMA is used")
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    data = (tmp_path / "p").read_bytes()
+    header, bodies = _parts(data)
+    seen = 0
+    for stream, body, choices in zip(header.streams, bodies, hdiff_format.STREAM_PROPS, strict=True):
+        if stream.compressed:
+            assert body[0] == 5 and body[1] in {(pb * 5 + lp) * 9 + lc for lc, lp, pb in choices}, stream.name
+            seen += 1
+    assert seen >= 1
+    assert hdiffpatch.apply(old.read_bytes(), data) == new.read_bytes()
+    own = hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression=hdiff_format.build_config("lzma"))
+    assert len(data) <= len(own) * 1.01
+    # forced props are what the streams carry, and the patch still applies
+    forced = hdiff_format.tuned_lzma_patch(old.read_bytes(), new.read_bytes(), (((0, 0, 0),),) * 4)
+    header, bodies = _parts(forced)
+    assert all(body[:2] == b"\x05\x00" for s, body in zip(header.streams, bodies, strict=True) if s.compressed)
+    assert hdiffpatch.apply(old.read_bytes(), forced) == new.read_bytes()
+    deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size, blake3_file(new))
+
+
+def test_lzma_stream_keeps_the_smallest_props() -> None:
+    rng = random.Random(5)
+    code = bytes(rng.choice(b"\x00\x01\x02\x03\xff\x48\x89") for _ in range(40_000))   # small: every props built
+    sizes = {p: len(hdiff_format._lzma_stream(code, (p,)) or b"") for p in ((3, 0, 2), (0, 0, 0), (4, 0, 0))}
+    chosen = hdiff_format._lzma_stream(code, tuple(sizes))
+    assert chosen is not None and len(chosen) == min(sizes.values())
+    big = code * 8   # large: chosen on a sample, still one of the candidates
+    chosen = hdiff_format._lzma_stream(big, tuple(sizes))
+    assert chosen is not None and chosen[1] in {(pb * 5 + lp) * 9 + lc for lc, lp, pb in sizes}
+    assert hdiff_format._lzma_stream(rng.randbytes(5000), tuple(sizes)) is None   # stored raw
+
+
 def test_patches_made_by_the_library_with_other_settings_apply(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     old, new = pair
     for compression in (None, "lzma", "zstd", hdiffpatch.LzmaConfig(level=6, window=20),
