@@ -348,3 +348,80 @@ def test_the_all_bundle_is_left_out_when_the_kind_groups_hold_nearly_every_file(
         "all", "python", "other"]
     mixed = [f("a.py"), f("b.py"), f("c.txt"), f("d.so")]  # half the files in no kind group
     assert [c.name for c in deltagen.bundle_candidates(mixed, DeltaLimits())] == ["all", "python"]
+
+
+# ----------------------------------------------------------------------------- issue 15: build time
+
+def test_large_files_get_the_large_compression_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of compress_large_bytes and more are compressed at compress_large_level (17 by
+    default: ~0.6x the time of 19); smaller ones at compress_level; compressed data at 3."""
+    import deltagen.budget as budget
+    from deltagen.recipes import compress_level_for
+    levels: list[int] = []
+    real = budget._run_job
+
+    def spy(job, old_path, new_path, out_path, limits):  # type: ignore[no-untyped-def]
+        if job == "compressed":
+            levels.append(limits.compress_level)
+        return real(job, old_path, new_path, out_path, limits)
+
+    monkeypatch.setattr(budget, "_run_job", spy)
+    rng = random.Random(15)
+    limits = DeltaLimits(compress_large_bytes=200_000)  # builds in this process: old + new <= 1 MiB
+    for name, data in (("small.txt", _text(rng, 2_000).encode()), ("large.txt", _text(rng, 40_000).encode()[:300_000]),
+                       ("large.gz", gzip.compress(rng.randbytes(300_000)))):
+        (tmp_path / name).write_bytes(data)
+        recipes = deltagen.best_recipes(tmp_path / name, tmp_path / name, tmp_path / "w", limits)
+        packed = next((r for r in recipes if r.kind == "compressed"), None)
+        if packed is not None:  # the stock CLI reads the form, whatever its level
+            out = subprocess.run(["zstd", "-d", "-q", "-c", str(packed.path)], capture_output=True, check=True).stdout
+            assert out == data
+    assert (tmp_path / "large.txt").stat().st_size >= 200_000 > (tmp_path / "small.txt").stat().st_size
+    assert levels == [19, 17, 3]
+    assert DeltaLimits().compress_large_bytes == 4 << 20 and DeltaLimits().compress_large_level == 17
+    # never above compress_level: an operator's low level holds for large files too
+    assert compress_level_for("text", 10 << 20, DeltaLimits(compress_level=5)) == 5
+    assert compress_level_for("text", (4 << 20) - 1, DeltaLimits()) == 19
+    assert compress_level_for("executable", 4 << 20, DeltaLimits()) == 17
+    with pytest.raises(ValueError):
+        DeltaLimits(compress_large_level=23)
+
+
+def test_the_frame_floor_is_below_every_real_frame(tmp_path: Path) -> None:
+    """frame_floor is a true lower bound: no bundle of the same bytes is smaller, even of
+    content zstd compresses best (zeros, the same bytes as the base)."""
+    from deltagen.bundles import frame_floor
+    rng = random.Random(16)
+    cases = {"zeros": (bytes(1_000_000), bytes(1_000_000)), "same": (rng.randbytes(700_000),) * 2,
+             "text": (_text(rng, 30_000).encode(),) * 2, "tiny": (b"a" * 600, b"a" * 600)}
+    for name, (old, new) in cases.items():
+        (tmp_path / f"{name}.old").write_bytes(old)
+        (tmp_path / f"{name}.new").write_bytes(new)
+        info = deltagen.build_bundle([tmp_path / f"{name}.old"], [tmp_path / f"{name}.new"],
+                                     tmp_path / f"{name}.zst", DeltaLimits(zstd_level=19))
+        assert frame_floor(len(new)) <= info.size, (name, frame_floor(len(new)), info.size)
+    assert frame_floor(0) == 13 and frame_floor(128 * 1024) == 13 and frame_floor(128 * 1024 + 1) == 17
+
+
+def test_bundles_that_cannot_win_and_patched_executables_are_not_proposed() -> None:
+    """A group whose smallest possible frame is not below its members' per-file offers is
+    not built (typescript: 388 B of patches for 15 MB of JavaScript); an executable (by
+    content class) whose offer is a machine-code patch joins no group, as a library."""
+    def f(path: str, size: int, best_size: int, algorithm: str | None, **extra: object) -> dict[str, object]:
+        return {"target": path.ljust(64, "0"), "path": path, "size": size, "base": None, "base_size": 0,
+                "best_size": best_size, "best_algorithm": algorithm, **extra}
+    big = [f("lib/tsc.js", 6_239_091, 73, "hdiffpatch"), f("lib/typescript.js", 9_144_216, 246, "hdiffpatch"),
+           f("lib/x.js", 3_000, 69, "zstd")]
+    assert deltagen.bundle_candidates(big, DeltaLimits()) == []
+    # with room to win (per-file offers above the floor) the same group is proposed
+    roomy = [dict(x, best_size=5_000) for x in big]
+    assert [c.name for c in deltagen.bundle_candidates(roomy, DeltaLimits())] == ["all"]
+    # "exhaustive" proposes everything, as before
+    assert [c.name for c in deltagen.bundle_candidates(big, DeltaLimits(build_policy="exhaustive"))] == ["all"]
+    programs = [f(f"usr/bin/git-{n}", 2_000_000, 700, "hdiffpatch", **{"class": "executable"}) for n in "abc"]
+    notes = [f("usr/share/a.txt", 9_000, 300, "zstd"), f("usr/share/b.txt", 9_000, 300, "zstd")]
+    chosen = deltagen.bundle_candidates(programs + notes, DeltaLimits())
+    assert {t for c in chosen for t in c.targets} == {n["target"] for n in notes}
+    # without the class (the caller did not look) the programs are not known as machine code
+    unknown = [{k: v for k, v in p.items() if k != "class"} for p in programs]
+    assert len({t for c in deltagen.bundle_candidates(unknown + notes, DeltaLimits()) for t in c.targets}) == 5
