@@ -519,7 +519,7 @@ def is_machine_code(f: Mapping[str, Any]) -> bool:
     """A native library by its name (:func:`file_kind`), or an executable by its content:
     ``f["class"]`` is ``deltagen.policy.classify``'s, when the caller knows it (ELF programs
     have no suffix: git's ten 2 MB programs went into a bundle that lost, 15-45 s)."""
-    return file_kind(f["path"]) == "native" or f.get("class") == "executable"
+    return file_kind(f["path"]) == "native" or bool(f.get("class") == "executable")
 
 
 def frame_floor(content_bytes: int) -> int:
@@ -537,7 +537,7 @@ def cannot_win(group: Sequence[Mapping[str, Any]]) -> bool:
     tie.  Three 6-9 MB JavaScript files with 388 B of patches: a 69 s bundle of 1,587 B."""
     if any("best_size" not in f for f in group):
         return False
-    return frame_floor(sum(f["size"] for f in group)) >= sum(f["best_size"] for f in group)
+    return frame_floor(sum(int(f["size"]) for f in group)) >= sum(int(f["best_size"]) for f in group)
 
 
 @dataclass(frozen=True)
