@@ -425,3 +425,35 @@ def test_bundles_that_cannot_win_and_patched_executables_are_not_proposed() -> N
     # without the class (the caller did not look) the programs are not known as machine code
     unknown = [{k: v for k, v in p.items() if k != "class"} for p in programs]
     assert len({t for c in deltagen.bundle_candidates(unknown + notes, DeltaLimits()) for t in c.targets}) == 5
+
+
+def test_the_server_keeps_patched_programs_out_of_bundles(tmp_path: Path) -> None:
+    """cas.deltas.build_bundles classifies a changed file without a library's name whose best
+    offer is an hdiffpatch patch: an ELF program joins no bundle, the text files still do."""
+    store = tmp_path / "store"
+    r = open_repo(load_config(store, delta_workers=1))
+    init_keys(store, r.meta)
+    r.reload_keys()
+    key = load_private_key(key_path(store, "release"))
+    rng = random.Random(17)
+    program = _elf(rng, 200_000)
+    for v in range(2):
+        tree = tmp_path / f"t{v}"
+        (tree / "bin").mkdir(parents=True)
+        (tree / "share").mkdir()
+        (tree / "bin" / "tool").write_bytes(program if v == 0 else _edit(random.Random(3), program, 5))
+        for name in ("a", "b"):
+            (tree / "share" / f"{name}.txt").write_text(_text(random.Random(name), 300) + f"version {v}\n")
+        scanned = scan_tree(tree)
+        publisher.publish_local(r, scanned, publisher.signed_manifest("app", f"1.{v}", scanned, key))
+        for step in ("testing", "released"):
+            releases.move_status(r, "app", f"1.{v}", step, "test")
+    assert deltas.drain(r) > 0
+    old, new = r.meta.get_release("app", "1.0"), r.meta.get_release("app", "1.1")
+    assert old is not None and new is not None
+    files = {e["path"]: e["blake3"] for e in parse_json(new.manifest)["signed"]["files"] if e["type"] == "file"}
+    offers = r.meta.recipes_for([files["bin/tool"]])[files["bin/tool"]]
+    assert any(o["kind"] == "patch" and o["algorithm"] == "hdiffpatch" for o in offers), offers
+    bundles = r.meta.bundles_for(old.manifest_digest, new.manifest_digest)
+    members = {m["blake3"] for b in bundles for m in b["members"]}
+    assert members == {files["share/a.txt"], files["share/b.txt"]}, bundles
