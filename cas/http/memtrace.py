@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Mapping
 
+from deltagen.budget import release_memory
+
 from ..errors import Invalid
 
 log = logging.getLogger("cas.memtrace")
@@ -113,12 +115,7 @@ def sqlite_memory() -> int | None:
 
 
 def malloc_trim() -> bool:
-    libc = _libc()
-    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if fn is None:
-        return False
-    fn.argtypes = [ctypes.c_size_t]
-    return bool(fn(0))
+    return release_memory()  # glibc malloc_trim(0), in one place (deltagen.budget)
 
 
 def rss_kib() -> int | None:
