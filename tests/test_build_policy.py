@@ -488,3 +488,36 @@ def test_release_memory_gives_freed_heap_back_and_bundles_start_with_it(
     (tmp_path / "new").write_bytes(b"a" * 4000 + b"b" * 1000)
     deltagen.build_bundle([tmp_path / "old"], [tmp_path / "new"], tmp_path / "bundle", FAST)
     assert calls == [True]
+
+
+def test_zstd_patch_builds_free_their_buffers_without_the_cyclic_gc(tmp_path: Path) -> None:
+    """zstd_prefix passes its 1 MiB buffers to libzstd by address: a ctypes.cast made each one
+    part of a reference cycle, freed only when the cyclic GC ran (scikit-learn's builder held
+    418 MiB of them; its peak fell from 521-604 to 251 MiB with the fix)."""
+    import gc
+
+    from deltagen import zstd_prefix
+    if not zstd_prefix.available():
+        pytest.skip("no system libzstd")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096
+
+    rng = random.Random(18)
+    old = rng.randbytes(1 << 20)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(old[:500_000] + rng.randbytes(3_000_000) + old[500_000:])
+    limits = DeltaLimits(zstd_level=1)
+    gc.collect()
+    gc.disable()
+    try:
+        deltagen.make_patch("zstd", tmp_path / "old", tmp_path / "new", tmp_path / "p0", limits)
+        before = rss()
+        for n in range(40):  # 40 x (1 MiB out buffer + 4 input chunks of 1 MiB) if they leaked
+            deltagen.make_patch("zstd", tmp_path / "old", tmp_path / "new", tmp_path / f"p{n}", limits)
+        grown = rss() - before
+    finally:
+        gc.enable()
+    assert grown < 40 << 20, grown
+    assert (tmp_path / "p39").stat().st_size < 3_300_000
