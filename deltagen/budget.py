@@ -19,8 +19,6 @@ a ``BuildCancelled``, and their ``finally`` blocks remove their temp directories
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import resource
@@ -32,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from . import errors
 from .children import child_env, die_with_parent
@@ -195,30 +193,6 @@ def build_before(job: Job, old_path: StrPath | None, new_path: StrPath, out_path
     _run_job(job, old_path, new_path, out_path, limits)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return BuildStats(time.monotonic() - started, peak)
-
-
-def _malloc_trim() -> Any:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_memory() -> bool:
-    """Give the free pages of this process's heap back to the system (glibc ``malloc_trim(0)``);
-    False where there is no glibc or nothing was released.
-
-    A builder that ran many small builds and verifications in its own threads keeps what they
-    freed: the process that built scikit-learn's 598 per-file jobs held 342 MiB when its
-    bundles started, 34 MiB after a trim, and the bundle's level-19 tables came on top of it
-    (the pair's peak: 558 MiB, 424 with the trim).  ``build_bundle`` calls it first."""
-    return bool(_MALLOC_TRIM(0)) if _MALLOC_TRIM is not None else False
 
 
 def own_peak_rss() -> int:

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from . import zstd_prefix
-from .budget import build_memory, memory_gate, release_memory
+from .budget import build_memory, memory_gate
 from .digests import StreamHasher, blake3_file, is_digest
 from .errors import CorruptPatch, DeltaError, DigestMismatch, SizeExceeded, SizeMismatch
 from .limits import DEFAULT_LIMITS, DeltaLimits
@@ -366,7 +366,6 @@ def build_bundle(bases: Sequence[StrPath], targets: Sequence[StrPath], out: StrP
         members.append(BundleMember(digest, offset, size))
         offset += size
     with memory_gate.reserve(build_memory("bundle", prefix_size, total)):  # building and checking
-        release_memory()  # the level-19 tables should not come on top of what earlier builds freed
         _write_bundle(base_list, target_list, prefix_size, total, out, limits)
         try:
             errors: dict[str, str] = {}

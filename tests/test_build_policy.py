@@ -459,37 +459,6 @@ def test_the_server_keeps_patched_programs_out_of_bundles(tmp_path: Path) -> Non
     assert members == {files["share/a.txt"], files["share/b.txt"]}, bundles
 
 
-def test_release_memory_gives_freed_heap_back_and_bundles_start_with_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """deltagen.budget.release_memory (glibc malloc_trim) returns free heap pages that glibc
-    keeps after many small frees; build_bundle calls it before its level-19 frame."""
-    from deltagen import budget, bundles
-
-    def rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * 4096
-
-    def fragment() -> list[bytes]:
-        blocks = [bytes(2048) + bytes([i % 256]) for i in range(40_000)]  # ~80 MiB from malloc
-        return blocks[::64] + [bytes(2048)]  # a few survive, the last block on top of the heap
-
-    survivors: list[list[bytes]] = []
-    worker = threading.Thread(target=lambda: survivors.append(fragment()))  # a thread's arena, as builds
-    worker.start()
-    worker.join()
-    before = rss()
-    assert budget.release_memory() is True
-    assert before - rss() > 40 << 20, (before, rss())
-    assert survivors[0][-1] == bytes(2048)
-
-    calls: list[bool] = []
-    monkeypatch.setattr(bundles, "release_memory", lambda: calls.append(True) or True)
-    (tmp_path / "old").write_bytes(b"a" * 5000)
-    (tmp_path / "new").write_bytes(b"a" * 4000 + b"b" * 1000)
-    deltagen.build_bundle([tmp_path / "old"], [tmp_path / "new"], tmp_path / "bundle", FAST)
-    assert calls == [True]
-
-
 def test_zstd_patch_builds_free_their_buffers_without_the_cyclic_gc(tmp_path: Path) -> None:
     """zstd_prefix passes its 1 MiB buffers to libzstd by address: a ctypes.cast made each one
     part of a reference cycle, freed only when the cyclic GC ran (scikit-learn's builder held

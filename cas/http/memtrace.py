@@ -33,8 +33,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Mapping
 
-from deltagen.budget import release_memory
-
 from ..errors import Invalid
 
 log = logging.getLogger("cas.memtrace")
@@ -115,7 +113,12 @@ def sqlite_memory() -> int | None:
 
 
 def malloc_trim() -> bool:
-    return release_memory()  # glibc malloc_trim(0), in one place (deltagen.budget)
+    libc = _libc()
+    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_size_t]
+    return bool(fn(0))
 
 
 def rss_kib() -> int | None:
