@@ -21,8 +21,10 @@ by side in one run:
   bytes in the store (the index the client also fetches is in the JSON).
 - a ``zstd -19`` tarball of the new tree.
 
-Every measured step runs in its own process; peak memory is its ru_maxrss (the
-largest of deltacas's build workers included).  Prints a table (a row per pair, a totals
+Every measured step runs in its own process; peak memory: deltacas's is the sampled sum
+of its process and its build workers (``TreeRss``, which also records what the peak was
+made of: each process, each worker's job, the jobs running in the main process), the
+others' is GNU time's ``%M``.  ``job_seconds`` holds every per-file job's time.  Prints a table (a row per pair, a totals
 row per kind, the grand total, ratios to OSTree), writes benchmarks/results/peers.json
 (rewritten after every pair, so a run cut short keeps what it measured).
 
@@ -76,6 +78,8 @@ class TreeRss:
     def __init__(self) -> None:
         import threading
         self.peak = 0
+        self.at_peak: dict[str, Any] = {}
+        self.active: dict[int, str] = {}  # thread id -> the job it runs (set by the caller)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,17 +102,40 @@ class TreeRss:
             pass
         return out
 
+    @staticmethod
+    def _what(pid: int) -> str:
+        """A build worker's job (its argv holds the job spec), else the process's name."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            return "?"
+        if b"deltagen.budget" in argv and len(argv) > 3:
+            try:
+                spec = json.loads(argv[3])
+                return f"worker {spec['job']} {os.path.getsize(spec['new']) >> 20} MiB"
+            except (ValueError, KeyError, OSError):
+                return "worker"
+        return "main" if pid == os.getpid() else os.path.basename(argv[0].decode(errors="replace"))
+
     def _sample(self) -> int:
-        total, todo = 0, [os.getpid()]
+        total, todo, parts = 0, [os.getpid()], []
         while todo:
             pid = todo.pop()
-            total += self._rss(pid)
+            rss = self._rss(pid)
+            total += rss
+            parts.append((pid, rss))
             todo += self._children(pid)
+        if total > self.peak:
+            self.peak = total
+            # what the peak was made of: each process, and the jobs the main process ran then
+            self.at_peak = {"processes": [[self._what(pid), rss >> 20] for pid, rss in parts],
+                            "jobs": sorted(self.active.values())}
         return total
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._sample())
+            self._sample()
 
     def __enter__(self) -> TreeRss:
         self._thread.start()
@@ -135,6 +162,7 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
     from casformat.manifest_delta import offered, with_bundles
     from deltagen import best_recipes, build_bundle, bundle_candidates, compress_file
     from deltagen.budget import build_memory, memory_gate
+    from deltagen.bundles import MACHINE_CODE_PATCHES, is_machine_code
     from deltagen.digests import blake3_file
     from deltagen.policy import classify
     from deltagen.recipes import compress_level_for
@@ -156,14 +184,30 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
         # (base, target) pair; largest first, so that the pool's workers finish together.
         jobs = sorted(set(pairs), key=lambda job: -size_of[job[1]])
 
+        timings: list[dict[str, Any]] = []
+
         def run(job: tuple[str, str]) -> list[dict[str, Any]]:
+            import threading
+            me = threading.get_ident()
+            rss.active[me] = f"{'patch' if job[0] else 'compress'} {size_of[job[1]] >> 20} MiB"
+            t0 = time.perf_counter()
+            try:
+                made = run_job(job)
+            finally:
+                del rss.active[me]
+            timings.append({"job": "patch" if job[0] else "compress", "size": size_of[job[1]],
+                            "base_size": size_of.get(job[0], 0), "s": time.perf_counter() - t0,
+                            "made": [[r["kind"], r.get("algorithm"), r["size"]] for r in made]})
+            return made
+
+        def run_job(job: tuple[str, str]) -> list[dict[str, Any]]:
             base, target = job
             if base:
                 return [{**r.to_dict(), "base": base} for r in
                         best_recipes(path_of[base], path_of[target], objects / f"job-{base[:16]}-{target[:16]}",
                                      limits, compressed=False) if r.kind == "patch"]
             out = objects / f"compressed-{target}.tmp"
-            level = compress_level_for(classify(path_of[target]), limits)
+            level = compress_level_for(classify(path_of[target]), size_of[target], limits)
             with memory_gate.reserve(build_memory("compressed", 0, size_of[target])):
                 compress_file(path_of[target], out, level)
             if out.stat().st_size >= size_of[target]:
@@ -189,11 +233,15 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
         recipe_doc = {t: offered(rows.get(t, []), t, e["size"], have) for t, e in wanted.items()}
         per_file_bytes = sum(r[0]["size"] for r in recipe_doc.values())
         files = bundle_inputs(old_files, new_files, pairs, recipe_doc)
+        for f in files:  # as cas.deltas.build_bundles does
+            if f["best_algorithm"] in MACHINE_CODE_PATCHES and not is_machine_code(f):
+                f["class"] = classify(path_of[f["target"]])
         bundles = []
         bundle_build = []
         for cand in bundle_candidates(files, limits):
             if len(cand.targets) < 2:
                 continue
+            rss.active[0] = f"bundle {cand.name}"
             t0 = time.perf_counter()
             info = build_bundle([path_of[b] for b in cand.bases], [path_of[t] for t in cand.targets],
                                 objects / "bundle.tmp", limits)
@@ -202,6 +250,7 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
             bundle_build.append({"name": cand.name, "targets": len(cand.targets), "bases": len(cand.bases),
                                  "size": info.size, "per_file": sum(recipe_doc[t][0]["size"] for t in cand.targets),
                                  "build_s": time.perf_counter() - t0})
+            del rss.active[0]
         doc = with_bundles({"recipes": recipe_doc, "bytes": {"recipes": per_file_bytes}}, bundles, have)
         elapsed = time.perf_counter() - started
     chosen = {t: offers[0] for t, offers in doc["recipes"].items()}
@@ -213,7 +262,11 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
             "changed_bytes": sum(e["size"] for e in wanted.values()), "pairs_built": len(pairs),
             "jobs": len(jobs), "workers": workers, "build_policy": limits.build_policy,
             "bundles": bundle_build, "bytes_by_kind": kinds, "chosen": chosen,
-            "per_file_s": per_file_s, "elapsed_s": elapsed, "peak_rss_bytes": rss.peak}
+            "per_file_s": per_file_s, "elapsed_s": elapsed, "peak_rss_bytes": rss.peak,
+            "at_peak": rss.at_peak, "job_seconds": timings,
+            "compress_s": sum(t["s"] for t in timings if t["job"] == "compress"),
+            "patch_s": sum(t["s"] for t in timings if t["job"] == "patch"),
+            "bundle_s": sum(b["build_s"] for b in bundle_build)}
 
 
 def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], dest: Path) -> dict[str, Any]:
@@ -455,7 +508,10 @@ def measure(pair: Pair, work: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{label}: deltacas {gen['bytes']:,} B (per-file only {gen['per_file_bytes']:,}) in {gen['elapsed_s']:.1f} s, "
-          f"OSTree {ost['bytes']:,} B in {ost['generate_s']:.1f} s", file=sys.stderr, flush=True)
+          f"OSTree {ost['bytes']:,} B in {ost['generate_s']:.1f} s; deltacas job seconds: compress "
+          f"{gen['compress_s']:.1f}, patch {gen['patch_s']:.1f}, bundles {gen['bundle_s']:.1f}; peak "
+          f"{gen['peak_rss_bytes'] >> 20} MiB ({gen['at_peak']}) vs OSTree {ost['generate_peak_rss_bytes'] >> 20} MiB",
+          file=sys.stderr, flush=True)
     return row | {"deltacas": gen, "ostree": ost, "casync": cas, "tar_zstd_bytes": tz}
 
 

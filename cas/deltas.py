@@ -47,6 +47,7 @@ from deltagen import (
     verify_compressed,
 )
 from deltagen.budget import build_before, build_memory, builds_cancelled, cancel_builds, memory_gate
+from deltagen.bundles import MACHINE_CODE_PATCHES, is_machine_code
 from deltagen.digests import blake3_file
 from deltagen.errors import BuildCancelled
 from deltagen.policy import classify
@@ -274,7 +275,7 @@ def build_job(repo: Repo, base: str, target: str, limits: DeltaLimits) -> list[d
             # The same budget as a patch build: a worker process under the time budget
             # (in this process only when small, limits.inprocess_max_bytes).
             with store.local_copy(target) as target_file, memory_gate.reserve(build_memory("compressed", 0, size)):
-                level = compress_level_for(classify(target_file), limits)
+                level = compress_level_for(classify(target_file), size, limits)
                 build_before("compressed", None, target_file, out, dataclasses.replace(limits, compress_level=level),
                              started + limits.time_budget_s)
             verify_compressed(out, size, target, limits)
@@ -322,6 +323,12 @@ def build_bundles(repo: Repo, base: Release, target: Release, limits: DeltaLimit
     offers = {e["blake3"]: offered(recipes.get(e["blake3"], []), e["blake3"], e["size"], have)
               for e in target_files if e["type"] == "file" and e["blake3"] not in have}
     files = bundle_inputs(base_files, target_files, pairs, offers)
+    for f in files:
+        if f["best_algorithm"] in MACHINE_CODE_PATCHES and not is_machine_code(f):
+            # an executable without a library's name (an ELF program) stays out of bundles
+            # like a library: its content class says so (three small samples of the file)
+            with repo.objects.local_copy(f["target"]) as path:
+                f["class"] = classify(path)
     rows: list[dict[str, Any]] = []
     for candidate in bundle_candidates(files, limits):
         if len(candidate.targets) < 2:

@@ -168,17 +168,22 @@ def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def compress_level_for(file_class: FileClass, limits: DeltaLimits) -> int:
+def compress_level_for(file_class: FileClass, size: int, limits: DeltaLimits) -> int:
     """``compress_level``, except for data that is already compressed: level 3 finds what
-    little there is to find (stored archive members) at ~100x the speed of level 19."""
-    return min(limits.compress_level, 3) if file_class == "compressed" else limits.compress_level
+    little there is to find (stored archive members) at ~100x the speed of level 19; and
+    for files of ``compress_large_bytes`` and more, ``compress_large_level`` when lower."""
+    if file_class == "compressed":
+        return min(limits.compress_level, 3)
+    if size >= limits.compress_large_bytes:
+        return min(limits.compress_level, limits.compress_large_level)
+    return limits.compress_level
 
 
 def _build_compressed(new_path: StrPath, target_blake3: str, target_size: int, scratch: Path,
                       limits: DeltaLimits, file_class: FileClass, deadline: float,
                       log: list[Attempt]) -> Recipe | None:
     out = scratch / "compressed.zstd"
-    level = compress_level_for(file_class, limits)
+    level = compress_level_for(file_class, target_size, limits)
     try:
         stats: BuildStats = build_before("compressed", None, new_path, out,
                                          dataclasses.replace(limits, compress_level=level), deadline)

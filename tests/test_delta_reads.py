@@ -169,3 +169,18 @@ def test_a_read_queues_only_the_bases_a_publish_plans(tmp_path: Path) -> None:
             assert read_may_queue(repo, target, base) is allowed, version
     finally:
         repo.meta.close()
+
+
+def test_a_much_smaller_namesake_is_no_base() -> None:
+    """Files with the target's name elsewhere are bases only from 1/8 of its size: git's
+    3.7 MB program is not patched from a 79 KB script that is also called ``git``."""
+    def e(path: str, digest: str, size: int) -> dict[str, object]:
+        return {"path": path, "type": "file", "blake3": digest * 64, "size": size}
+    base = [e("usr/bin/git", "1", 3_700_000), e("usr/share/completions/git", "2", 79_000),
+            e("usr/share/doc/git", "3", 604), e("usr/lib/git-core/git", "4", 3_600_000)]
+    target = [e("usr/bin/git", "9", 3_713_416), e("usr/share/completions/git", "2", 79_000),
+              e("usr/share/doc/git", "3", 604), e("usr/lib/git-core/git", "4", 3_600_000)]
+    assert plan_pairs(base, target, 512) == [("", "9" * 64), ("1" * 64, "9" * 64), ("4" * 64, "9" * 64)]
+    # the file at the same path is a base whatever its size
+    small_same = [e("usr/bin/git", "1", 1_000)]
+    assert plan_pairs(small_same, target[:1], 512) == [("", "9" * 64), ("1" * 64, "9" * 64)]
