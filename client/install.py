@@ -24,9 +24,31 @@ def installed_mode(entry: Mapping[str, Any]) -> int:
     return int(entry["mode"]) & 0o7555
 
 
-def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:
-    """Put ``source``'s bytes at ``dest`` with ``mode``: hardlink when allowed, else copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def make_directories(root: Path, files: Iterable[Mapping[str, Any]]) -> None:
+    """Create every directory the manifest's entries sit in under ``root``, each once, parents
+    first (placing files then needs no ``mkdir`` per file: a tree of thousands of small
+    files spent most of its staging in them).  The paths are the manifest's, already
+    validated (casformat/paths.py): relative, ``/``-separated, no ``..``."""
+    wanted: set[str] = set()
+    for entry in files:
+        parent = entry["path"].rpartition("/")[0]
+        while parent and parent not in wanted:
+            wanted.add(parent)
+            parent = parent.rpartition("/")[0]
+    base = os.fspath(root)
+    for directory in sorted(wanted, key=lambda d: d.count("/")):
+        try:
+            os.mkdir(f"{base}/{directory}")
+        except FileExistsError:
+            if not os.path.isdir(f"{base}/{directory}"):
+                raise
+
+
+def place_file(source: Path, dest: Path, mode: int, link: bool, parents: bool = True) -> None:
+    """Put ``source``'s bytes at ``dest`` with ``mode``: hardlink when allowed, else copy.
+    ``parents=False``: ``dest``'s directory exists (``make_directories``)."""
+    if parents:
+        dest.parent.mkdir(parents=True, exist_ok=True)
     if link and stat.S_IMODE(os.stat(source).st_mode) == mode:
         try:
             os.link(source, dest)
