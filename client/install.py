@@ -36,7 +36,7 @@ def make_directories(root: Path, files: Iterable[Mapping[str, Any]]) -> None:
             wanted.add(parent)
             parent = parent.rpartition("/")[0]
     base = os.fspath(root)
-    for directory in sorted(wanted, key=lambda d: d.count("/")):
+    for directory in sorted(wanted):   # a directory sorts before everything under it
         try:
             os.mkdir(f"{base}/{directory}")
         except FileExistsError:
