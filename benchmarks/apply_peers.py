@@ -139,10 +139,13 @@ def main() -> int:
         b_runs: list[float] = []
         d_runs: list[float] = []
         o_runs: list[dict[str, Any]] = []
-        for _ in range(args.repeat):   # interleaved: the machine's load changes within a run
-            if args.before:
-                b_runs.append(deltacas_apply_once(info, scratch, args.before)["elapsed_s"])
-            d_runs.append(deltacas_apply_once(info, scratch)["elapsed_s"])
+        for i in range(args.repeat):   # interleaved: the machine's load changes within a run
+            # before and after take turns going first (the first after OSTree's run, the other after it)
+            for code in ([args.before, None] if i % 2 == 0 else [None, args.before]):
+                if code is None:
+                    d_runs.append(deltacas_apply_once(info, scratch)["elapsed_s"])
+                elif args.before:
+                    b_runs.append(deltacas_apply_once(info, scratch, code)["elapsed_s"])
             if not args.no_ostree:
                 o_runs.append(ostree_apply_once(info, scratch))
         row = {"deltacas_apply_s": statistics.median(d_runs), "deltacas_runs": d_runs,
@@ -154,9 +157,9 @@ def main() -> int:
             row |= {"ostree_apply_s": statistics.median(r["elapsed_s"] for r in o_runs), "ostree_runs": o_runs}
         report["pairs"][pair.label] = row
         rows.append((pair.name, row))
-        o = f"{row['ostree_apply_s']:.2f}" if o_runs else "-"
-        b = f"{row['before_apply_s']:.2f}" if b_runs else "-"
-        print(f"{pair.label}: apply deltacas {row['deltacas_apply_s']:.2f} s (before: {b}), OSTree {o} s",
+        o_text = f"{row['ostree_apply_s']:.2f}" if o_runs else "-"
+        b_text = f"{row['before_apply_s']:.2f}" if b_runs else "-"
+        print(f"{pair.label}: apply deltacas {row['deltacas_apply_s']:.2f} s (before: {b_text}), OSTree {o_text} s",
               file=sys.stderr, flush=True)
     if args.prepare_only:
         return 0
