@@ -1,6 +1,7 @@
 """Staging: build the new version tree from a plan, verified and made durable, in ``.cas/staging/{v}``.
 
-The first choice of every file (each chosen bundle once) is downloaded in parallel;
+The tree's directories are made first, each once (``make_directories``).  The first
+choice of every file (each chosen bundle once) is downloaded in parallel;
 bundles are rebuilt into ``.cas/downloads/<blake3>``; then every file is placed: a
 local copy is hardlinked (copied when its mode differs), a patch is applied to its
 local base, a compressed object is decompressed, a raw object linked.  A recipe that

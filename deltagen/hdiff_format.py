@@ -22,9 +22,10 @@ hands it a patch it has not checked: :func:`apply_hdiff_patch` parses the header
 (new size equal to the expected size and under the caps, old size equal to the real
 old file's, every stream's size bounded by the new size, stored sizes tiling the file
 exactly, compressor one of the three above), then decompresses each stream itself with
-Python's ``lzma``/``zstandard``, never past the size the header declares (a stream with
-more in it is refused as a bomb), and gives ``hdiffpatch.apply`` the same patch with the
-streams stored raw (compressor ``""``).  HDiffPatch then only walks covers and copies
+Python's ``lzma``/``zstandard`` (the streams side by side on up to ``DECODE_THREADS``
+threads), never past the size the header declares (a stream with more in it is refused
+as a bomb), and gives ``hdiffpatch.apply`` the same patch with the streams stored raw
+(compressor ``""``).  HDiffPatch then only walks covers and copies
 bytes, and checks every cover against the old and new sizes.
 """
 from __future__ import annotations
