@@ -270,17 +270,20 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
 
 
 def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], dest: Path) -> dict[str, Any]:
-    """What the client does once the objects are downloaded (client/stage.py): rebuild and
-    verify each changed file, link the rest, make the tree durable (one syncfs)."""
-    from client.install import fsync_tree
+    """What the client does once the objects are downloaded (client/stage.py): make the
+    tree's directories once, rebuild and verify each changed file, link the rest, make the
+    tree durable (one syncfs)."""
+    from client.install import fsync_tree, make_directories
     from deltagen import apply_bundle, apply_patch, decompress_file
 
     started = time.perf_counter()
     old_files = tree_entries(old)  # a client knows these from its cached manifest
     old_by_digest = {e["blake3"]: old / e["path"] for e in old_files if e["type"] == "file"}
     new_files = json.loads((objects / "new-manifest.json").read_text())
+    new_by_digest = {e["blake3"]: e for e in new_files if e["type"] == "file"}
     started = time.perf_counter()  # manifests are cached on a client: time the rebuild only
     dest.mkdir(parents=True)
+    make_directories(dest, new_files)
     built_dir = dest.parent / (dest.name + ".objects")
     built_dir.mkdir()
     built: dict[str, Path] = {}
@@ -290,7 +293,7 @@ def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], 
     for t, r in chosen.items():
         if t in built:
             continue
-        size = next(e["size"] for e in new_files if e.get("blake3") == t)
+        size = new_by_digest[t]["size"]
         out = built_dir / t
         if r["kind"] == "patch":
             apply_patch(r["algorithm"], old_by_digest[r["base"]], objects / r["object"], out, size, t,
@@ -298,11 +301,11 @@ def deltacas_apply(old: Path, new: Path, objects: Path, chosen: dict[str, Any], 
         elif r["kind"] == "compressed":
             decompress_file(objects / r["object"], out, size, t, durable=False)
         else:
-            shutil.copyfile(new / next(e["path"] for e in new_files if e.get("blake3") == t), out)
+            shutil.copyfile(new / new_by_digest[t]["path"], out)
         built[t] = out
+    root = os.fspath(dest)
     for e in new_files:
-        path = dest / e["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = f"{root}/{e['path']}"
         if e["type"] == "symlink":
             os.symlink(e["target"], path)
             continue

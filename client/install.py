@@ -24,9 +24,31 @@ def installed_mode(entry: Mapping[str, Any]) -> int:
     return int(entry["mode"]) & 0o7555
 
 
-def place_file(source: Path, dest: Path, mode: int, link: bool) -> None:
-    """Put ``source``'s bytes at ``dest`` with ``mode``: hardlink when allowed, else copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def make_directories(root: Path, files: Iterable[Mapping[str, Any]]) -> None:
+    """Create every directory the manifest's entries sit in under ``root``, each once, parents
+    first (placing files then needs no ``mkdir`` per file: a tree of thousands of small
+    files spent most of its staging in them).  The paths are the manifest's, already
+    validated (casformat/paths.py): relative, ``/``-separated, no ``..``."""
+    wanted: set[str] = set()
+    for entry in files:
+        parent = entry["path"].rpartition("/")[0]
+        while parent and parent not in wanted:
+            wanted.add(parent)
+            parent = parent.rpartition("/")[0]
+    base = os.fspath(root)
+    for directory in sorted(wanted):   # a directory sorts before everything under it
+        try:
+            os.mkdir(f"{base}/{directory}")
+        except FileExistsError:
+            if not os.path.isdir(f"{base}/{directory}"):
+                raise
+
+
+def place_file(source: Path, dest: Path, mode: int, link: bool, parents: bool = True) -> None:
+    """Put ``source``'s bytes at ``dest`` with ``mode``: hardlink when allowed, else copy.
+    ``parents=False``: ``dest``'s directory exists (``make_directories``)."""
+    if parents:
+        dest.parent.mkdir(parents=True, exist_ok=True)
     if link and stat.S_IMODE(os.stat(source).st_mode) == mode:
         try:
             os.link(source, dest)
@@ -69,28 +91,35 @@ def tree_problems(root: Path, files: Iterable[Mapping[str, Any]], hashed: bool =
 
     ``hashed``: every file's content was checked against its BLAKE3 as it was placed (the
     staging of an update), so only sizes, modes, links and stray entries are checked here
-    rather than hashing the whole tree a second time."""
+    rather than hashing the whole tree a second time.  One ``lstat`` per entry and plain
+    string paths: this runs over every file of every staged tree."""
     problems: list[str] = []
     expected: set[str] = set()
+    base = os.fspath(root)
     for entry in files:
-        path = root / entry["path"]
-        expected.add(entry["path"])
+        rel = entry["path"]
+        path = f"{base}/{rel}"
+        expected.add(rel)
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):   # missing, or a file where a directory was
+            st = None
         if entry["type"] == "symlink":
-            if not path.is_symlink() or os.readlink(path) != entry["target"]:
-                problems.append(f"{entry['path']}: symlink missing or changed")
+            if st is None or not stat.S_ISLNK(st.st_mode) or os.readlink(path) != entry["target"]:
+                problems.append(f"{rel}: symlink missing or changed")
             continue
-        if path.is_symlink() or not path.is_file():
-            problems.append(f"{entry['path']}: missing")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel}: missing")
             continue
-        st = os.stat(path)
         if st.st_size != entry["size"] or (not hashed and blake3_file(path) != entry["blake3"]):
-            problems.append(f"{entry['path']}: content differs from the manifest")
+            problems.append(f"{rel}: content differs from the manifest")
         elif stat.S_IMODE(st.st_mode) != installed_mode(entry):
-            problems.append(f"{entry['path']}: mode {stat.S_IMODE(st.st_mode):o}, expected "
+            problems.append(f"{rel}: mode {stat.S_IMODE(st.st_mode):o}, expected "
                             f"{installed_mode(entry):o}")
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+    prefix = len(base) + 1
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            rel = os.path.join(dirpath, name)[prefix:]
             if rel not in expected:
                 problems.append(f"{rel}: not in the manifest")
     return problems

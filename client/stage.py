@@ -1,6 +1,7 @@
 """Staging: build the new version tree from a plan, verified and made durable, in ``.cas/staging/{v}``.
 
-The first choice of every file (each chosen bundle once) is downloaded in parallel;
+The tree's directories are made first, each once (``make_directories``).  The first
+choice of every file (each chosen bundle once) is downloaded in parallel;
 bundles are rebuilt into ``.cas/downloads/<blake3>``; then every file is placed: a
 local copy is hardlinked (copied when its mode differs), a patch is applied to its
 local base, a compressed object is decompressed, a raw object linked.  A recipe that
@@ -24,7 +25,7 @@ from deltagen import DeltaError, apply_bundle, apply_patch, decompress_file
 from .chunks import build_chunked
 from .errors import ClientError, DownloadError, InsufficientSpace
 from .faults import crash_point
-from .install import finish_file, fsync_tree, installed_mode, place_file, remove_tree, tree_problems
+from .install import finish_file, fsync_tree, installed_mode, make_directories, place_file, remove_tree, tree_problems
 from .installroot import InstallRoot
 from .log import Log
 from .plan import FilePlan, Plan
@@ -68,6 +69,7 @@ async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping
     staging = layout.staging / signed["version"]
     remove_tree(staging)
     staging.mkdir(parents=True)
+    make_directories(staging, signed["files"])
     await _download_first_choices(fetcher, plan)
     crash_point("after_fetch")
     built = await _apply_bundles(fetcher, plan, layout.downloads, log)
@@ -78,7 +80,7 @@ async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping
         source = file_plan.local if file_plan.local is not None else _bundled(file_plan, built)
         if source is not None:
             files_local += 1
-            place_file(source, dest, installed_mode(file_plan.entry), link=True)
+            place_file(source, dest, installed_mode(file_plan.entry), link=True, parents=False)
             if file_plan.local is None or not dest.stat().st_nlink > 1:
                 written.append(dest)  # a bundle member, or copied (mode differs): needs its fsync
         elif "chunks" in file_plan.entry:
@@ -92,9 +94,7 @@ async def stage_tree(layout: InstallRoot, fetcher: ObjectSource, signed: Mapping
             crash_point("mid_stage")
     for entry in signed["files"]:
         if entry["type"] == "symlink":
-            path = staging / entry["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(entry["target"], path)
+            os.symlink(entry["target"], staging / entry["path"])
     problems = tree_problems(staging, signed["files"], hashed=True)  # each file verified as placed
     if problems:
         raise ClientError("staged tree does not match the signed manifest", detail=problems[:20])

@@ -22,9 +22,10 @@ hands it a patch it has not checked: :func:`apply_hdiff_patch` parses the header
 (new size equal to the expected size and under the caps, old size equal to the real
 old file's, every stream's size bounded by the new size, stored sizes tiling the file
 exactly, compressor one of the three above), then decompresses each stream itself with
-Python's ``lzma``/``zstandard``, never past the size the header declares (a stream with
-more in it is refused as a bomb), and gives ``hdiffpatch.apply`` the same patch with the
-streams stored raw (compressor ``""``).  HDiffPatch then only walks covers and copies
+Python's ``lzma``/``zstandard`` (the streams side by side on up to ``DECODE_THREADS``
+threads), never past the size the header declares (a stream with more in it is refused
+as a bomb), and gives ``hdiffpatch.apply`` the same patch with the streams stored raw
+(compressor ``""``).  HDiffPatch then only walks covers and copies
 bytes, and checks every cover against the old and new sizes.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import lzma
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +62,9 @@ _LZMA_WINDOW_LOG = 24     # build: 16 MiB dictionary at most (shrunk to the stre
 _LZMA_LEVEL = 9
 _ZSTD_LEVEL = 19
 OUT_CHUNK = 1 << 20
+#: apply: the compressed streams of one patch are decoded on this many threads at most
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+PARALLEL_DECODE_MIN = 64 << 10   # below this many compressed bytes, one thread (no pool to start)
 
 
 @dataclass(frozen=True)
@@ -223,21 +228,43 @@ def _decode_zstd(data: bytes, size: int, name: str) -> bytes:
     return out
 
 
+def _decode_stream(compressor: str, data: bytes | memoryview, stream: Stream) -> bytes:
+    decode = _decode_lzma if compressor == "lzma" else _decode_zstd
+    return decode(bytes(data), stream.size, stream.name)
+
+
 def raw_patch(header: HDiffHeader, patch: bytes) -> bytes:
-    """The same patch with every stream decoded and stored raw (compressor ``""``)."""
+    """The same patch with every stream decoded and stored raw (compressor ``""``).
+
+    The compressed streams are decoded side by side on up to ``DECODE_THREADS`` threads
+    (``lzma`` and ``zstandard`` release the GIL while they decode): in a rebuilt shared
+    library the four streams hold comparable shares of the patch (pyarrow's largest:
+    6 / 18 / 41 / 34 %), so two cores decode it in little more than half the time.  Each
+    decode is bounded as before; the memory is the same (every stream is held decoded
+    until they are joined either way)."""
     parts = [MAGIC, b"\0", encode_varint(header.new_size), encode_varint(header.old_size),
              encode_varint(header.cover_count)]
-    bodies = []
+    view = memoryview(patch)
+    slices = []
     pos = header.header_size
     for stream in header.streams:
-        data = patch[pos:pos + stream.stored]
+        slices.append(view[pos:pos + stream.stored])
         pos += stream.stored
-        if stream.compressed:
-            decode = _decode_lzma if header.compressor == "lzma" else _decode_zstd
-            data = decode(data, stream.size, stream.name)
         parts += [encode_varint(stream.size), encode_varint(0)]
-        bodies.append(data)
-    return b"".join(parts + bodies)
+    bodies: list[bytes | memoryview] = list(slices)
+    todo = [i for i, stream in enumerate(header.streams) if stream.compressed]
+    threads = min(DECODE_THREADS, len(todo))
+    if threads > 1 and sum(header.streams[i].compressed for i in todo) >= PARALLEL_DECODE_MIN:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hdiff-decode") as pool:
+            # largest first, so that the threads finish together
+            todo.sort(key=lambda i: -header.streams[i].compressed)
+            futures = {i: pool.submit(_decode_stream, header.compressor, slices[i], header.streams[i]) for i in todo}
+            for i in todo:
+                bodies[i] = futures[i].result()   # the first stream refused raises here (the rest finish)
+    else:
+        for i in todo:
+            bodies[i] = _decode_stream(header.compressor, slices[i], header.streams[i])
+    return b"".join([*parts, *bodies])
 
 
 def build_config(compressor: Compressor) -> hdiffpatch.BaseConfig:

@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import struct
+import threading
 from pathlib import Path
 
 import hdiffpatch
@@ -82,10 +83,10 @@ def _parts(patch: bytes) -> tuple[hdiff_format.HDiffHeader, list[bytes]]:
     return header, bodies
 
 
-def _lzma_stream(data: bytes) -> bytes:
+def _lzma_stream(data: bytes, dict_size: int = 1 << 16) -> bytes:
     """A stream as HDiffPatch stores it: props size, 5 props bytes, raw LZMA1."""
-    filters = [{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 16, "lc": 3, "lp": 0, "pb": 2}]
-    props = bytes([(2 * 5 + 0) * 9 + 3]) + struct.pack("<I", 1 << 16)
+    filters = [{"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}]
+    props = bytes([(2 * 5 + 0) * 9 + 3]) + struct.pack("<I", dict_size)
     return bytes([5]) + props + lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
 
 
@@ -299,6 +300,118 @@ def test_covers_reading_outside_the_old_file_are_refused(tmp_path: Path) -> None
     patch = _build("", 50, 100, 1, [(len(covers), covers, False), (1, b"\x00", False), (0, b"", False),
                                     (0, b"", False)])
     _refused(tmp_path, tmp_path / "old", patch, 50, None, CorruptPatch)
+
+
+# ----------------------------------------------------------------------------- streams decoded in parallel
+
+@pytest.fixture
+def parallel_decode(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every patch's compressed streams decoded on two threads (however small); returns the
+    names of the threads each stream was decoded on."""
+    monkeypatch.setattr(hdiff_format, "PARALLEL_DECODE_MIN", 0)
+    monkeypatch.setattr(hdiff_format, "DECODE_THREADS", 2)
+    threads: list[str] = []
+    decode = hdiff_format._decode_stream
+
+    def spy(*args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return decode(*args)  # type: ignore[arg-type]
+    monkeypatch.setattr(hdiff_format, "_decode_stream", spy)
+    return threads
+
+
+def _relocated_pair() -> tuple[bytes, bytes]:
+    """Old and new like a rebuilt binary: a small add every 97 bytes (relocations) and new
+    text, so that three of the four streams are stored compressed."""
+    rng = random.Random(7)
+    old = b" ".join(rng.choice([b"alpha", b"beta", b"gamma", b"\x00\x01", b"call", b"ret"]) for _ in range(60_000))
+    new = bytearray(old)
+    for i in range(0, len(new) - 8, 97):
+        new[i] = (new[i] + 1) & 0xFF
+    new[len(new) // 2:len(new) // 2] = b"".join(b"line %d of new text\n" % i for i in range(3000))
+    return old, bytes(new)
+
+
+@pytest.fixture
+def relocated(tmp_path: Path) -> tuple[Path, Path]:
+    old, new = _relocated_pair()
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    return tmp_path / "old", tmp_path / "new"
+
+
+@pytest.mark.parametrize("compressor", ["lzma", "zstd"])
+def test_parallel_decode_round_trip(tmp_path: Path, relocated: tuple[Path, Path], compressor: str,
+                                    parallel_decode: list[str]) -> None:
+    old, new = relocated
+    limits = DeltaLimits(hdiffpatch_compressor=compressor)  # type: ignore[arg-type]
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p", limits)
+    header, _ = _parts((tmp_path / "p").read_bytes())
+    digest = deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out",
+                                  new.stat().st_size, blake3_file(new), limits)
+    assert digest == blake3_file(new) and (tmp_path / "out").read_bytes() == new.read_bytes()
+    assert len(parallel_decode) == sum(1 for s in header.streams if s.compressed) >= 2
+    assert all(name.startswith("hdiff-decode") for name in parallel_decode)
+
+
+def test_parallel_decode_refuses_a_bomb_beside_honest_streams(tmp_path: Path, relocated: tuple[Path, Path],
+                                                              parallel_decode: list[str]) -> None:
+    """A real patch with one of its compressed streams swapped for one holding 8-64 MiB more."""
+    old, new = relocated
+    size = new.stat().st_size
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    header, bodies = _parts((tmp_path / "p").read_bytes())
+    _, raw = _parts(hdiff_format.raw_patch(header, (tmp_path / "p").read_bytes()))
+    streams = [(s.size, b, bool(s.compressed)) for s, b in zip(header.streams, bodies)]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    swapped = 0
+    for i, stream in enumerate(header.streams):
+        if not stream.compressed:
+            continue
+        bombed = list(streams)
+        dict_size = 1 << max(12, (stream.size - 1).bit_length())     # what the encoder would pick
+        bombed[i] = (stream.size, _lzma_stream(raw[i] + bytes((64 if i == 3 else 8) << 20), dict_size), True)
+        parallel_decode.clear()
+        err = _refused(tmp_path, old, _build("lzma", size, header.old_size, header.cover_count, bombed), size,
+                       None, CorruptPatch)
+        assert "more in it" in str(err) and len(parallel_decode) >= 2
+        swapped += 1
+        # the same stream with a dictionary "of 4 GiB", then cut short
+        wide = bytearray(bodies[i])
+        wide[2:6] = struct.pack("<I", 0xFFFFFFFF)
+        bombed[i] = (stream.size, bytes(wide), True)
+        _refused(tmp_path, old, _build("lzma", size, header.old_size, header.cover_count, bombed), size, None,
+                 SizeExceeded)
+        bombed[i] = (stream.size, bodies[i][:len(bodies[i]) // 2], True)
+        _refused(tmp_path, old, _build("lzma", size, header.old_size, header.cover_count, bombed), size, None,
+                 CorruptPatch)
+    assert swapped >= 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10   # KiB: nothing big
+
+
+def test_parallel_decode_refuses_truncated_and_mutated_patches(tmp_path: Path, relocated: tuple[Path, Path],
+                                                               parallel_decode: list[str]) -> None:
+    old, new = relocated
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    data = (tmp_path / "p").read_bytes()
+    for cut in (len(data) - 1, len(data) - 2, len(data) // 2, 40):
+        _refused(tmp_path, old, data[:cut], new.stat().st_size, blake3_file(new), CorruptPatch)
+    header, _ = _parts(data)
+    rng = random.Random(5)
+    for _ in range(40):   # flipped bits inside the streams: refused, or (a bit the decoder ignores) exact
+        mutated = bytearray(data)
+        at = rng.randrange(header.header_size, len(data))
+        mutated[at] ^= 1 << rng.randrange(8)
+        (tmp_path / "m").write_bytes(bytes(mutated))
+        try:
+            deltagen.apply_patch("hdiffpatch", old, tmp_path / "m", tmp_path / "out", new.stat().st_size,
+                                 blake3_file(new))
+        except REFUSALS:
+            assert not (tmp_path / "out").exists()
+        else:
+            assert (tmp_path / "out").read_bytes() == new.read_bytes()
+            (tmp_path / "out").unlink()
+    assert len(parallel_decode) > 0
 
 
 # ----------------------------------------------------------------------------- mutation fuzz
