@@ -77,6 +77,11 @@ class Attempt:
     size: int | None = None
 
 
+#: patch algorithms every released cas-client applies; a best patch of another (newer)
+#: algorithm is offered together with the best of these, so a fleet not yet upgraded keeps
+#: getting a patch instead of the compressed file
+OLDER_CLIENT_ALGORITHMS = ("hdiffpatch", "zstd", "bsdiff4")
+
 def _candidates(old_size: int, new_size: int, file_class: FileClass,
                 limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
     """Patch algorithms to consider (the policy's order), each with a reason it is
@@ -130,6 +135,8 @@ def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits
         bar = packed.size if packed is not None else raw.size
         base: str | None = None
         best: Recipe | None = None
+        #: the best patch a client from before lzma-from can apply (kept beside an lzma-from best)
+        older: Recipe | None = None
         tried = False
         for algorithm, skip in _candidates(old_size, target.size, file_class, limits):
             if skip is not None:
@@ -155,11 +162,18 @@ def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits
                 log.append(Attempt(algorithm, f"dropped: {type(exc).__name__}: {exc}"))
                 continue
             log.append(Attempt(algorithm, "verified: smallest so far", size))
+            if best is not None and best.algorithm in OLDER_CLIENT_ALGORITHMS:
+                older = best
             best = Recipe("patch", algorithm, blake3_file(out), size, out, base,
                           stats.elapsed_s, stats.peak_rss_bytes)
         if best is not None:
             log.append(Attempt(best.algorithm or "patch", "kept", best.size))
             kept.append(_publish(best, workdir))
+            if best.algorithm not in OLDER_CLIENT_ALGORITHMS and older is not None:
+                # clients that predate the best's algorithm drop its recipe (unknown
+                # algorithm) and would fall back to the compressed form or the raw file
+                log.append(Attempt(older.algorithm or "patch", "kept for older clients", older.size))
+                kept.append(_publish(older, workdir))
         if packed is not None:
             kept.append(_publish(packed, workdir))
         kept.append(raw)

@@ -320,3 +320,30 @@ def test_best_recipes_keeps_lzma_from_where_it_wins(tmp_path: Path, pair: tuple[
     assert recipes[0].kind == "patch" and recipes[0].algorithm == best
     deltagen.apply_patch(recipes[0].algorithm or "", old, recipes[0].path, tmp_path / "out",
                          new.stat().st_size, blake3_file(new))
+
+
+def test_an_lzma_from_best_comes_with_a_patch_older_clients_apply(tmp_path: Path) -> None:
+    """A client from before lzma-from drops its recipe as unknown: the best patch of the
+    algorithms it knows is kept beside it, so it does not fall back to the whole file."""
+    from deltagen.recipes import OLDER_CLIENT_ALGORITHMS
+    rng = random.Random(5)
+    body = bytearray(rng.randbytes(200_000))
+    changed = bytearray(body)
+    for i in range(0, len(changed), 8):   # a byte in every 8 changed: covers too short for HDiffPatch
+        changed[min(i + rng.randrange(8), len(changed) - 1)] = rng.randrange(256)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_bytes(b"\x7fELF" + bytes(body))
+    new.write_bytes(b"\x7fELF" + bytes(changed))
+    attempts: list[deltagen.Attempt] = []
+    limits = DeltaLimits(zstd_level=3, compress_level=3, build_policy="exhaustive")
+    recipes = deltagen.best_recipes(old, new, tmp_path / "w", limits, attempts)
+    patches = [r for r in recipes if r.kind == "patch"]
+    assert [p.algorithm for p in patches][:1] == ["lzma-from"], attempts   # the fixture is one where it wins
+    assert len(patches) == 2 and patches[1].algorithm in OLDER_CLIENT_ALGORITHMS
+    assert patches[1].size > patches[0].size and patches[1].base == patches[0].base
+    for patch in patches:
+        deltagen.apply_patch(patch.algorithm or "", old, patch.path, tmp_path / f"out-{patch.algorithm}",
+                             new.stat().st_size, blake3_file(new))
+    # where an older algorithm is best, nothing extra is kept
+    same = deltagen.best_recipes(old, old, tmp_path / "w2", DeltaLimits(compress_level=3))
+    assert [r.algorithm for r in same if r.kind == "patch"] in ([], ["hdiffpatch"], ["zstd"], ["bsdiff4"])
