@@ -15,12 +15,12 @@ import httpx
 import pytest
 from conftest import Server, free_port, run_cas, start_server
 from hostile_proxy import FAST_CLIENT, HostileProxy, wait_for_builds
+from nginx_fixture import Nginx, start_nginx
 
 from client.updater import Updater
 from deltagen.digests import blake3_bytes
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
-NGINX = Path("/usr/sbin/nginx")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -183,47 +183,16 @@ def test_client_updates_through_a_mirror_server(upstream: Server, tmp_path: Path
         mirror.stop()
 
 
-def _start_nginx(export_dir: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_nginx(export_dir: Path, workdir: Path) -> Nginx:
+    """nginx running docs/nginx-mirror.conf over an export (tests/nginx_fixture.py)."""
     port = free_port()
     site = (REPO / "docs" / "nginx-mirror.conf").read_text()
     site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     site = site.replace("root /srv/deltacas-mirror;", f"root {export_dir};")
-    (workdir / "site.conf").write_text(site)
-    (workdir / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log {workdir}/access.log;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    include {workdir}/site.conf;
-}}
-""")
-    proc = subprocess.Popen([str(NGINX), "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-                                 f"{(workdir / 'error.log').read_text() if (workdir / 'error.log').exists() else ''}")
-        try:
-            httpx.get(url + "/v1/root.json", timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("nginx did not start")
+    return start_nginx(workdir, site, port)
 
 
 def test_client_updates_through_nginx_serving_an_export(upstream: Server, tmp_path: Path) -> None:
-    assert NGINX.exists(), "nginx is not installed: apt-get install nginx-light (.ci/run does)"
     mirror_store = tmp_path / "mirror"
     export_dir = tmp_path / "export"
     workdir = tmp_path / "nginx"
@@ -234,7 +203,8 @@ def test_client_updates_through_nginx_serving_an_export(upstream: Server, tmp_pa
         run_cas("mirror", "export", str(export_dir), "--store", str(mirror_store))
 
     refresh()
-    proc, url = _start_nginx(export_dir, workdir)
+    nginx = _start_nginx(export_dir, workdir)
+    url = nginx.url
     try:
         with httpx.Client(base_url=url) as http, upstream.client(None) as u:
             assert http.get("/v1/root.json").content == u.get("/v1/root.json").content
@@ -248,8 +218,7 @@ def test_client_updates_through_nginx_serving_an_export(upstream: Server, tmp_pa
             assert obj.headers["etag"] == f'"{digest}"'
         _update_twice(upstream, "static", url, tmp_path / "client", refresh)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
