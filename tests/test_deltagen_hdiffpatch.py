@@ -112,8 +112,8 @@ def test_round_trip_and_format(tmp_path: Path, pair: tuple[Path, Path], compress
 def test_lzma_streams_carry_their_own_props(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     """deltagen codes each stream with the best of a few lc/lp/pb (hdiff_format.STREAM_PROPS);
     the patch is still one the library's own patcher (what hpatchz runs) applies."""
-    if not hdiff_format._tuned_available():
-        pytest.skip("liblzma < 5.4: HDiffPatch's own LZMA is used")
+    # liblzma 5.4+ (Debian 12's liblzma5 is 5.4.1): without it the tuned coding is never taken
+    assert hdiff_format._tuned_available(), "liblzma < 5.4: the per-stream props are never used"
     old, new = pair
     deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
     data = (tmp_path / "p").read_bytes()
@@ -132,6 +132,18 @@ def test_lzma_streams_carry_their_own_props(tmp_path: Path, pair: tuple[Path, Pa
     header, bodies = _parts(forced)
     assert all(body[:2] == b"\x05\x00" for s, body in zip(header.streams, bodies, strict=True) if s.compressed)
     assert hdiffpatch.apply(old.read_bytes(), forced) == new.read_bytes()
+    deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size, blake3_file(new))
+
+
+def test_without_liblzma_5_4_the_library_codes_the_streams(tmp_path: Path, pair: tuple[Path, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an older liblzma the patch is HDiffPatch's own: byte for byte what the library makes."""
+    monkeypatch.setattr(hdiff_format, "_tuned_available", lambda: False)
+    old, new = pair
+    deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p")
+    own = hdiffpatch.diff(old.read_bytes(), new.read_bytes(), compression=hdiff_format.build_config("lzma"),
+                          validate=False)
+    assert (tmp_path / "p").read_bytes() == own
     deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size, blake3_file(new))
 
 
