@@ -3,6 +3,7 @@ real nginx running docs/nginx-production.conf (or -tokens.conf) in front of a re
 that keeps the static document tree (cas/static.py) current."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -454,3 +455,57 @@ def test_the_tree_follows_changes_made_elsewhere_on_either_metadata_backend(
         assert manifest.exists() and channel.exists()
     finally:
         server.stop()
+
+
+def test_the_watcher_exports_once_per_poll_interval_and_refused_writes_do_not_wake_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone may POST (reports, or junk answered 401/404): a refused write wakes nothing, and
+    a flood of accepted ones costs one export per static_tree_poll_seconds, not one each."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from cas.http import statictree
+
+    exports: list[float] = []
+    monkeypatch.setattr(statictree.static, "export", lambda repo: exports.append(time.monotonic()))
+    repo = SimpleNamespace(meta=SimpleNamespace(data_version=lambda: 1),
+                           config=SimpleNamespace(static_tree_poll_seconds=0.2, static_tree_refresh_seconds=3600))
+
+    async def scenario() -> None:
+        watcher = statictree.StaticTreeWatcher(repo)  # type: ignore[arg-type]
+
+        def app_answering(status: int):  # type: ignore[no-untyped-def]
+            async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+                await send({"type": "http.response.start", "status": status, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+            return app
+
+        async def post(status: int) -> None:
+            async def receive():  # type: ignore[no-untyped-def]
+                return {"type": "http.request", "body": b""}
+
+            async def send(message):  # type: ignore[no-untyped-def]
+                pass
+            await statictree.Trigger(app_answering(status), watcher)({"type": "http", "method": "POST"},
+                                                                      receive, send)
+
+        for status in (401, 404, 422, 429):
+            await post(status)
+        assert not watcher.wake.is_set()
+        await post(202)
+        assert watcher.wake.is_set()
+        task = asyncio.create_task(watcher.run())
+        try:
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:   # a write accepted every millisecond
+                await post(202)
+                await asyncio.sleep(0.001)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    assert 4 <= len(exports) <= 9, exports           # 1.5 s at one per 0.2 s, not ~1,000
+    gaps = [b - a for a, b in zip(exports, exports[1:])]
+    assert min(gaps) >= 0.19, gaps
