@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 from starlette.responses import Response
 
-JSON = "application/json"
 #: manifests and delta documents this large or larger go gzipped to a client that accepts it
 GZIP_MIN_BYTES = 1024
 
@@ -23,13 +22,11 @@ def etag_matches(header: str | None, etag: str) -> bool:
 
 
 def accepts_gzip(header: str | None) -> bool:
-    """Whether ``Accept-Encoding`` takes gzip (``gzip`` or ``*`` listed without ``q=0``)."""
-    if not header:
-        return False
-    for item in header.split(","):
-        name, _, params = item.partition(";")
-        if name.strip().lower() in ("gzip", "x-gzip", "*"):
-            q = params.strip().lower().removeprefix("q=").strip() if params.strip().lower().startswith("q=") else "1"
+    """Whether ``Accept-Encoding`` takes gzip (``gzip``, ``x-gzip`` or ``*`` without ``q=0``)."""
+    for item in (header or "").split(","):
+        name, *params = (part.strip().lower() for part in item.split(";"))
+        if name in ("gzip", "x-gzip", "*"):
+            q = next((p[2:].strip() for p in params if p.startswith("q=")), "1")
             try:
                 return float(q) > 0
             except ValueError:
@@ -50,4 +47,4 @@ def document_response(request_headers: Mapping[str, str], body: bytes, etag: str
     if compressible and len(body) >= GZIP_MIN_BYTES and accepts_gzip(request_headers.get("accept-encoding")):
         body = gzip.compress(body, 6, mtime=0)
         headers.update({"Content-Encoding": "gzip", "ETag": "W/" + etag.removeprefix("W/")})
-    return Response(body, media_type=JSON, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)

@@ -16,7 +16,6 @@ from .conditional import document_response
 from .numbers import decimal
 
 IMMUTABLE = "public, max-age=31536000, immutable"
-JSON = "application/json"
 
 
 def _document(request: Request, body: bytes, etag: str, cache: str, compressible: bool = False) -> Response:
