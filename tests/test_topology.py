@@ -23,11 +23,11 @@ from typing import Iterator
 import httpx
 import pytest
 from conftest import ADMIN, PUBLISH, READ, REPORT, free_port, run_cas
+from nginx_fixture import Nginx, start_nginx
 from s3_fixture import S3Server
 
 from fixtures import write_release
 
-NGINX = Path("/usr/sbin/nginx")
 MiB = 1 << 20
 
 
@@ -72,61 +72,35 @@ class Replica:
                 self.proc.wait()
 
 
-def start_nginx(workdir: Path, replicas: list[Replica]) -> tuple[subprocess.Popen[bytes], str]:
-    assert NGINX.exists(), "nginx is not installed: apt-get install nginx-light (.ci/run does)"
+def start_topology_nginx(workdir: Path, replicas: list[Replica]) -> Nginx:
+    """nginx balancing the replicas (tests/nginx_fixture.py runs it), object downloads slowed."""
     port = free_port()
-    servers = "\n".join(f"        server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;" for r in replicas)
-    (workdir / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    log_format up '$request $status $upstream_addr $upstream_status $body_bytes_sent';
-    access_log {workdir}/access.log up;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    upstream deltacas {{
+    servers = "\n".join(f"    server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;" for r in replicas)
+    site = f"""
+upstream deltacas {{
 {servers}
-        keepalive 16;
+    keepalive 16;
+}}
+server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_next_upstream error timeout http_502 http_503;
+    proxy_connect_timeout 2s;
+    location /v1/objects/ {{
+        proxy_pass http://deltacas;
+        proxy_buffering off;
+        limit_rate 512k;            # slow downloads: the kill lands in the middle of one
     }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
-        proxy_request_buffering off;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_next_upstream error timeout http_502 http_503;
-        proxy_connect_timeout 2s;
-        location /v1/objects/ {{
-            proxy_pass http://deltacas;
-            proxy_buffering off;
-            limit_rate 512k;            # slow downloads: the kill lands in the middle of one
-        }}
-        location / {{
-            proxy_pass http://deltacas;
-        }}
+    location / {{
+        proxy_pass http://deltacas;
     }}
 }}
-""")
-    proc = subprocess.Popen([str(NGINX), "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"nginx exited: {(workdir / 'error.log').read_text()}"
-        try:
-            httpx.get(url + "/healthz", timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("nginx did not start")
+"""
+    return start_nginx(workdir, site, port)
 
 
 def client(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -168,12 +142,12 @@ def topology(tmp_path: Path, postgres_url: str, seaweed_server: S3Server
         for r in replicas:
             r.start()
         (tmp_path / "nginx").mkdir()
-        nginx, url = start_nginx(tmp_path / "nginx", replicas)
+        nginx = start_topology_nginx(tmp_path / "nginx", replicas)
+        url = nginx.url
         yield replicas, url, worker, str(stores[0] / "keys" / "release.pem")
     finally:
         if nginx is not None:
-            nginx.terminate()
-            nginx.wait(10)
+            nginx.stop()
         for r in replicas:
             r.stop()
         worker.terminate()
