@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from cas.processes import stop_process
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "deltacas-test", "AWS_SECRET_ACCESS_KEY": "deltacas-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -79,12 +81,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             time.sleep(0.1)
         yield S3Server(endpoint)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

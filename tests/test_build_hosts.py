@@ -23,6 +23,7 @@ import pytest
 from conftest import run_cas
 from s3_fixture import S3Server
 
+from cas.processes import stop_process
 from fixtures import write_release
 
 LEASE = 4.0
@@ -49,13 +50,7 @@ class Worker:
         return f"{self.home.name}:{self.proc.pid}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

@@ -26,6 +26,7 @@ from conftest import ADMIN, PUBLISH, READ, REPORT, free_port, run_cas
 from nginx_fixture import Nginx, start_nginx
 from s3_fixture import S3Server
 
+from cas.processes import stop_process
 from fixtures import write_release
 
 MiB = 1 << 20
@@ -63,13 +64,8 @@ class Replica:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 20)
 
 
 def start_topology_nginx(workdir: Path, replicas: list[Replica]) -> Nginx:
@@ -150,12 +146,7 @@ def topology(tmp_path: Path, postgres_url: str, seaweed_server: S3Server
             nginx.stop()
         for r in replicas:
             r.stop()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, 30)
         worker_log.close()
 
 
