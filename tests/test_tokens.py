@@ -106,3 +106,15 @@ def test_two_tokens_with_one_name_are_refused(tmp_path: Path) -> None:
                                           '{name = "x", scope = "read", token = "b"}]\n')
     with pytest.raises(ValueError, match="two tokens are named"):
         load_config(tmp_path, env={})
+
+
+def test_a_new_secret_never_reads_as_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--token "$(cat t.token)"``: a secret beginning with '-' is taken for an option."""
+    import secrets
+
+    from cas.cli import tokens
+    drawn = iter(["-leading-dash", "--two", "fine-secret"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert tokens.new_secret() == "fine-secret"
+    monkeypatch.undo()
+    assert not any(tokens.new_secret().startswith("-") for _ in range(2000))

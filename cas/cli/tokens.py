@@ -78,6 +78,16 @@ def _describe(entry: Any) -> dict[str, str]:
     return {"name": str(entry.get("name", "")), "scope": str(entry.get("scope", "")), "sha256": str(digest)}
 
 
+def new_secret() -> str:
+    """A random token (``SECRET_BYTES`` of entropy, URL-safe) that never begins with '-': one
+    in 64 did, and ``--token "$(cat ops.token)"`` then read as an option (``cas-client init
+    --report-token``: "expected one argument")."""
+    while True:
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        if not secret.startswith("-"):
+            return secret
+
+
 def cmd_tokens_add(args: argparse.Namespace) -> int:
     """A new random token with a name and a scope; its hash goes to config.toml, the secret is printed once."""
     try:
@@ -90,7 +100,7 @@ def cmd_tokens_add(args: argparse.Namespace) -> int:
     if any(entry.get("name") == name for entry in entries):
         raise Conflict(f"a token named {name!r} exists; remove it first (cas tokens remove {name})",
                        code="token_exists")
-    secret = secrets.token_urlsafe(SECRET_BYTES)
+    secret = new_secret()
     table = tomlkit.table()
     table.add("name", name)
     table.add("scope", args.scope)
