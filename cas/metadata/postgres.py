@@ -181,7 +181,11 @@ class PostgresMetadata(Metadata):
         self._local = threading.local()   # the connection of the transaction this thread is in
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.close_all()   # a refused schema: no pool left for the garbage collector to stop
+            raise
 
     # -- connections: a bounded pool; autocommit outside ``_tx``
     def pool(self) -> ConnectionPool[Any]:
