@@ -139,9 +139,12 @@ def test_a_killed_build_hosts_job_is_built_by_another_after_its_lease(
                    "a claim by the first worker")
         others = [Worker(tmp_path / f"host{i}", config) for i in (1, 2)]
         time.sleep(1.0)
-        held = [j for j in jobs(url) if j[2] == "running" and j[4] == first.owner]
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
+        # What it held is read after it died: before, a bundle job it had just claimed could
+        # still be deferred (waiting for its pair's per-file builds; the attempt not counted)
+        # and then built by another host as its first attempt.
+        held = [j for j in jobs(url) if j[2] == "running" and j[4] == first.owner]
         assert held, "the first worker held no job when killed"
         victims = {(j[0], j[1]) for j in held}
         # Its last renewal was at most a third of a lease ago: half a lease on, nobody took them.
