@@ -5,7 +5,7 @@ Every apply writes through a size-capped, hashing sink: output stops at
 """
 from __future__ import annotations
 
-from . import bsdiff_format, hdiff_format, lzma_from, zstd_frames
+from . import bsdiff_format, gzip_inner, hdiff_format, lzma_from, zstd_frames
 from .errors import DigestMismatch, SizeExceeded, SizeMismatch, UnknownAlgorithm
 from .limits import ALGORITHMS, DEFAULT_LIMITS, Algorithm, DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
@@ -45,18 +45,23 @@ def make_patch(algorithm: Algorithm, old_path: StrPath, new_path: StrPath, out_p
         hdiff_format.make_hdiff_patch(old_path, new_path, out_path, limits)
     elif algorithm == "lzma-from":
         lzma_from.make_lzma_from_patch(old_path, new_path, out_path, limits)
+    elif algorithm == "gzip-inner":
+        gzip_inner.make_gzip_inner_patch(old_path, new_path, out_path, limits)
     else:
         zstd_frames.make_zstd_patch(old_path, new_path, out_path, limits)
 
 
-def _apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
-                sink: HashingSink, expected_size: int, limits: DeltaLimits) -> None:
+def apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
+               sink: HashingSink, expected_size: int, limits: DeltaLimits) -> None:
+    """Apply a patch into ``sink`` (no size or digest check of the result: the callers do it)."""
     if algorithm == "bsdiff4":
         bsdiff_format.apply_bsdiff_patch(old_path, patch_path, sink, expected_size, limits)
     elif algorithm == "hdiffpatch":
         hdiff_format.apply_hdiff_patch(old_path, patch_path, sink, expected_size, limits)
     elif algorithm == "lzma-from":
         lzma_from.apply_lzma_from_patch(old_path, patch_path, sink, expected_size, limits)
+    elif algorithm == "gzip-inner":
+        gzip_inner.apply_gzip_inner_patch(old_path, patch_path, sink, expected_size, limits)
     else:
         zstd_frames.apply_zstd_patch(old_path, patch_path, sink, expected_size)
 
@@ -72,7 +77,7 @@ def apply_patch(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath, ou
     _check_expected(expected_size, limits)
     with atomic_output(out_path, durable=durable) as fh:
         sink = HashingSink(expected_size, fh)
-        _apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
+        apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
         return _check_result(sink, expected_size, expected_blake3)
 
 
@@ -83,7 +88,7 @@ def verify_patch(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
     _check_algorithm(algorithm)
     _check_expected(expected_size, limits)
     sink = HashingSink(expected_size)
-    _apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
+    apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
     _check_result(sink, expected_size, expected_blake3)
 
 
