@@ -25,7 +25,7 @@ Layout (little-endian; 44 bytes of header, then the parts it counts)::
     u64 inner size    the new file's uncompressed size
     u64 new size      the new gzip file's size (the patch's output)
     u32 header size   10..65536: the new file's gzip header (name, mtime, OS ...), verbatim
-    u32 block count   block ends recorded (each < inner size, strictly increasing)
+    u32 block count   block ends recorded (each < inner size, strictly increasing; <= 2**20)
     gzip header bytes
     block count x u64 uncompressed offsets where a DEFLATE block ends (not the last one)
     the inner patch, to the end of the file
@@ -62,6 +62,9 @@ HEADER_SIZE = _HEADER.size
 GZIP_MAGIC = b"\x1f\x8b\x08"
 #: longest gzip header (FEXTRA, FNAME, FCOMMENT) a patch may carry
 GZIP_HEADER_MAX = 1 << 16
+#: most block ends a patch may list (8 MiB of them; GNU gzip and zlib end a block every
+#: 16-32 K symbols, so a 64 MiB file has a few thousand)
+MAX_BLOCKS = 1 << 20
 _GZIP_FLAGS_KNOWN = 0x1F  # FTEXT FHCRC FEXTRA FNAME FCOMMENT
 INNER_ALGORITHMS: dict[int, Algorithm] = {1: "zstd", 2: "hdiffpatch"}
 CHUNK = 1 << 20
@@ -146,8 +149,9 @@ def parse_header(head: bytes, patch_size: int) -> Header:
                            f"strategy {strategy})")
     if not 10 <= gz_size <= GZIP_HEADER_MAX:
         raise CorruptPatch(f"gzip-inner patch declares a {gz_size}-byte gzip header")
-    if count and count >= inner_size:
-        raise CorruptPatch(f"gzip-inner patch declares {count} block ends in {inner_size} bytes")
+    if count and (count >= inner_size or count > MAX_BLOCKS):
+        raise CorruptPatch(f"gzip-inner patch declares {count} block ends in {inner_size} bytes "
+                           f"(at most {MAX_BLOCKS})")
     header = Header(INNER_ALGORITHMS[inner], level, mem_level, strategy, old_size, inner_size, new_size,
                     gz_size, count)
     if header.parts_size >= patch_size:
@@ -376,6 +380,8 @@ def inflate_with_blocks(path: StrPath, out: BinaryIO, max_inner: int) -> GzipLay
                         raise CorruptPatch(f"the gzip file's DEFLATE stream is corrupt (zlib {rc})")
                     if stream.data_type & 128 and stream.total_out and (not ends or ends[-1] != stream.total_out):
                         ends.append(stream.total_out)
+                        if len(ends) > MAX_BLOCKS:
+                            raise DeltaError(f"the gzip file has more than {MAX_BLOCKS} DEFLATE blocks")
                     if stream.avail_in == 0 and stream.avail_out != 0:
                         break
             deflate_size, inner_size = stream.total_in, stream.total_out
