@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from . import hdiff_format, zstd_frames
 from .errors import CorruptPatch, DeltaError, SizeExceeded, SizeMismatch
 from .limits import Algorithm, DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
@@ -271,7 +272,6 @@ def _scratch(near: StrPath) -> Iterator[Path]:
 def apply_gzip_inner_patch(old_path: StrPath, patch_path: StrPath, sink: HashingSink, expected_size: int,
                            limits: DeltaLimits) -> None:
     """Check the header, rebuild the uncompressed target and recompress it into ``sink``."""
-    from .patches import apply_into  # patches dispatches here
     with open(patch_path, "rb") as fh:
         patch_size = os.fstat(fh.fileno()).st_size
         header = parse_header(fh.read(HEADER_SIZE), patch_size)
@@ -287,7 +287,10 @@ def apply_gzip_inner_patch(old_path: StrPath, patch_path: StrPath, sink: Hashing
             deflater = Deflater(header.level, header.mem_level, header.strategy, ends, sink.write)
             inner_sink = HashingSink(header.inner_size, cast(BinaryIO, deflater))
             try:
-                apply_into(header.inner, old_inner, inner_patch, inner_sink, header.inner_size, limits)
+                if header.inner == "zstd":
+                    zstd_frames.apply_zstd_patch(old_inner, inner_patch, inner_sink, header.inner_size)
+                else:
+                    hdiff_format.apply_hdiff_patch(old_inner, inner_patch, inner_sink, header.inner_size, limits)
             except DeltaError as exc:
                 raise type(exc)(f"gzip-inner's inner {header.inner} patch: {exc.message}") from None
             if inner_sink.size != header.inner_size:
@@ -427,7 +430,6 @@ def _reproduces(inner_path: StrPath, gz_path: StrPath, layout: GzipLayout, level
 def make_gzip_inner_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath, limits: DeltaLimits) -> None:
     """Write a gzip-inner patch (atomically), or raise DeltaError when the new file's DEFLATE
     stream cannot be reproduced (or either file is not a single-member gzip file)."""
-    from .patches import make_patch
     if not (is_gzip(old_path) and is_gzip(new_path)):
         raise DeltaError("gzip-inner needs gzip files (old and new)")
     with _scratch(out_path) as tmp:
@@ -445,7 +447,10 @@ def make_gzip_inner_patch(old_path: StrPath, new_path: StrPath, out_path: StrPat
         for code, name in INNER_ALGORITHMS.items():
             candidate = tmp / f"inner.{code}"
             try:
-                make_patch(name, old_inner, new_inner, candidate, limits)
+                if name == "zstd":
+                    zstd_frames.make_zstd_patch(old_inner, new_inner, candidate, limits)
+                else:
+                    hdiff_format.make_hdiff_patch(old_inner, new_inner, candidate, limits)
             except DeltaError as exc:
                 failures.append(f"{name}: {exc}")
                 continue

@@ -51,9 +51,8 @@ def make_patch(algorithm: Algorithm, old_path: StrPath, new_path: StrPath, out_p
         zstd_frames.make_zstd_patch(old_path, new_path, out_path, limits)
 
 
-def apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
-               sink: HashingSink, expected_size: int, limits: DeltaLimits) -> None:
-    """Apply a patch into ``sink`` (no size or digest check of the result: the callers do it)."""
+def _apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
+                sink: HashingSink, expected_size: int, limits: DeltaLimits) -> None:
     if algorithm == "bsdiff4":
         bsdiff_format.apply_bsdiff_patch(old_path, patch_path, sink, expected_size, limits)
     elif algorithm == "hdiffpatch":
@@ -77,7 +76,7 @@ def apply_patch(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath, ou
     _check_expected(expected_size, limits)
     with atomic_output(out_path, durable=durable) as fh:
         sink = HashingSink(expected_size, fh)
-        apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
+        _apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
         return _check_result(sink, expected_size, expected_blake3)
 
 
@@ -88,7 +87,7 @@ def verify_patch(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
     _check_algorithm(algorithm)
     _check_expected(expected_size, limits)
     sink = HashingSink(expected_size)
-    apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
+    _apply_into(algorithm, old_path, patch_path, sink, expected_size, limits)
     _check_result(sink, expected_size, expected_blake3)
 
 

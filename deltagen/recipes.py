@@ -83,18 +83,22 @@ class Attempt:
 #: getting a patch instead of the compressed file
 OLDER_CLIENT_ALGORITHMS = ("hdiffpatch", "zstd", "bsdiff4")
 
+#: gzip-inner does not apply to the pair: it is left out of the candidates (and the log)
+NOT_GZIP = "old and new are not both gzip files"
+
+
 def _gzip_inner_skip(old_path: StrPath, new_path: StrPath, limits: DeltaLimits) -> str | None:
     """Why gzip-inner is not tried for this pair (None: try it): both must be gzip files, and
     their trailers' sizes (a hint; the build checks the real ones) within the cap."""
     if not (gzip_inner.is_gzip(old_path) and gzip_inner.is_gzip(new_path)):
-        return "old and new are not both gzip files"
+        return NOT_GZIP
     if max(gzip_inner.gzip_isize(old_path), gzip_inner.gzip_isize(new_path)) > limits.gzip_inner_max_bytes:
         return f"uncompressed size above gzip_inner_max_bytes ({limits.gzip_inner_max_bytes})"
     return None
 
 
 def _candidates(old_size: int, new_size: int, file_class: FileClass,
-                limits: DeltaLimits, gzip_skip: str | None = "not checked") -> list[tuple[Algorithm, str | None]]:
+                limits: DeltaLimits, gzip_skip: str | None = NOT_GZIP) -> list[tuple[Algorithm, str | None]]:
     """Patch algorithms to consider (the policy's order), each with a reason it is
     skipped (None: try it); ``gzip_skip`` is :func:`_gzip_inner_skip`'s answer."""
     tiny = f"target below tiny_bytes ({limits.tiny_bytes})" if new_size < limits.tiny_bytes else None
@@ -109,7 +113,8 @@ def _candidates(old_size: int, new_size: int, file_class: FileClass,
                       if old_size + new_size > limits.lzma_from_max_bytes else None),
         "gzip-inner": gzip_skip,
     }
-    return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)]
+    return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)
+            if not (algorithm == "gzip-inner" and gzip_skip == NOT_GZIP)]
 
 
 def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
@@ -124,7 +129,7 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
     """
     file_class = classify(new_path)
     old_size, new_size = os.path.getsize(old_path), os.path.getsize(new_path)
-    gzip_skip = _gzip_inner_skip(old_path, new_path, limits) if "gzip-inner" in limits.patch_algorithms else None
+    gzip_skip = _gzip_inner_skip(old_path, new_path, limits) if "gzip-inner" in limits.patch_algorithms else NOT_GZIP
     jobs = [a for a, skip in _candidates(old_size, new_size, file_class, limits, gzip_skip) if skip is None]
     peak = max([build_memory(a, old_size, new_size) for a in jobs] + [build_memory("compressed", 0, new_size)])
     with memory_gate.reserve(peak):  # the builds run one after the other: the largest counts

@@ -182,9 +182,14 @@ def test_targets_it_cannot_reproduce_get_no_patch(tmp_path: Path, what: str) -> 
 
 def test_build_stops_at_gzip_inner_max_bytes(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     old, new = pair
+    limits = DeltaLimits(gzip_inner_max_bytes=100_000)
     with pytest.raises(SizeExceeded, match="gzip_inner_max_bytes"):
-        deltagen.make_patch("gzip-inner", old, new, tmp_path / "p", DeltaLimits(gzip_inner_max_bytes=100_000))
+        deltagen.make_patch("gzip-inner", old, new, tmp_path / "p", limits)
     assert not (tmp_path / "p").exists()
+    attempts: list[Attempt] = []   # best_recipes skips it from the trailers' sizes
+    best_recipes(old, new, tmp_path / "w", limits, attempts)
+    assert [a.outcome for a in attempts if a.name == "gzip-inner"] == [
+        "skipped: uncompressed size above gzip_inner_max_bytes (100000)"], attempts
 
 
 def test_cli_diff_and_apply_without_a_size(tmp_path: Path, pair: tuple[Path, Path]) -> None:
@@ -372,15 +377,16 @@ def test_best_recipes_keeps_gzip_inner_and_a_patch_older_clients_apply(tmp_path:
                              new.stat().st_size, blake3_file(new))
 
 
-def test_best_recipes_skips_gzip_inner_for_other_compressed_files(tmp_path: Path) -> None:
+def test_best_recipes_leaves_gzip_inner_out_for_other_files(tmp_path: Path) -> None:
     rng = random.Random(5)
     old = b"PK\x03\x04" + rng.randbytes(20_000)
     (tmp_path / "old.zip").write_bytes(old)
     (tmp_path / "new.zip").write_bytes(old[:10_000] + rng.randbytes(100) + old[10_000:])
     (tmp_path / "new.gz").write_bytes(python_gzip(NEW_TEXT))
-    for old_path, new_path in ((tmp_path / "old.zip", tmp_path / "new.zip"), (tmp_path / "old.zip",
-                                                                              tmp_path / "new.gz")):
+    (tmp_path / "old.txt").write_bytes(OLD_TEXT)
+    for old_path, new_path in ((tmp_path / "old.zip", tmp_path / "new.zip"), (tmp_path / "old.zip", tmp_path / "new.gz"),
+                               (tmp_path / "old.txt", tmp_path / "new.gz")):
         attempts: list[Attempt] = []
         best_recipes(old_path, new_path, tmp_path / "w", attempts=attempts)
-        assert [a.outcome for a in attempts if a.name == "gzip-inner"] == [
-            "skipped: old and new are not both gzip files"], attempts
+        assert "hdiffpatch" in [a.name for a in attempts]
+        assert "gzip-inner" not in [a.name for a in attempts], attempts   # not even listed as skipped
