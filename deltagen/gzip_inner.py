@@ -33,7 +33,8 @@ Layout (little-endian; 44 bytes of header, then the parts it counts)::
 Apply checks the header before it allocates or decompresses anything: sizes against the
 expected size and ``gzip_inner_max_bytes``, parameters in zlib's ranges, the gzip header
 well formed, the block list inside the patch and ordered.  The old file is decompressed
-as a stream into a temporary file beside the patch, never past its declared size; the
+as a stream into a temporary file beside the patch (or in the system's temporary
+directory), never past its declared size; the
 inner patch is applied through a sink capped at the declared inner size, and its output
 is recompressed as it arrives into the caller's size-capped sink.
 """
@@ -211,7 +212,7 @@ class Deflater:
         view = memoryview(data)
         while len(view):
             room = self._ends[self._next] - self.size if self._next < len(self._ends) else len(view)
-            piece = view[:room]
+            piece = view[:min(room, CHUNK)]  # zlib's output for a piece is held in memory: at most ~1 MiB
             self.crc = zlib.crc32(piece, self.crc)
             self.size += len(piece)
             out = self._zlib.compress(piece)
@@ -265,7 +266,13 @@ def _decompress_old(old_path: StrPath, out: BinaryIO, old_size: int) -> None:
 
 @contextlib.contextmanager
 def _scratch(near: StrPath) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix=".gzip-inner-", dir=os.path.dirname(os.path.abspath(near))) as td:
+    """A temporary directory beside ``near`` (the patch: on the same disk as the download),
+    or in the system's temporary directory when that one cannot be written."""
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix=".gzip-inner-", dir=os.path.dirname(os.path.abspath(near)))
+    except OSError:
+        scratch = tempfile.TemporaryDirectory(prefix="gzip-inner-")
+    with scratch as td:
         yield Path(td)
 
 

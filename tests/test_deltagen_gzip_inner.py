@@ -14,6 +14,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -34,9 +35,10 @@ PHRASES = ["".join(random.Random(n).choice("abcdefghijklmnopqrstuvwxyz    ") for
 
 
 def changelog(seed: int, lines: int) -> bytes:
-    """Text of short random words and phrases repeated at random: many literals between
-    matches, on which GNU gzip ends DEFLATE blocks early (its "is it profitable to end the
-    block here" check every 4096 symbols) where zlib does not."""
+    """Lines of a short random word and one of 300 "phrases" (runs of one letter or space,
+    20-59 long): many literals between matches, on which GNU gzip ends DEFLATE blocks
+    early (its "is it profitable to end the block here" check every 4096 symbols) where
+    zlib does not, and long hash chains (the runs)."""
     rng = random.Random(seed)
     return "".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randrange(2, 6)))
                    + rng.choice(PHRASES) + "\n" for _ in range(lines)).encode()
@@ -190,6 +192,30 @@ def test_build_stops_at_gzip_inner_max_bytes(tmp_path: Path, pair: tuple[Path, P
     best_recipes(old, new, tmp_path / "w", limits, attempts)
     assert [a.outcome for a in attempts if a.name == "gzip-inner"] == [
         "skipped: uncompressed size above gzip_inner_max_bytes (100000)"], attempts
+
+
+def test_scratch_falls_back_to_the_temporary_directory(tmp_path: Path) -> None:
+    """Apply's temporary files go beside the patch, or where the system keeps them when
+    that directory cannot take them."""
+    with gzip_inner._scratch(tmp_path / "p") as beside:
+        assert beside.parent == tmp_path and beside.is_dir()
+    with gzip_inner._scratch(tmp_path / "missing" / "p") as elsewhere:
+        assert elsewhere.parent == Path(tempfile.gettempdir()) and elsewhere.is_dir()
+    assert not beside.exists() and not elsewhere.exists()
+
+
+def test_large_writes_are_recompressed_a_piece_at_a_time(tmp_path: Path) -> None:
+    """One write of several MiB (HDiffPatch's apply hands over the whole file) comes back
+    as pieces of at most ~1 MiB of input each, the same bytes as one zlib pass."""
+    data = changelog(3, 100_000)
+    assert len(data) > 3 * gzip_inner.CHUNK
+    pieces: list[bytes] = []
+    deflater = gzip_inner.Deflater(9, 8, 0, [], pieces.append)
+    deflater.write(data)
+    deflater.finish()
+    plain = zlib.compressobj(9, zlib.DEFLATED, -15, 8)
+    assert b"".join(pieces) == plain.compress(data) + plain.flush() + struct.pack("<II", zlib.crc32(data), len(data))
+    assert len(pieces) > 3
 
 
 def test_cli_diff_and_apply_without_a_size(tmp_path: Path, pair: tuple[Path, Path]) -> None:
