@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import deltagen
 from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch, gzip_inner
+from deltagen.bundles import bundle_candidates
 from deltagen.cli import run
 from deltagen.digests import blake3_bytes, blake3_file
 from deltagen.policy import patch_order, worth_another
@@ -416,3 +417,15 @@ def test_best_recipes_leaves_gzip_inner_out_for_other_files(tmp_path: Path) -> N
         best_recipes(old_path, new_path, tmp_path / "w", attempts=attempts)
         assert "hdiffpatch" in [a.name for a in attempts]
         assert "gzip-inner" not in [a.name for a in attempts], attempts   # not even listed as skipped
+
+
+def test_files_whose_offer_is_gzip_inner_join_no_bundle() -> None:
+    def f(n: int, algorithm: str) -> dict[str, object]:
+        return {"target": f"{n:064x}", "path": f"usr/share/man/man1/p{n}.1.gz", "size": 5_000,
+                "base": f"{n + 100:064x}", "base_size": 5_000, "best_size": 94 if algorithm == "gzip-inner" else 4_900,
+                "best_algorithm": algorithm}
+    files = [f(1, "gzip-inner"), f(2, "gzip-inner"), f(3, "hdiffpatch"), f(4, "hdiffpatch")]
+    chosen = {t for c in bundle_candidates(files, DeltaLimits()) for t in c.targets}
+    assert chosen == {files[2]["target"], files[3]["target"]}
+    exhaustive = {t for c in bundle_candidates(files, DeltaLimits(build_policy="exhaustive")) for t in c.targets}
+    assert exhaustive == {x["target"] for x in files}
