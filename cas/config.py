@@ -118,7 +118,7 @@ class Config:
     delta_hdiffpatch_max_bytes: int = 128 << 20
     delta_zstd_patch_max_bytes: int = 1 << 30
     # which patch algorithms may be built; ["zstd", "bsdiff4"]: only recipes stock zstd/bspatch read
-    delta_patch_algorithms: tuple[str, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from")
+    delta_patch_algorithms: tuple[str, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from", "gzip-inner")
     delta_build_policy: str = "auto"     # "auto" (per file class, deltagen/policy.py) or "exhaustive"
     delta_tiny_bytes: int = 512
     delta_max_attempts: int = 3

@@ -75,6 +75,10 @@ def build_memory(job: Job | Literal["bundle"], old_size: int, new_size: int) -> 
         return 18 * old_size + 3 * new_size + 64 * MiB
     if job == "lzma-from":  # liblzma bt4 ~11.5 B per dictionary byte (old + new), inputs twice
         return 14 * (old_size + new_size) + 64 * MiB
+    if job == "gzip-inner":  # an inner zstd/HDiffPatch build over the uncompressed contents:
+        # assume up to 8x expansion (text), at most gzip_inner_max_bytes' default each
+        inner = min(8 * (old_size + new_size), 128 * MiB)
+        return 6 * inner + 320 * MiB
     if job in ("zstd", "bundle"):
         return 3 * (old_size + new_size) + 320 * MiB
     return 256 * MiB  # compressed: a streamed level-19 pass, window <= 8 MiB

@@ -567,7 +567,8 @@ def bundle_candidates(files: Sequence[Mapping[str, Any]],
     native library by name, or ``class`` "executable")
     whose offer is an hdiffpatch, bsdiff4 or lzma-from patch (a zstd frame does not beat those on
     machine code: on the benchmark corpus such bundles cost up to 860 s each and won
-    once, by 7%), or if that offer is larger than
+    once, by 7%), or if its offer is a gzip-inner patch (a frame of the compressed bytes
+    does not come near a patch of the uncompressed ones), or if that offer is larger than
     ``bundle_member_max_bytes`` (a bundle wins by sharing frame overhead and context
     between small recipes, which large ones do not need).  A group whose bases + targets pass
     ``bundle_max_bytes`` is cut, in order, into consecutive pieces that fit (a single
@@ -578,6 +579,7 @@ def bundle_candidates(files: Sequence[Mapping[str, Any]],
     for f in files:
         if limits.build_policy == "auto" and "best_size" in f and (
                 (f.get("best_algorithm") in MACHINE_CODE_PATCHES and is_machine_code(f))
+                or f.get("best_algorithm") == "gzip-inner"
                 or f["best_size"] > limits.bundle_member_max_bytes):
             continue
         seen_targets.setdefault(f["target"], f)

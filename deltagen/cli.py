@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _declared_size(algorithm: str, patch_path: str) -> int:
     """The output size a patch declares (used only when --size is not given)."""
-    from . import bsdiff_format, hdiff_format, lzma_from, zstd_frames
+    from . import bsdiff_format, gzip_inner, hdiff_format, lzma_from, zstd_frames
     with open(patch_path, "rb") as fh:
         if algorithm == "bsdiff4":
             return bsdiff_format.parse_header(fh.read(bsdiff_format.HEADER_SIZE),
@@ -60,6 +60,8 @@ def _declared_size(algorithm: str, patch_path: str) -> int:
             return hdiff_format.declared_size(fh.read(hdiff_format.HEADER_MAX), os.fstat(fh.fileno()).st_size)
         if algorithm == "lzma-from":
             return lzma_from.declared_size(fh.read(lzma_from.HEADER_SIZE), os.fstat(fh.fileno()).st_size)
+        if algorithm == "gzip-inner":
+            return gzip_inner.declared_size(fh.read(gzip_inner.HEADER_SIZE), os.fstat(fh.fileno()).st_size)
         return zstd_frames.declared_size(fh)
 
 

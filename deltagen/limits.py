@@ -9,8 +9,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 #: the patch algorithms deltagen knows (recipe ``algorithm`` of a patch)
-Algorithm = Literal["hdiffpatch", "zstd", "bsdiff4", "lzma-from"]
-ALGORITHMS: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from")
+Algorithm = Literal["hdiffpatch", "zstd", "bsdiff4", "lzma-from", "gzip-inner"]
+ALGORITHMS: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from", "gzip-inner")
 
 #: zstd's largest window (``--long=31``): old + new must fit in it for patch-from.
 ZSTD_WINDOW_LOG_MAX = 31
@@ -54,6 +54,12 @@ class DeltaLimits:
         per dictionary byte (binary-tree match finder), plus old + new twice (the inputs and
         their x86-filtered copies): 64 MiB -> ~0.9 GiB.  Apply: the dictionary (old + new)
         plus old twice.
+    gzip_inner_max_bytes: neither the old nor the new gzip file's uncompressed contents may
+        be larger for a gzip-inner attempt, on build (decompression stops there: no patch
+        of this kind, the other algorithms still run on the compressed bytes) and on apply
+        (the declared sizes are checked before anything is decompressed).  Build and apply
+        hold the uncompressed files on disk beside the patch, not in memory; the inner
+        patch (zstd patch-from or HDiffPatch) costs what it costs at these sizes.
     hdiffpatch_compressor: what the streams inside an HDiffPatch patch are compressed
         with when built: "lzma" (smaller) or "zstd" (faster to apply).  Apply reads both.
     patch_algorithms: the patch algorithms ``best_recipes`` may build.  ("zstd",
@@ -79,7 +85,8 @@ class DeltaLimits:
     hdiffpatch_max_bytes: int = 128 * MiB
     hdiffpatch_compressor: Literal["lzma", "zstd"] = "lzma"
     lzma_from_max_bytes: int = 64 * MiB
-    patch_algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from")
+    gzip_inner_max_bytes: int = 64 * MiB
+    patch_algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "zstd", "bsdiff4", "lzma-from", "gzip-inner")
     build_policy: Literal["auto", "exhaustive"] = "auto"
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ Every apply writes through a size-capped, hashing sink: output stops at
 """
 from __future__ import annotations
 
-from . import bsdiff_format, hdiff_format, lzma_from, zstd_frames
+from . import bsdiff_format, gzip_inner, hdiff_format, lzma_from, zstd_frames
 from .errors import DigestMismatch, SizeExceeded, SizeMismatch, UnknownAlgorithm
 from .limits import ALGORITHMS, DEFAULT_LIMITS, Algorithm, DeltaLimits
 from .output import HashingSink, StrPath, atomic_output
@@ -45,6 +45,8 @@ def make_patch(algorithm: Algorithm, old_path: StrPath, new_path: StrPath, out_p
         hdiff_format.make_hdiff_patch(old_path, new_path, out_path, limits)
     elif algorithm == "lzma-from":
         lzma_from.make_lzma_from_patch(old_path, new_path, out_path, limits)
+    elif algorithm == "gzip-inner":
+        gzip_inner.make_gzip_inner_patch(old_path, new_path, out_path, limits)
     else:
         zstd_frames.make_zstd_patch(old_path, new_path, out_path, limits)
 
@@ -57,6 +59,8 @@ def _apply_into(algorithm: Algorithm, old_path: StrPath, patch_path: StrPath,
         hdiff_format.apply_hdiff_patch(old_path, patch_path, sink, expected_size, limits)
     elif algorithm == "lzma-from":
         lzma_from.apply_lzma_from_patch(old_path, patch_path, sink, expected_size, limits)
+    elif algorithm == "gzip-inner":
+        gzip_inner.apply_gzip_inner_patch(old_path, patch_path, sink, expected_size, limits)
     else:
         zstd_frames.apply_zstd_patch(old_path, patch_path, sink, expected_size)
 

@@ -16,6 +16,11 @@ predictable from the file's content class:
   whose patch was also smaller), so those get HDiffPatch first.
 - ``compressed`` (a known compressed or image format by its magic, or data zstd cannot
   shrink by 5%): a patch only finds what is byte-identical; HDiffPatch does that fastest.
+  Where old and new are both gzip files, gzip-inner (a patch of the uncompressed contents,
+  recompressed to the same bytes: ``deltagen/gzip_inner.py``) is built after it, whatever
+  HDiffPatch kept: on a changed gzip file HDiffPatch finds little (libssl3's changelog.gz:
+  a 245 KB patch of a 255 KB file), and its patch stays for clients that predate
+  gzip-inner (``recipes.OLDER_CLIENT_ALGORITHMS``).
 - ``binary`` (anything else; on the corpus mostly locale catalogues and small data files):
   no clear winner: HDiffPatch, then zstd patch-from where HDiffPatch's patch is over 5%
   of the file (+0.3% bytes against building both everywhere, 19% less build time).
@@ -66,7 +71,7 @@ class ClassPolicy:
 POLICIES: dict[FileClass, ClassPolicy] = {
     "executable": ClassPolicy(("hdiffpatch", "lzma-from", "zstd", "bsdiff4"), 0.5),
     "text": ClassPolicy(("zstd", "hdiffpatch", "bsdiff4"), 0.25),
-    "compressed": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), None),
+    "compressed": ClassPolicy(("hdiffpatch", "gzip-inner", "zstd", "bsdiff4"), None),
     "binary": ClassPolicy(("hdiffpatch", "zstd", "bsdiff4"), 0.05),
 }
 
@@ -125,5 +130,7 @@ def worth_another(file_class: FileClass, kept_size: int | None, target_size: int
         return True
     if algorithm == "lzma-from":
         return kept_size > LZMA_FROM_FRACTION * target_size
+    if algorithm == "gzip-inner":  # offered only for gzip pairs (recipes._gzip_inner_skip)
+        return True
     fraction = POLICIES[file_class].runner_up_fraction
     return fraction is not None and kept_size > fraction * target_size

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import gzip_inner
 from .budget import BuildStats, build_before, build_memory, memory_gate
 from .digests import blake3_file, file_digest
 from .errors import DeltaError
@@ -82,10 +83,24 @@ class Attempt:
 #: getting a patch instead of the compressed file
 OLDER_CLIENT_ALGORITHMS = ("hdiffpatch", "zstd", "bsdiff4")
 
+#: gzip-inner does not apply to the pair: it is left out of the candidates (and the log)
+NOT_GZIP = "old and new are not both gzip files"
+
+
+def _gzip_inner_skip(old_path: StrPath, new_path: StrPath, limits: DeltaLimits) -> str | None:
+    """Why gzip-inner is not tried for this pair (None: try it): both must be gzip files, and
+    their trailers' sizes (a hint; the build checks the real ones) within the cap."""
+    if not (gzip_inner.is_gzip(old_path) and gzip_inner.is_gzip(new_path)):
+        return NOT_GZIP
+    if max(gzip_inner.gzip_isize(old_path), gzip_inner.gzip_isize(new_path)) > limits.gzip_inner_max_bytes:
+        return f"uncompressed size above gzip_inner_max_bytes ({limits.gzip_inner_max_bytes})"
+    return None
+
+
 def _candidates(old_size: int, new_size: int, file_class: FileClass,
-                limits: DeltaLimits) -> list[tuple[Algorithm, str | None]]:
+                limits: DeltaLimits, gzip_skip: str | None = NOT_GZIP) -> list[tuple[Algorithm, str | None]]:
     """Patch algorithms to consider (the policy's order), each with a reason it is
-    skipped (None: try it)."""
+    skipped (None: try it); ``gzip_skip`` is :func:`_gzip_inner_skip`'s answer."""
     tiny = f"target below tiny_bytes ({limits.tiny_bytes})" if new_size < limits.tiny_bytes else None
     over = {
         "zstd": (f"old + new above zstd_patch_max_bytes ({limits.zstd_patch_max_bytes})"
@@ -96,8 +111,10 @@ def _candidates(old_size: int, new_size: int, file_class: FileClass,
                        if max(old_size, new_size) > limits.hdiffpatch_max_bytes else None),
         "lzma-from": (f"old + new above lzma_from_max_bytes ({limits.lzma_from_max_bytes})"
                       if old_size + new_size > limits.lzma_from_max_bytes else None),
+        "gzip-inner": gzip_skip,
     }
-    return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)]
+    return [(algorithm, tiny or over[algorithm]) for algorithm in patch_order(file_class, new_size, limits)
+            if not (algorithm == "gzip-inner" and gzip_skip == NOT_GZIP)]
 
 
 def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
@@ -112,14 +129,16 @@ def best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath,
     """
     file_class = classify(new_path)
     old_size, new_size = os.path.getsize(old_path), os.path.getsize(new_path)
-    jobs = [a for a, skip in _candidates(old_size, new_size, file_class, limits) if skip is None]
+    gzip_skip = _gzip_inner_skip(old_path, new_path, limits) if "gzip-inner" in limits.patch_algorithms else NOT_GZIP
+    jobs = [a for a, skip in _candidates(old_size, new_size, file_class, limits, gzip_skip) if skip is None]
     peak = max([build_memory(a, old_size, new_size) for a in jobs] + [build_memory("compressed", 0, new_size)])
     with memory_gate.reserve(peak):  # the builds run one after the other: the largest counts
-        return _best_recipes(old_path, new_path, workdir, limits, attempts, compressed, file_class)
+        return _best_recipes(old_path, new_path, workdir, limits, attempts, compressed, file_class, gzip_skip)
 
 
 def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits: DeltaLimits,
-                  attempts: list[Attempt] | None, compressed: bool, file_class: FileClass) -> list[Recipe]:
+                  attempts: list[Attempt] | None, compressed: bool, file_class: FileClass,
+                  gzip_skip: str | None) -> list[Recipe]:
     log = attempts if attempts is not None else []
     target = file_digest(new_path)
     old_size = os.path.getsize(old_path)
@@ -135,10 +154,10 @@ def _best_recipes(old_path: StrPath, new_path: StrPath, workdir: StrPath, limits
         bar = packed.size if packed is not None else raw.size
         base: str | None = None
         best: Recipe | None = None
-        #: the best patch a client from before lzma-from can apply (kept beside an lzma-from best)
+        #: the best patch a client from before lzma-from/gzip-inner can apply (kept beside such a best)
         older: Recipe | None = None
         tried = False
-        for algorithm, skip in _candidates(old_size, target.size, file_class, limits):
+        for algorithm, skip in _candidates(old_size, target.size, file_class, limits, gzip_skip):
             if skip is not None:
                 log.append(Attempt(algorithm, f"skipped: {skip}"))
                 continue
