@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from patch_mutations import Mutation, mutate, mutations
 
 import deltagen
 from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch, gzip_inner
@@ -327,42 +328,20 @@ def test_an_inner_patch_that_makes_more_than_declared_is_refused(tmp_path: Path,
 
 # ----------------------------------------------------------------------------- mutation fuzz
 
-_mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 1 << 30), st.integers(0, 7)),
-    st.tuples(st.just("cut"), st.integers(0, 1 << 30), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 1 << 30), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 1 << 30), st.integers(1, 16)),
-    st.tuples(st.just("byte"), st.integers(0, 80), st.integers(0, 255)),   # the headers and block ends
-)
 
 
-def _mutate(patch: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
-    out = bytearray(patch)
-    for kind, where, arg in mutations:
-        at = where % max(len(out), 1)
-        if kind == "flip" and out:
-            out[at] ^= 1 << arg
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = bytes([arg])
-        elif kind == "delete":
-            del out[at:at + arg]
-        elif kind == "byte" and where < len(out):
-            out[where] = arg
-    return bytes(out)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(mutations=st.lists(_mutation, min_size=1, max_size=4), wrong_old=st.booleans())
+@given(mutations=mutations(80), wrong_old=st.booleans())
 def test_mutated_patches_are_refused_or_exact(tmp_path: Path, made: tuple[Path, bytes, bytes],
-                                              mutations: list[tuple[str, int, int]], wrong_old: bool) -> None:
+                                              mutations: list[Mutation], wrong_old: bool) -> None:
     old, new, patch = made
     d = tmp_path / f"m-{len(list(tmp_path.iterdir()))}"
     d.mkdir()
     (d / "old").write_bytes(gnu_gzip(OLD_TEXT[::-1]) if wrong_old else old.read_bytes())
-    (d / "p").write_bytes(_mutate(patch, mutations))
+    (d / "p").write_bytes(mutate(patch, mutations))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         got = deltagen.apply_patch("gzip-inner", d / "old", d / "p", d / "out", len(new), blake3_bytes(new))

@@ -20,6 +20,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from patch_mutations import Mutation, mutate, mutations
 
 import deltagen
 from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch, hdiff_format
@@ -439,43 +440,21 @@ def _base(compressor: str) -> tuple[bytes, bytes, bytes]:
     return _BASE[compressor]
 
 
-_mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 1 << 30), st.integers(0, 7)),
-    st.tuples(st.just("cut"), st.integers(0, 1 << 30), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 1 << 30), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 1 << 30), st.integers(1, 16)),
-    st.tuples(st.just("byte"), st.integers(0, 40), st.integers(0, 255)),   # the header
-)
 
 
-def _mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
-    out = bytearray(data)
-    for kind, at, arg in mutations:
-        at = at % (len(out) + 1)
-        if kind == "flip" and at < len(out):
-            out[at] ^= 1 << arg
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = bytes([arg])
-        elif kind == "delete":
-            del out[at:at + arg]
-        elif kind == "byte" and at < len(out):
-            out[at] = arg
-    return bytes(out)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(compressor=st.sampled_from(["lzma", "zstd"]), mutations=st.lists(_mutation, min_size=1, max_size=4),
+@given(compressor=st.sampled_from(["lzma", "zstd"]), mutations=mutations(40),
        wrong_old=st.booleans())
 def test_mutated_patches_are_refused_or_exact(tmp_path: Path, compressor: str,
-                                              mutations: list[tuple[str, int, int]], wrong_old: bool) -> None:
+                                              mutations: list[Mutation], wrong_old: bool) -> None:
     old, new, patch = _base(compressor)
     d = tmp_path / f"{compressor}-{len(list(tmp_path.iterdir()))}"
     d.mkdir()
     (d / "old").write_bytes(bytes(b ^ 1 for b in old) if wrong_old else old)
-    (d / "p").write_bytes(_mutate(patch, mutations))
+    (d / "p").write_bytes(mutate(patch, mutations))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         got = deltagen.apply_patch("hdiffpatch", d / "old", d / "p", d / "out", len(new), blake3_bytes(new))

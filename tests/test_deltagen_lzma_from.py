@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from patch_mutations import Mutation, mutate, mutations
 
 import deltagen
 from deltagen import (
@@ -249,42 +250,20 @@ def _base() -> tuple[bytes, bytes, bytes]:
     return _BASE[0]
 
 
-_mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 1 << 30), st.integers(0, 7)),
-    st.tuples(st.just("cut"), st.integers(0, 1 << 30), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 1 << 30), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 1 << 30), st.integers(1, 16)),
-    st.tuples(st.just("byte"), st.integers(0, 40), st.integers(0, 255)),   # the header
-)
 
 
-def _mutate(patch: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
-    out = bytearray(patch)
-    for kind, where, arg in mutations:
-        at = where % max(len(out), 1)
-        if kind == "flip" and out:
-            out[at] ^= 1 << arg
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = bytes([arg])
-        elif kind == "delete":
-            del out[at:at + arg]
-        elif kind == "byte" and where < len(out):
-            out[where] = arg
-    return bytes(out)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(mutations=st.lists(_mutation, min_size=1, max_size=4), wrong_old=st.booleans())
-def test_mutated_patches_are_refused_or_exact(tmp_path: Path, mutations: list[tuple[str, int, int]],
+@given(mutations=mutations(40), wrong_old=st.booleans())
+def test_mutated_patches_are_refused_or_exact(tmp_path: Path, mutations: list[Mutation],
                                               wrong_old: bool) -> None:
     old, new, patch = _base()
     d = tmp_path / f"m-{len(list(tmp_path.iterdir()))}"
     d.mkdir()
     (d / "old").write_bytes(bytes(b ^ 1 for b in old) if wrong_old else old)
-    (d / "p").write_bytes(_mutate(patch, mutations))
+    (d / "p").write_bytes(mutate(patch, mutations))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         got = deltagen.apply_patch("lzma-from", d / "old", d / "p", d / "out", len(new), blake3_bytes(new))

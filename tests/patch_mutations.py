@@ -1,0 +1,38 @@
+"""Byte-level mutations of a patch for the apply paths' fuzz tests (one copy for every
+algorithm): flip a bit, cut the tail, insert or delete bytes anywhere, or set a byte in
+the first ``header`` bytes, where the sizes and counts an apply must check before it
+allocates are."""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+Mutation = tuple[str, int, int]
+
+
+def mutations(header: int) -> st.SearchStrategy[list[Mutation]]:
+    """One to four mutations; ``header``: how many leading bytes the 'byte' mutation targets."""
+    one = st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 1 << 30), st.integers(0, 7)),
+        st.tuples(st.just("cut"), st.integers(0, 1 << 30), st.just(0)),
+        st.tuples(st.just("insert"), st.integers(0, 1 << 30), st.integers(0, 255)),
+        st.tuples(st.just("delete"), st.integers(0, 1 << 30), st.integers(1, 16)),
+        st.tuples(st.just("byte"), st.integers(0, header), st.integers(0, 255)),
+    )
+    return st.lists(one, min_size=1, max_size=4)
+
+
+def mutate(data: bytes, changes: list[Mutation]) -> bytes:
+    out = bytearray(data)
+    for kind, where, arg in changes:
+        at = where % max(len(out), 1)
+        if kind == "flip" and out:
+            out[at] ^= 1 << arg
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = bytes([arg])
+        elif kind == "delete":
+            del out[at:at + arg]
+        elif kind == "byte" and where < len(out):
+            out[where] = arg
+    return bytes(out)
