@@ -1,0 +1,81 @@
+"""What sets the delta builder's peak memory, held to account (issue 15, docs/deltagen.md "Memory").
+
+Each test would fail if a cause measured on the benchmark corpus came back: buffers kept
+alive by reference cycles until the cyclic garbage collector runs, match-finder tables
+sized for a large input on a small one, the HTTP stack imported by the builder.
+"""
+from __future__ import annotations
+
+import gc
+import random
+from pathlib import Path
+
+import deltagen
+from deltagen import DeltaLimits, lzma_prefix
+from deltagen.limits import Algorithm
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+def _without_gc(build: object, runs: int) -> int:
+    """RSS growth over ``runs`` calls of ``build(n)`` with the cyclic GC off, after two warm-up
+    calls (glibc serves the first call's large blocks by mmap and, once they are freed, raises
+    its mmap threshold: the second call's come from the heap, which keeps them for reuse)."""
+    assert callable(build)
+    gc.collect()
+    gc.disable()
+    try:
+        build(-1)
+        build(-2)
+        before = _rss()
+        for n in range(runs):
+            build(n)
+        return _rss() - before
+    finally:
+        gc.enable()
+
+
+def test_lzma_builds_free_their_buffers_without_the_cyclic_gc(tmp_path: Path) -> None:
+    """lzma_prefix passed its 1 MiB output buffer and its options (which held the dictionary:
+    the whole old file) to liblzma through ctypes.cast, which puts the source into a reference
+    cycle: every HDiffPatch build (its streams coded through lzma_prefix, ~12 calls) left
+    ~11 MiB and every lzma-from build its old file + 1 MiB for the collector; two build threads
+    of small files took tzdata's builder from 42 to 118 MiB."""
+    assert lzma_prefix.exact_size_available(), "liblzma >= 5.4 is required (.ci/run installs it)"
+    rng = random.Random(15)
+    old = rng.randbytes(1 << 20)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(old[:700_000] + rng.randbytes(50_000) + old[700_000:])
+    limits = DeltaLimits()
+    algorithms: tuple[Algorithm, ...] = ("hdiffpatch", "lzma-from")
+    for algorithm in algorithms:
+        def build(n: int, algorithm: Algorithm = algorithm) -> None:
+            deltagen.make_patch(algorithm, tmp_path / "old", tmp_path / "new", tmp_path / f"{algorithm}{n}", limits)
+
+        # leaking: hdiffpatch ~11 MiB a build, lzma-from old (1 MiB) + 1 MiB a build
+        grown = _without_gc(build, 12)
+        assert grown < 12 << 20, (algorithm, grown)
+        assert (tmp_path / f"{algorithm}11").stat().st_size < 120_000
+
+
+def test_lzma_prefix_round_trip_without_the_cyclic_gc() -> None:
+    """The same for the raw coder on its own, both directions (a dictionary of 2 MiB)."""
+    rng = random.Random(16)
+    dictionary = rng.randbytes(2 << 20)
+    data = dictionary[1000:200_000] + b"changed" + dictionary[300_000:400_000]
+    coded: list[bytes] = []
+
+    def code(n: int) -> None:
+        out: list[bytes] = []
+        lzma_prefix.compress(dictionary, data, out.append, dict_size=4 << 20, lc=0, lp=0, pb=0, preset=1)
+        coded[:] = [b"".join(out)]
+        decoded = b"".join(lzma_prefix.decompress(dictionary, iter(coded), dict_size=4 << 20, lc=0, lp=0,
+                                                  pb=0, max_output=len(data)))
+        assert decoded == data
+
+    grown = _without_gc(code, 10)  # leaking: 2 MiB dictionary + 2 x 1 MiB buffers a round
+    assert grown < 12 << 20, grown
+    assert len(coded[0]) < 1000
