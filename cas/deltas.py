@@ -46,7 +46,14 @@ from deltagen import (
     bundle_candidates,
     verify_compressed,
 )
-from deltagen.budget import build_before, build_memory, builds_cancelled, cancel_builds, memory_gate
+from deltagen.budget import (
+    build_before,
+    build_memory,
+    builds_cancelled,
+    cancel_builds,
+    memory_gate,
+    return_freed_memory,
+)
 from deltagen.bundles import MACHINE_CODE_PATCHES, is_machine_code
 from deltagen.digests import blake3_file
 from deltagen.errors import BuildCancelled
@@ -492,6 +499,7 @@ class DeltaBuilder:
         self.workers = worker_count(repo)
         self.limits = limits_for(repo)
         memory_gate.set_total(repo.config.delta_memory_bytes)
+        return_freed_memory()  # freed tables and buffers go back to the system (deltagen.budget)
         self.backoff = 0.0  # seconds the builder waits after a database outage, doubled while it lasts
         self._stop = threading.Event()
 
