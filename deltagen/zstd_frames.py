@@ -75,10 +75,23 @@ def make_zstd_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath,
             cctx.copy_stream(src, dst, size=new_size, read_size=CHUNK, write_size=CHUNK)
 
 
+#: a compressed form's hash table has at most 2^COMPRESS_HASH_LOG_MAX entries (levels 17-19
+#: have 2^22 above 256 KiB of input: 16 MiB): 12 MiB less per build, +0.01% bytes measured
+#: (typescript.js at level 17: 1,184,237 -> 1,184,354 B; pyyaml's 2.6 MB library the same bytes)
+COMPRESS_HASH_LOG_MAX = 20
+
+
 def compress_file(src_path: StrPath, out_path: StrPath, level: int = 19) -> None:
-    """zstd-compress a whole file (a plain frame, content size and checksum written)."""
+    """zstd-compress a whole file (a plain frame, content size and checksum written).
+
+    The level's parameters for the file's size (window and tables follow the input: a
+    small file never gets level 19's full-size tables), the hash table capped."""
     size = os.path.getsize(src_path)
-    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+    hash_log = zstandard.ZstdCompressionParameters.from_level(level, source_size=size).hash_log
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=size, hash_log=min(hash_log, COMPRESS_HASH_LOG_MAX),
+        write_content_size=True, write_checksum=True)
+    cctx = zstandard.ZstdCompressor(compression_params=params)
     with open(src_path, "rb") as src, atomic_output(out_path) as dst:
         cctx.copy_stream(src, dst, size=size, read_size=CHUNK, write_size=CHUNK)
 

@@ -178,3 +178,38 @@ def test_a_small_bundle_does_not_allocate_full_size_tables(tmp_path: Path) -> No
     gets tables sized to its input (the level's parameters for the size libzstd is told)."""
     result = _bundle_peak(tmp_path, 5, 64 << 10)
     assert result["peak"] < 24 << 20, result
+
+
+_COMPRESS_PEAK = """
+import sys
+from deltagen import compress_file
+def hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
+before = hwm()
+compress_file(sys.argv[1], sys.argv[1] + ".zst", 19)
+print(hwm() - before)
+"""
+
+
+def test_a_compressed_form_has_tables_for_its_size(tmp_path: Path) -> None:
+    """Level 19 of a 64 KiB file takes ~2 MiB (the parameters for its size); of 1.4 MiB ~24 MiB,
+    its hash table capped at 2^20 entries (36 MiB with level 19's 2^22)."""
+    import os
+    import subprocess
+    import sys
+
+    rng = random.Random(3)
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(4000)]
+    text = b" ".join(rng.choice(words) for _ in range(400_000))
+    for size in (64 << 10, 1_500_000):
+        (tmp_path / str(size)).write_bytes(text[:size])
+    script = tmp_path / "compress_peak.py"
+    script.write_text(_COMPRESS_PEAK)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    peak = {size: int(subprocess.run([sys.executable, str(script), str(tmp_path / str(size))], env=env,
+                                     check=True, capture_output=True, text=True).stdout)
+            for size in (64 << 10, 1_500_000)}
+    assert peak[64 << 10] < 8 << 20, peak
+    assert peak[1_500_000] < 30 << 20, peak
+    assert 0 < (tmp_path / "1500000.zst").stat().st_size < 600_000
