@@ -174,6 +174,9 @@ def compress(dictionary: bytes, data: bytes, write: Callable[[bytes], object], *
         options.reserved_int[2] = length >> 32         # ext_size_high
     stream = _Stream()
     _ret(lib.lzma_raw_encoder(ctypes.byref(stream), _filters(options, filter_id)))
+    # the encoder has copied the dictionary into its own buffer: a caller that passed its only
+    # reference (lzma_from: the old file) gets it freed here, not after the encoding
+    del dict_buf, dictionary
     src = ctypes.c_char_p(data) if length else None
     out = ctypes.create_string_buffer(CHUNK)
     try:
