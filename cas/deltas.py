@@ -561,3 +561,19 @@ class DeltaBuilder:
         """Stop claiming, and end the running builds now (their jobs go back to the queue)."""
         self._stop.set()
         cancel_builds()
+
+
+def run_worker(repo: Repo) -> int:
+    """``cas deltas worker``: build queued deltas until SIGTERM or SIGINT, which end the running
+    builds (their temp directories removed) and hand their jobs back to the queue."""
+    import signal
+
+    logging.basicConfig(level=logging.WARNING, format="cas deltas worker: %(message)s")
+    builder = DeltaBuilder(repo)
+
+    def stop(signum: int, frame: Any) -> None:
+        builder.stop()  # run_forever returns once the builds have cleaned up and released their jobs
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    builder.run_forever()
+    return 0

@@ -213,3 +213,23 @@ def test_a_compressed_form_has_tables_for_its_size(tmp_path: Path) -> None:
     assert peak[64 << 10] < 8 << 20, peak
     assert peak[1_500_000] < 30 << 20, peak
     assert 0 < (tmp_path / "1500000.zst").stat().st_size < 600_000
+
+
+def test_the_delta_worker_does_not_import_the_http_stack() -> None:
+    """``cas serve`` starts its delta builder as ``python -m cas.deltas_worker``: through ``cas.cli``
+    it imported every command group (httpx, rich, pygments, the CMS signing stack) and stood at
+    ~58 MiB before building anything, ~37 MiB without them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import json, sys, cas.deltas_worker\n"
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True,
+                                           text=True).stdout))
+    assert "deltagen" in loaded and "cas" in loaded
+    heavy = {"httpx", "httpcore", "starlette", "uvicorn", "fastapi", "pydantic", "rich", "pygments", "click",
+             "pyasn1", "pyasn1_modules", "tomlkit", "boto3", "botocore", "anyio"}
+    assert not loaded & heavy, sorted(loaded & heavy)
