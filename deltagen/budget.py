@@ -69,7 +69,7 @@ def cancel_builds() -> int:
 
 def build_memory(job: Job | Literal["bundle"], old_size: int, new_size: int) -> int:
     """A generous estimate of a build's peak memory (bytes), measured on this corpus's
-    files (docs/deltagen.md, "Memory"): suffix arrays for hdiffpatch/bsdiff4, window +
+    files (docs/deltagen.md, "Builds side by side, and memory"): suffix arrays for hdiffpatch/bsdiff4, window +
     level-19 match-finder tables for zstd."""
     if job == "hdiffpatch":
         return 6 * (old_size + new_size) + 200 * MiB

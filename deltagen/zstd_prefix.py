@@ -100,7 +100,7 @@ def _check(result: int) -> int:
 @dataclass(frozen=True)
 class Tuning:
     """How the frame is searched.  The default is the zstd CLI's (``--patch-from``, one worker
-    thread); :data:`SINGLE_THREADED` is the bundles' (docs/deltagen.md, "Memory")."""
+    thread); :data:`SINGLE_THREADED` is the bundles' (docs/deltagen.md, "Builds side by side, and memory")."""
 
     workers: int = 1
     target_length: int | None = None   # ZSTD_c_targetLength; None: the level's

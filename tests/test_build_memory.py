@@ -1,4 +1,4 @@
-"""What sets the delta builder's peak memory, held to account (issue 15, docs/deltagen.md "Memory").
+"""What sets the delta builder's peak memory, held to account (issue 15, docs/deltagen.md "Builds side by side, and memory").
 
 Each test would fail if a cause measured on the benchmark corpus came back: buffers kept
 alive by reference cycles until the cyclic garbage collector runs, match-finder tables
@@ -167,7 +167,7 @@ def _bundle_peak(tmp_path: Path, files: int, size: int) -> dict[str, int]:
 def test_a_bundle_holds_its_match_finder_tables_once(tmp_path: Path) -> None:
     """A bundle of 8 MiB over 8 MiB of bases (react-dom's size) is built single-threaded: with
     one zstd worker thread libzstd made a dictionary of the prefix with tables of its own, then
-    the worker's: 189 MiB above the process for react-dom, 91 now (docs/deltagen.md, "Memory")."""
+    the worker's: 189 MiB above the process for react-dom, 91 now (docs/deltagen.md, "Builds side by side, and memory")."""
     result = _bundle_peak(tmp_path, 8, 1 << 20)
     assert result["peak"] < 130 << 20, result
     assert result["size"] < 8 * 20 * 40, result   # 20 edits of 8 bytes per file: a patch, not a copy
