@@ -233,3 +233,36 @@ def test_the_delta_worker_does_not_import_the_http_stack() -> None:
     heavy = {"httpx", "httpcore", "starlette", "uvicorn", "fastapi", "pydantic", "rich", "pygments", "click",
              "pyasn1", "pyasn1_modules", "tomlkit", "boto3", "botocore", "anyio"}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+_PATCH_PEAK = """
+import sys
+from deltagen import make_patch
+def hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
+before = hwm()
+make_patch("zstd", sys.argv[1], sys.argv[2], sys.argv[2] + ".zst")
+print(hwm() - before)
+"""
+
+
+def test_a_small_zstd_patch_has_a_small_hash_table(tmp_path: Path) -> None:
+    """A zstd patch of old + new <= 8 MiB caps its hash table at 2^20 entries
+    (``zstd_frames.PATCH_HASH_LOG_MAX``): 1 MB + 1.1 MB of text took 38 MiB, now 30."""
+    import os
+    import subprocess
+    import sys
+
+    rng = random.Random(5)
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(4000)]
+    text = b" ".join(rng.choice(words) for _ in range(400_000))
+    (tmp_path / "old").write_bytes(text[:1_000_000])
+    (tmp_path / "new").write_bytes(text[:500_000] + b"changed" + text[1_200_000:1_800_000])
+    script = tmp_path / "patch_peak.py"
+    script.write_text(_PATCH_PEAK)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    peak = int(subprocess.run([sys.executable, str(script), str(tmp_path / "old"), str(tmp_path / "new")], env=env,
+                              check=True, capture_output=True, text=True).stdout)
+    assert peak < 34 << 20, peak
+    assert 0 < (tmp_path / "new.zst").stat().st_size < 700_000
