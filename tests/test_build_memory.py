@@ -289,3 +289,21 @@ def test_hdiffpatch_is_imported_when_a_patch_needs_it(tmp_path: Path) -> None:
     assert deltagen.apply_patch("hdiffpatch", tmp_path / "old", tmp_path / "patch", tmp_path / "out",
                                 (tmp_path / "new").stat().st_size) and \
         (tmp_path / "out").read_bytes() == (tmp_path / "new").read_bytes()
+
+
+def test_the_lean_delta_worker_reports_a_bad_store_as_the_cli_does(tmp_path: Path) -> None:
+    """``python -m cas.deltas_worker`` (what ``cas serve`` starts) fails on a store it cannot open
+    with the command line's one error line and exit status, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("not a store")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runs = [subprocess.run([sys.executable, "-m", module, *words, "--store", str(tmp_path / "a-file")], env=env,
+                           capture_output=True, text=True, timeout=30)
+            for module, words in (("cas.deltas_worker", []), ("cas.cli", ["deltas", "worker"]))]
+    for run in runs:
+        assert run.returncode == 1, run
+        assert run.stderr.startswith("cas: error: ") and "Traceback" not in run.stderr, run.stderr
+    assert runs[0].stderr == runs[1].stderr
