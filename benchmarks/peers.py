@@ -161,7 +161,7 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
     from cas.deltaplan import bundle_inputs, plan_pairs
     from casformat.manifest_delta import offered, with_bundles
     from deltagen import best_recipes, build_bundle, bundle_candidates, compress_file
-    from deltagen.budget import build_memory, memory_gate
+    from deltagen.budget import build_memory, memory_gate, return_freed_memory
     from deltagen.bundles import MACHINE_CODE_PATCHES, is_machine_code
     from deltagen.digests import blake3_file
     from deltagen.policy import classify
@@ -170,6 +170,7 @@ def deltacas_generate(old: Path, new: Path, objects: Path) -> dict[str, Any]:
     config = Config(store=objects)
     limits = config.delta_limits()
     memory_gate.set_total(config.delta_memory_bytes)
+    return_freed_memory()  # as cas.deltas.DeltaBuilder does
     workers = config.delta_workers or (os.cpu_count() or 1)
     objects.mkdir(parents=True, exist_ok=True)
     with TreeRss() as rss:

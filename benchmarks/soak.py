@@ -108,7 +108,7 @@ def worker_of(server_pid: int) -> int | None:
             ppid = int(Path(f"/proc/{entry}/stat").read_text().split(") ")[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == server_pid and b"deltas\x00worker" in cmdline:
+        if ppid == server_pid and b"cas.deltas_worker" in cmdline:  # python -m cas.deltas_worker
             return int(entry)
     return None
 

@@ -46,7 +46,14 @@ from deltagen import (
     bundle_candidates,
     verify_compressed,
 )
-from deltagen.budget import build_before, build_memory, builds_cancelled, cancel_builds, memory_gate
+from deltagen.budget import (
+    build_before,
+    build_memory,
+    builds_cancelled,
+    cancel_builds,
+    memory_gate,
+    return_freed_memory,
+)
 from deltagen.bundles import MACHINE_CODE_PATCHES, is_machine_code
 from deltagen.digests import blake3_file
 from deltagen.errors import BuildCancelled
@@ -492,6 +499,7 @@ class DeltaBuilder:
         self.workers = worker_count(repo)
         self.limits = limits_for(repo)
         memory_gate.set_total(repo.config.delta_memory_bytes)
+        return_freed_memory()  # freed tables and buffers go back to the system (deltagen.budget)
         self.backoff = 0.0  # seconds the builder waits after a database outage, doubled while it lasts
         self._stop = threading.Event()
 
@@ -553,3 +561,19 @@ class DeltaBuilder:
         """Stop claiming, and end the running builds now (their jobs go back to the queue)."""
         self._stop.set()
         cancel_builds()
+
+
+def run_worker(repo: Repo) -> int:
+    """``cas deltas worker``: build queued deltas until SIGTERM or SIGINT, which end the running
+    builds (their temp directories removed) and hand their jobs back to the queue."""
+    import signal
+
+    logging.basicConfig(level=logging.WARNING, format="cas deltas worker: %(message)s")
+    builder = DeltaBuilder(repo)
+
+    def stop(signum: int, frame: Any) -> None:
+        builder.stop()  # run_forever returns once the builds have cleaned up and released their jobs
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    builder.run_forever()
+    return 0

@@ -150,7 +150,12 @@ def make_lzma_from_patch(old_path: StrPath, new_path: StrPath, out_path: StrPath
     with atomic_output(out_path) as dst:
         dst.write(_HEADER.pack(MAGIC, flags, (PB * 5 + LP) * 9 + LC, dict_size, old_size, new_size, 0))
         try:
-            lzma_prefix.compress(old, new, dst.write, dict_size=dict_size, lc=LC, lp=LP, pb=PB, preset=PRESET)
+            # the encoder copies the old file into its dictionary: hand it the only reference, so
+            # that this copy is freed once it has (pydantic-core's 4.6 MB library: 4.6 MB less)
+            only = [old]
+            del old
+            lzma_prefix.compress(only.pop(), new, dst.write, dict_size=dict_size, lc=LC, lp=LP, pb=PB,
+                                 preset=PRESET)
         except lzma_prefix.LzmaError as exc:
             raise DeltaError(f"lzma-from: {exc}") from None
 

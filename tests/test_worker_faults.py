@@ -50,7 +50,7 @@ def _procs(marker: bytes) -> list[int]:
 
 
 def _worker_of(server_pid: int) -> int | None:
-    for pid in _procs(b"deltas\x00worker"):
+    for pid in _procs(b"cas.deltas_worker"):  # cas serve starts it as python -m cas.deltas_worker
         with open(f"/proc/{pid}/stat") as fh:
             if int(fh.read().split(") ")[1].split()[1]) == server_pid:
                 return pid

@@ -7,6 +7,19 @@ One module per command group (``serve``, ``keys``, ``publish``, ``release``, ``c
 """
 from __future__ import annotations
 
-from .main import build_parser, main
+import argparse
 
 __all__ = ["build_parser", "main"]
+
+
+# ``cas.cli.main`` imports every command group (httpx, rich, the CMS stack...): imported when a
+# command runs, not with the package, so that a process using one module of it (the server's
+# delta worker, ``cas.deltas_worker``, reports errors with ``command.report_error``) stays lean.
+def main(argv: list[str] | None = None) -> int:
+    from .main import main as run
+    return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .main import build_parser as build
+    return build()

@@ -58,20 +58,11 @@ def cmd_deltas_worker(args: argparse.Namespace) -> int:
     """Build queued deltas until SIGTERM, which ends the running builds (their temp
     directories removed) and hands their jobs back to the queue.
 
-    Started by ``cas serve``, it dies with the server (``deltagen.children``); only one
+    Started by ``cas serve`` (as ``python -m cas.deltas_worker``, the same without the
+    command line's imports), it dies with the server (``deltagen.children``); only one
     worker builds per store at a time (``deltas.worker_lock``), a second one waits."""
-    import logging
-    import signal
     die_with_parent()
-    logging.basicConfig(level=logging.WARNING, format="cas deltas worker: %(message)s")
-    builder = deltas.DeltaBuilder(local_repo(args))
-
-    def stop(signum: int, frame: Any) -> None:
-        builder.stop()  # run_forever returns once the builds have cleaned up and released their jobs
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    builder.run_forever()
-    return 0
+    return deltas.run_worker(local_repo(args))
 
 
 def register(sub: Subcommands) -> None:

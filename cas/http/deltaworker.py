@@ -33,7 +33,7 @@ class DeltaWorkerProcess:
         env = child_env({**os.environ, "CAS_STORE": str(self.repo.config.store)})
         if self.repo.config.metadata_url:  # also when it came from --config, which the child does not read
             env["CAS_METADATA_URL"] = self.repo.config.metadata_url
-        self.proc = subprocess.Popen([sys.executable, "-m", "cas.cli", "deltas", "worker",
+        self.proc = subprocess.Popen([sys.executable, "-m", "cas.deltas_worker",  # cas deltas worker, lean
                                       "--store", str(self.repo.config.store)], env=env)
 
     def supervise(self) -> None:
