@@ -84,11 +84,17 @@ def _parts(patch: bytes) -> tuple[hdiff_format.HDiffHeader, list[bytes]]:
     return header, bodies
 
 
-def _lzma_stream(data: bytes, dict_size: int = 1 << 16) -> bytes:
-    """A stream as HDiffPatch stores it: props size, 5 props bytes, raw LZMA1."""
+def _lzma_stream(data: bytes, dict_size: int = 1 << 16, zeros: int = 0) -> bytes:
+    """A stream as HDiffPatch stores it: props size, 5 props bytes, raw LZMA1; of ``data``
+    and ``zeros`` zero bytes after it, fed 1 MiB at a time (a bomb is never whole in memory)."""
     filters = [{"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}]
     props = bytes([(2 * 5 + 0) * 9 + 3]) + struct.pack("<I", dict_size)
-    return bytes([5]) + props + lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+    encoder = lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=filters)
+    parts = [encoder.compress(data)]
+    block = bytes(1 << 20)
+    for start in range(0, zeros, len(block)):
+        parts.append(encoder.compress(block[:zeros - start]))
+    return bytes([5]) + props + b"".join(parts) + encoder.flush()
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -383,7 +389,7 @@ def test_parallel_decode_refuses_a_bomb_beside_honest_streams(tmp_path: Path, re
             continue
         bombed = list(streams)
         dict_size = 1 << max(12, (stream.size - 1).bit_length())     # what the encoder would pick
-        bombed[i] = (stream.size, _lzma_stream(raw[i] + bytes((64 if i == 3 else 8) << 20), dict_size), True)
+        bombed[i] = (stream.size, _lzma_stream(raw[i], dict_size, zeros=(64 if i == 3 else 8) << 20), True)
         parallel_decode.clear()
         err = _refused(tmp_path, old, _build("lzma", size, header.old_size, header.cover_count, bombed), size,
                        None, CorruptPatch)
