@@ -4,7 +4,16 @@ the first ``header`` bytes, where the sizes and counts an apply must check befor
 allocates are."""
 from __future__ import annotations
 
+import resource
+from pathlib import Path
+
 from hypothesis import strategies as st
+
+import deltagen
+from deltagen import CorruptPatch, DigestMismatch, SizeExceeded, SizeMismatch
+from deltagen.digests import blake3_bytes
+
+REFUSALS = (CorruptPatch, SizeExceeded, SizeMismatch, DigestMismatch)
 
 Mutation = tuple[str, int, int]
 
@@ -36,3 +45,20 @@ def mutate(data: bytes, changes: list[Mutation]) -> bytes:
         elif kind == "byte" and where < len(out):
             out[where] = arg
     return bytes(out)
+
+
+def apply_refused_or_exact(algorithm: str, workdir: Path, old: bytes, patch: bytes, new: bytes) -> None:
+    """Apply a mutated patch: it is refused with one of deltagen's errors and leaves no output
+    and no temporary file, or it gives exactly ``new``; either way without a large allocation."""
+    (workdir / "old").write_bytes(old)
+    (workdir / "p").write_bytes(patch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        got = deltagen.apply_patch(algorithm, workdir / "old", workdir / "p", workdir / "out", len(new),
+                                   blake3_bytes(new))
+    except REFUSALS:
+        assert not (workdir / "out").exists()
+    else:
+        assert got == blake3_bytes(new) and (workdir / "out").read_bytes() == new
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from patch_mutations import Mutation, mutate, mutations
+from patch_mutations import Mutation, apply_refused_or_exact, mutate, mutations
 
 import deltagen
 from deltagen import (
@@ -262,17 +262,7 @@ def test_mutated_patches_are_refused_or_exact(tmp_path: Path, mutations: list[Mu
     old, new, patch = _base()
     d = tmp_path / f"m-{len(list(tmp_path.iterdir()))}"
     d.mkdir()
-    (d / "old").write_bytes(bytes(b ^ 1 for b in old) if wrong_old else old)
-    (d / "p").write_bytes(mutate(patch, mutations))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        got = deltagen.apply_patch("lzma-from", d / "old", d / "p", d / "out", len(new), blake3_bytes(new))
-    except REFUSALS:
-        assert not (d / "out").exists()
-    else:
-        assert got == blake3_bytes(new) and (d / "out").read_bytes() == new
-    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == []
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB
+    apply_refused_or_exact("lzma-from", d, bytes(b ^ 1 for b in old) if wrong_old else old, mutate(patch, mutations), new)
 
 
 # ----------------------------------------------------------------------------- the build policy
