@@ -139,11 +139,12 @@ class Uploads:
             self.repo.meta.touch_upload(upload_id, offset + written)
         return offset + written
 
-    def _reserve(self, upload_id: str, owner: str, need: int, want: int) -> int:
-        """Reserve ``want`` bytes for the upload (at least ``need``) within its token's
-        ``upload_max_bytes_per_token``: the check and the reservation are one transaction
+    def _reserve(self, upload_id: str, owner: str, offset: int, held: int, need: int, want: int) -> int:
+        """Reserve up to ``want`` bytes of upload (at least ``need``; offsets from its start)
+        within its token's ``upload_max_bytes_per_token``, for an append from ``offset`` that
+        holds ``held`` so far: the check and the reservation are one transaction
         (``reserve_upload_bytes``), so parallel appends of one token cannot overshoot it.
-        Returns the bytes reserved; 413 ``upload_quota`` when ``need`` does not fit."""
+        Returns what the append now holds; 413 ``upload_quota`` when ``need`` does not fit."""
         quota = self.repo.config.upload_max_bytes_per_token
         for size in dict.fromkeys((want, need)):
             if self.repo.meta.reserve_upload_bytes(upload_id, owner, size, quota):
@@ -153,24 +154,22 @@ class Uploads:
 
     async def _receive(self, upload_id: str, owner: str, offset: int, start: int | None, end: int | None,
                        body: AsyncIterator[bytes], fd: int, hasher: StreamHasher | None = None,
-                       reserve: bool = True) -> int:
+                       held: list[int] | None = None) -> int:
         """Write a request body to ``fd``, within the object limit, the owner's byte quota and
         the Content-Range it declared; the bytes written.
 
-        ``reserve``: the bytes are reserved as they come (``_reserve``; the caller gives the
-        unused part back); shared uploads, whose recorded size is their offset, check the
-        quota against the other uploads' bytes instead (parallel appends of one token on
-        several replicas can pass it by at most one body each)."""
+        The bytes are reserved before they are written (``_reserve``: a declared length whole,
+        else ``RESERVE_STEP`` at a time); ``held[0]``, when given, follows how far the
+        reservation reaches, for the caller to give back what the append does not use."""
         written = 0
         limit = self.repo.config.max_object_bytes
-        quota = self.repo.config.upload_max_bytes_per_token
         expected = None if end is None or start is None else end - start + 1
         reserved = offset
-        allowed = 0
-        if not reserve:
-            allowed = quota - self.repo.meta.upload_bytes(owner, excluding=upload_id)
-        elif expected is not None and offset + expected <= limit:
-            reserved = self._reserve(upload_id, owner, offset + expected, offset + expected)
+        if expected is not None and offset + expected <= limit:
+            reserved = await asyncio.to_thread(self._reserve, upload_id, owner, offset, reserved,
+                                               offset + expected, offset + expected)
+        if held is not None:
+            held[0] = reserved
         async for chunk in body:
             reach = offset + written + len(chunk)
             if reach > limit:
@@ -178,10 +177,11 @@ class Uploads:
             if expected is not None and written + len(chunk) > expected:
                 raise Invalid(f"body is longer than Content-Range declares ({expected})",
                               code="size_mismatch")
-            if not reserve and reach > allowed:
-                raise _over_quota(quota)
-            if reserve and reach > reserved:
-                reserved = self._reserve(upload_id, owner, reach, min(reach + RESERVE_STEP, limit))
+            if reach > reserved:
+                reserved = await asyncio.to_thread(self._reserve, upload_id, owner, offset, reserved, reach,
+                                                   min(reach + RESERVE_STEP, limit))
+                if held is not None:
+                    held[0] = reserved
             _write_all(fd, chunk)
             if hasher is not None:
                 hasher.update(chunk)
@@ -299,9 +299,10 @@ class SharedUploads(Uploads):
             raise RangeNotSatisfiable(f"append starts at {start}, upload is at {offset}", offset=offset)
         fd, name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="part-")
         temp = Path(name)
+        held = [offset]  # how far this append's reservation reaches (given back at the end)
         try:
             try:
-                written = await self._receive(upload_id, owner, offset, start, end, body, fd, reserve=False)
+                written = await self._receive(upload_id, owner, offset, start, end, body, fd, held=held)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -312,6 +313,22 @@ class SharedUploads(Uploads):
             return await asyncio.to_thread(self._store_part, upload_id, offset, written, temp)
         finally:
             temp.unlink(missing_ok=True)
+            if held[0] > offset:  # recorded or not, the part's bytes no longer need a reservation
+                # (not awaited: this runs also when the request is being cancelled)
+                self.repo.meta.release_append_bytes(upload_id, held[0] - offset)
+
+    def _reserve(self, upload_id: str, owner: str, offset: int, held: int, need: int, want: int) -> int:
+        """A shared upload's recorded size is its offset (what its parts hold): an append in
+        flight reserves what it may add in the ``reserved`` column instead
+        (``reserve_append_bytes``, a transaction with the token's rows locked, on any
+        replica), so parallel appends, on one replica or several, cannot pass the quota."""
+        quota = self.repo.config.upload_max_bytes_per_token
+        for size in dict.fromkeys((want, need)):
+            if self.repo.meta.reserve_append_bytes(upload_id, owner, size - held, quota):
+                return size
+        if self.repo.meta.upload_size(upload_id) is None:
+            raise NotFound(f"unknown or expired upload {upload_id}", code="unknown_upload")
+        raise _over_quota(quota)
 
     def _store_part(self, upload_id: str, offset: int, written: int, temp: Path) -> int:
         key = self.store.put_part(upload_id, offset, temp)

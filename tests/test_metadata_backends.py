@@ -148,7 +148,8 @@ def test_an_old_store_is_migrated_in_place(metadata_url: str) -> None:
     m.put_channel(channel(1))
     _close(m)
     # Undo migrations 6.. (append a line here with every new migration).
-    undo = ["DROP TABLE upload_parts", "DROP TABLE client_pin_events", "DROP TABLE client_pins",
+    undo = ["ALTER TABLE uploads DROP COLUMN reserved",
+            "DROP TABLE upload_parts", "DROP TABLE client_pin_events", "DROP TABLE client_pins",
             "DROP TABLE channel_policies",
             "DROP TABLE index_chunks", "DROP INDEX release_files_chunk_index",
             "ALTER TABLE release_files DROP COLUMN chunk_index_size",
@@ -421,6 +422,25 @@ def test_upload_byte_reservations_stay_within_the_quota(meta: Metadata) -> None:
     assert meta.reserve_upload_bytes("a", "tok", 100, 1000)       # a reservation shrinks too
     assert meta.upload_bytes("tok") == 500
     assert not meta.reserve_upload_bytes("gone", "tok", 1, 1000)  # no such upload
+
+
+def test_append_reservations_of_shared_uploads_stay_within_the_quota(meta: Metadata) -> None:
+    """A shared upload's bytes are its recorded parts; appends in flight reserve on top
+    (``reserved``), counted by the quota, from any number of threads (replicas) at once."""
+    meta.create_upload("a", "tok")
+    meta.create_upload("b", "tok")
+    assert meta.record_upload_part("a", 0, 300, "k1")
+    assert meta.reserve_append_bytes("a", "tok", 500, 1000)      # 300 held + 500 reserved
+    assert meta.upload_bytes("tok") == 800 and meta.upload_size("a") == 300  # the offset is the parts
+    assert not meta.reserve_append_bytes("b", "tok", 201, 1000)  # 1001 > 1000: nothing reserved
+    assert meta.reserve_append_bytes("b", "tok", 200, 1000)
+    meta.release_append_bytes("a", 500)
+    meta.release_append_bytes("b", 999)                          # never below zero
+    assert meta.upload_bytes("tok") == 300
+    assert not meta.reserve_append_bytes("gone", "tok", 1, 1000)
+    # Twenty appends of 100 bytes at once against the 700 bytes left: exactly seven fit.
+    assert sum(in_threads(20, lambda i: meta.reserve_append_bytes("b", "tok", 100, 1000))) == 7
+    assert meta.upload_bytes("tok") == 1000
 
 
 def test_roots(meta: Metadata) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-from conftest import PUBLISH, start_server
+from conftest import PUBLISH, Server, start_server
 from s3_fixture import S3Server
 
 from deltagen.digests import blake3_bytes
@@ -141,3 +143,75 @@ def test_concurrent_appends_at_one_offset_on_two_replicas(replicas: Replicas) ->
         assert done.status_code == 201, done.text
         assert ha.get(f"/v1/objects/{blake3_bytes(winner)}").content == winner
     assert replicas.part_keys() == []
+
+
+@pytest.fixture
+def quota_replicas(tmp_path: Path, postgres_url: str, seaweed_server: S3Server) -> Iterator[tuple[Replicas, str]]:
+    bucket = seaweed_server.new_bucket()
+    config = (seaweed_server.config(bucket, delta_builder=False) + f'metadata_url = "{postgres_url}"\n'
+              + "upload_max_per_token = 4\nupload_max_bytes_per_token = 1000\n")
+    r = Replicas(tmp_path, config, seaweed_server, bucket)
+    yield r, postgres_url
+    r.stop()
+
+
+def _held(url: str, locations: list[str]) -> list[tuple[int, int]]:
+    """(bytes, reserved) of the uploads' rows, as every replica sees them."""
+    import psycopg
+    with psycopg.connect(url) as conn:
+        return [tuple(conn.execute("SELECT bytes, reserved FROM uploads WHERE id = %s",  # type: ignore[misc]
+                                   (loc.rsplit("/", 1)[1],)).fetchone()) for loc in locations]
+
+
+def test_parallel_appends_on_two_replicas_cannot_overshoot_the_quota(quota_replicas: tuple[Replicas, str]) -> None:
+    """Two appends of one token, one per replica, each within the quota alone (600 of 1000
+    bytes) but not together.  A shared upload's offset moves only when its part is recorded,
+    so each append reserves what it writes (the ``reserved`` column, read by both replicas)
+    as it goes: both have reserved their first 100 bytes before either sends the rest; at
+    most one may succeed, and the reservations are given back when they end."""
+    replicas, url = quota_replicas
+    with replicas.a.client(PUBLISH) as http:
+        uploads = [http.post("/v1/uploads").headers["location"] for _ in range(2)]
+    go = threading.Event()
+    results: dict[str, httpx.Response | BaseException] = {}
+
+    def body() -> Iterator[bytes]:
+        yield b"a" * 100
+        if not go.wait(60):
+            raise RuntimeError("the test never let the bodies go on")
+        yield b"b" * 500
+
+    def append(server: Server, location: str) -> None:
+        try:
+            with server.client(PUBLISH) as own:
+                results[location] = own.patch(location, content=body())
+        except BaseException as exc:  # reported by the assertions below
+            results[location] = exc
+
+    threads = [threading.Thread(target=append, args=(s, u), daemon=True)
+               for s, u in zip((replicas.a, replicas.b), uploads)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while _held(url, uploads) != [(0, 100), (0, 100)]:
+            assert time.monotonic() < deadline, _held(url, uploads)
+            time.sleep(0.02)
+    finally:
+        go.set()
+        for t in threads:
+            t.join(60)
+    statuses = sorted(r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results.values())
+    assert statuses == [202, 413], statuses
+    refused = next(r for r in results.values() if isinstance(r, httpx.Response) and r.status_code == 413)
+    assert refused.json()["error"]["code"] == "upload_quota"
+    assert sorted(_held(url, uploads)) == [(0, 0), (600, 0)]   # every reservation given back
+    assert len(replicas.part_keys()) == 1                       # the refused append stored nothing
+    with replicas.b.client(PUBLISH) as http:
+        small = next(u for u in uploads if int(http.head(u).headers["upload-offset"]) == 0)
+        assert patch(http, small, 0, b"c" * 400).status_code == 202   # 600 + 400: the quota, exactly
+        over = http.patch(small, content=b"d")
+        assert over.status_code == 413 and over.json()["error"]["code"] == "upload_quota"
+        declared = patch(http, small, 400, b"e" * 1)
+        assert declared.status_code == 413
+    assert sorted(_held(url, uploads)) == [(400, 0), (600, 0)]

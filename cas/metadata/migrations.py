@@ -333,6 +333,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (upload_id, part_start)
     );
     """,
+    # 16: bytes the appends in flight of a shared upload have reserved against its token's
+    # quota beyond what the upload holds (cas/uploads.py, SharedUploads): the quota counts
+    # bytes + reserved, so parallel appends on any replicas cannot pass it.
+    """
+    ALTER TABLE uploads ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -25,8 +25,8 @@ class UploadQueries(MetadataBackend):
 
     def upload_bytes(self, owner: str, excluding: str = "") -> int:
         """Bytes held or reserved by ``owner``'s uploads in progress, other than ``excluding``."""
-        row = self._conn().execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner = ? AND id <> ?",
-                                   (owner, excluding)).fetchone()
+        row = self._conn().execute("SELECT COALESCE(SUM(bytes + reserved), 0) FROM uploads WHERE owner = ? "
+                                   "AND id <> ?", (owner, excluding)).fetchone()
         return int(row[0])
 
     def reserve_upload_bytes(self, upload_id: str, owner: str, size: int, quota: int) -> bool:
@@ -37,13 +37,37 @@ class UploadQueries(MetadataBackend):
         cannot each see room the other is about to take.  False, nothing changed, when it
         would not fit or the upload is gone."""
         with self._tx() as c:
-            rows = c.execute("SELECT id, bytes FROM uploads WHERE owner = ?" + self.FOR_UPDATE, (owner,)).fetchall()
+            rows = c.execute("SELECT id, bytes + reserved FROM uploads WHERE owner = ?" + self.FOR_UPDATE,
+                             (owner,)).fetchall()
             if not any(row[0] == upload_id for row in rows):
                 return False
             if sum(int(row[1]) for row in rows if row[0] != upload_id) + size > quota:
                 return False
             c.execute("UPDATE uploads SET bytes = ?, updated = ? WHERE id = ?", (size, time.time(), upload_id))
             return True
+
+    def reserve_append_bytes(self, upload_id: str, owner: str, more: int, quota: int) -> bool:
+        """Reserve ``more`` bytes for an append in flight to a shared upload (its bytes are
+        recorded only when its part is), if ``owner``'s uploads then hold and reserve at most
+        ``quota``.  One transaction with the owner's rows locked, as ``reserve_upload_bytes``:
+        appends on several replicas at once each see what the others reserved.  False,
+        nothing changed, when it would not fit or the upload is gone."""
+        with self._tx() as c:
+            rows = c.execute("SELECT id, bytes + reserved FROM uploads WHERE owner = ?" + self.FOR_UPDATE,
+                             (owner,)).fetchall()
+            if not any(row[0] == upload_id for row in rows):
+                return False
+            if sum(int(row[1]) for row in rows) + more > quota:
+                return False
+            c.execute("UPDATE uploads SET reserved = reserved + ?, updated = ? WHERE id = ?",
+                      (more, time.time(), upload_id))
+            return True
+
+    def release_append_bytes(self, upload_id: str, amount: int) -> None:
+        """Give back what an append reserved with ``reserve_append_bytes`` (it ended, stored or not)."""
+        with self._tx() as c:
+            c.execute("UPDATE uploads SET reserved = CASE WHEN reserved > ? THEN reserved - ? ELSE 0 END "
+                      "WHERE id = ?", (amount, amount, upload_id))
 
     def upload_exists(self, upload_id: str) -> bool:
         """Whether an upload is in progress."""
