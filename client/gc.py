@@ -19,9 +19,13 @@ from .journal import read_journal
 
 
 def clean_downloads(layout: InstallRoot) -> None:
-    """Empty ``.cas/downloads/`` and ``.cas/staging/``."""
+    """Empty ``.cas/downloads/`` and ``.cas/staging/``: files, and the scratch directories a
+    killed patch apply can leave beside its patch (deltagen's gzip-inner makes one)."""
     for path in layout.downloads.iterdir():
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink(missing_ok=True)
     remove_tree(layout.staging)
     layout.staging.mkdir(exist_ok=True)
 
