@@ -60,6 +60,14 @@ def jobs(url: str) -> list[tuple[str, str, str, int, str]]:
             "SELECT base, target, state, attempts, COALESCE(owner, '') FROM delta_jobs ORDER BY base, target")]
 
 
+def file_builds(url: str, owner: str) -> list[tuple[str, str]]:
+    """The per-file build jobs ``owner`` is running (not bundle jobs)."""
+    with psycopg.connect(url) as conn:
+        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            "SELECT base, target FROM delta_jobs WHERE state = 'running' AND owner = %s AND kind = 'files'",
+            (owner,))]
+
+
 def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
@@ -133,19 +141,17 @@ def test_a_killed_build_hosts_job_is_built_by_another_after_its_lease(
     first = Worker(tmp_path / "host0", config)
     others: list[Worker] = []
     try:
-        # The others are other hosts: none of them re-queues the first one's jobs as a dead
-        # local process's at start-up; only the lease can give its job back.
-        wait_until(lambda: any(j[2] == "running" and j[4] == first.owner for j in jobs(url)), 60,
-                   "a claim by the first worker")
-        others = [Worker(tmp_path / f"host{i}", config) for i in (1, 2)]
-        time.sleep(1.0)
+        # Killed while it builds a file's patches (a bundle job it claims may be deferred at
+        # once, waiting for its pair's per-file builds, and a deferral is not an attempt): what
+        # it held is read after it died, when nothing can change it but another host.
+        wait_until(lambda: file_builds(url, first.owner), 60, "a file build by the first worker")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
-        # What it held is read after it died: before, a bundle job it had just claimed could
-        # still be deferred (waiting for its pair's per-file builds; the attempt not counted)
-        # and then built by another host as its first attempt.
         held = [j for j in jobs(url) if j[2] == "running" and j[4] == first.owner]
         assert held, "the first worker held no job when killed"
+        # The others are other hosts: none of them re-queues the first one's jobs as a dead
+        # local process's at start-up; only the lease can give its job back.
+        others = [Worker(tmp_path / f"host{i}", config) for i in (1, 2)]
         victims = {(j[0], j[1]) for j in held}
         # Its last renewal was at most a third of a lease ago: half a lease on, nobody took them.
         time.sleep(LEASE / 2)
