@@ -1,16 +1,17 @@
-"""Byte-level mutations of a patch for the apply paths' fuzz tests (one copy for every
-algorithm): flip a bit, cut the tail, insert or delete bytes anywhere, or set a byte in
-the first ``header`` bytes, where the sizes and counts an apply must check before it
-allocates are."""
+"""The apply paths' hostile-patch checks, one copy for every algorithm: refusals that leave
+nothing behind, and byte-level mutations for the fuzz tests (flip a bit, cut the tail,
+insert or delete bytes anywhere, or set a byte in the first ``header`` bytes, where the
+sizes and counts an apply must check before it allocates are)."""
 from __future__ import annotations
 
 import resource
 from pathlib import Path
 
+import pytest
 from hypothesis import strategies as st
 
 import deltagen
-from deltagen import CorruptPatch, DigestMismatch, SizeExceeded, SizeMismatch
+from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch
 from deltagen.digests import blake3_bytes
 
 REFUSALS = (CorruptPatch, SizeExceeded, SizeMismatch, DigestMismatch)
@@ -62,3 +63,20 @@ def apply_refused_or_exact(algorithm: str, workdir: Path, old: bytes, patch: byt
         assert got == blake3_bytes(new) and (workdir / "out").read_bytes() == new
     assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB
+
+
+def leftovers(directory: Path) -> list[str]:
+    """An apply's output or temporary files left in ``directory``."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name == "out")
+
+
+def refused(algorithm: str, workdir: Path, old: Path, patch: bytes, size: int, digest: str | None,
+            error: type[Exception] | tuple[type[Exception], ...], limits: DeltaLimits | None = None) -> DeltaError:
+    """Apply ``patch`` (written to ``workdir/p``): it must fail with ``error``, one of
+    deltagen's errors, leaving no output and no temporary file."""
+    (workdir / "p").write_bytes(patch)
+    with pytest.raises(error) as info:
+        deltagen.apply_patch(algorithm, old, workdir / "p", workdir / "out", size, digest, limits or DeltaLimits())
+    assert leftovers(workdir) == []
+    assert isinstance(info.value, DeltaError)
+    return info.value

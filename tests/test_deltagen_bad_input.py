@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from patch_mutations import leftovers
 
 import deltagen
 from deltagen import CorruptPatch, DigestMismatch, SizeExceeded, SizeMismatch
@@ -29,15 +30,12 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "old", tmp_path / "new"
 
 
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name == "out")
-
 
 def _apply_fails(tmp_path: Path, algorithm: str, old: Path, patch: Path, size: int,
                  digest: str | None, error: type[Exception]) -> None:
     with pytest.raises(error):
         deltagen.apply_patch(algorithm, old, patch, tmp_path / "out", size, digest)
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def _bsdiff_int(value: int) -> bytes:
@@ -73,7 +71,7 @@ def test_corrupt_patch_bytes(tmp_path: Path, pair: tuple[Path, Path], algorithm:
     (tmp_path / "p").write_bytes(data)
     with pytest.raises((CorruptPatch, DigestMismatch)):
         deltagen.apply_patch(algorithm, old, tmp_path / "p", tmp_path / "out", SIZE, blake3_file(new))
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_garbage_is_not_a_patch(tmp_path: Path, pair: tuple[Path, Path]) -> None:
@@ -117,7 +115,7 @@ def test_zstd_bomb_frame_declaring_more_than_expected(tmp_path: Path, pair: tupl
     _apply_fails(tmp_path, "zstd", old, tmp_path / "p", 1000, None, SizeExceeded)
     with pytest.raises(SizeExceeded):
         deltagen.decompress_file(tmp_path / "p", tmp_path / "out", 1000)
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_zstd_bomb_hidden_in_a_second_frame_is_refused(tmp_path: Path) -> None:
@@ -126,7 +124,7 @@ def test_zstd_bomb_hidden_in_a_second_frame_is_refused(tmp_path: Path) -> None:
     (tmp_path / "c").write_bytes(honest + bomb)
     with pytest.raises(CorruptPatch, match="after the zstd frame"):
         deltagen.decompress_file(tmp_path / "c", tmp_path / "out", 1000)
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_zstd_frame_without_content_size_is_refused(tmp_path: Path) -> None:
@@ -134,7 +132,7 @@ def test_zstd_frame_without_content_size_is_refused(tmp_path: Path) -> None:
     (tmp_path / "c").write_bytes(cobj.compress(b"y" * 5000) + cobj.flush())
     with pytest.raises(CorruptPatch):
         deltagen.decompress_file(tmp_path / "c", tmp_path / "out", 5000)
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_compressed_with_wrong_digest(tmp_path: Path, pair: tuple[Path, Path]) -> None:
@@ -142,7 +140,7 @@ def test_compressed_with_wrong_digest(tmp_path: Path, pair: tuple[Path, Path]) -
     deltagen.compress_file(new, tmp_path / "c")
     with pytest.raises(DigestMismatch):
         deltagen.decompress_file(tmp_path / "c", tmp_path / "out", SIZE, "0" * 64)
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_bsdiff_header_declaring_huge_size_is_refused_before_allocating(tmp_path: Path,
@@ -280,4 +278,4 @@ def test_bsdiff_old_file_above_the_cap_is_refused(tmp_path: Path, pair: tuple[Pa
     with pytest.raises(SizeExceeded):
         deltagen.apply_patch("bsdiff4", old, tmp_path / "p", tmp_path / "out", SIZE,
                              limits=DeltaLimits(bsdiff_max_bytes=SIZE - 1))
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []

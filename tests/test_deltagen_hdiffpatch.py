@@ -20,7 +20,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from patch_mutations import Mutation, apply_refused_or_exact, mutate, mutations
+from patch_mutations import Mutation, apply_refused_or_exact, leftovers, mutate, mutations, refused
 
 import deltagen
 from deltagen import CorruptPatch, DeltaError, DeltaLimits, DigestMismatch, SizeExceeded, SizeMismatch, hdiff_format
@@ -52,18 +52,10 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "old", tmp_path / "new"
 
 
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name == "out")
-
-
 def _refused(tmp_path: Path, old: Path, patch: bytes, size: int, digest: str | None,
-             error: type[Exception] | tuple[type[Exception], ...]) -> DeltaError:
-    (tmp_path / "p").write_bytes(patch)
-    with pytest.raises(error) as info:
-        deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", size, digest)
-    assert _leftovers(tmp_path) == []
-    assert isinstance(info.value, DeltaError)
-    return info.value
+             error: type[Exception] | tuple[type[Exception], ...], limits: DeltaLimits | None = None) -> DeltaError:
+    return refused("hdiffpatch", tmp_path, old, patch, size, digest, error, limits)
+
 
 
 def _build(compressor: str, new_size: int, old_size: int, cover_count: int,
@@ -190,7 +182,7 @@ def test_build_over_the_cap_writes_nothing(tmp_path: Path, pair: tuple[Path, Pat
     old, new = pair
     with pytest.raises(SizeExceeded):
         deltagen.make_patch("hdiffpatch", old, new, tmp_path / "p", DeltaLimits(hdiffpatch_max_bytes=SIZE // 2))
-    assert not (tmp_path / "p").exists() and _leftovers(tmp_path) == []
+    assert not (tmp_path / "p").exists() and leftovers(tmp_path) == []
 
 
 def test_apply_over_the_cap_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
@@ -199,7 +191,7 @@ def test_apply_over_the_cap_is_refused(tmp_path: Path, pair: tuple[Path, Path]) 
     with pytest.raises(SizeExceeded):
         deltagen.apply_patch("hdiffpatch", old, tmp_path / "p", tmp_path / "out", new.stat().st_size,
                              limits=DeltaLimits(hdiffpatch_max_bytes=SIZE // 2))
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- the header

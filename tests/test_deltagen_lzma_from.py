@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from patch_mutations import Mutation, apply_refused_or_exact, mutate, mutations
+from patch_mutations import Mutation, apply_refused_or_exact, leftovers, mutate, mutations, refused
 
 import deltagen
 from deltagen import (
@@ -72,19 +72,10 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "old", tmp_path / "new"
 
 
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.name == "out")
-
-
 def _refused(tmp_path: Path, old: Path, patch: bytes, size: int, digest: str | None,
              error: type[Exception] | tuple[type[Exception], ...], limits: DeltaLimits | None = None) -> DeltaError:
-    (tmp_path / "p").write_bytes(patch)
-    with pytest.raises(error) as info:
-        deltagen.apply_patch("lzma-from", old, tmp_path / "p", tmp_path / "out", size, digest,
-                             limits or DeltaLimits())
-    assert _leftovers(tmp_path) == []
-    assert isinstance(info.value, DeltaError)
-    return info.value
+    return refused("lzma-from", tmp_path, old, patch, size, digest, error, limits)
+
 
 
 def _patch(old: bytes, new: bytes, *, flags: int = 0, props: tuple[int, int, int] = (0, 0, 0),
@@ -145,7 +136,7 @@ def test_build_over_the_cap_writes_nothing(tmp_path: Path, pair: tuple[Path, Pat
     old, new = pair
     with pytest.raises(SizeExceeded):
         deltagen.make_patch("lzma-from", old, new, tmp_path / "p", DeltaLimits(lzma_from_max_bytes=100_000))
-    assert not (tmp_path / "p").exists() and _leftovers(tmp_path) == []
+    assert not (tmp_path / "p").exists() and leftovers(tmp_path) == []
 
 
 def test_cli_diff_and_apply(tmp_path: Path, pair: tuple[Path, Path]) -> None:
