@@ -23,12 +23,6 @@ class UploadQueries(MetadataBackend):
                       (upload_id, now, now, owner))
             return True
 
-    def upload_bytes(self, owner: str, excluding: str = "") -> int:
-        """Bytes held or reserved by ``owner``'s uploads in progress, other than ``excluding``."""
-        row = self._conn().execute("SELECT COALESCE(SUM(bytes + reserved), 0) FROM uploads WHERE owner = ? "
-                                   "AND id <> ?", (owner, excluding)).fetchone()
-        return int(row[0])
-
     def reserve_upload_bytes(self, upload_id: str, owner: str, size: int, quota: int) -> bool:
         """Let ``upload_id`` hold ``size`` bytes if ``owner``'s uploads then hold at most ``quota``.
 
