@@ -70,6 +70,10 @@ MAX_BLOCKS = 1 << 20
 _GZIP_FLAGS_KNOWN = 0x1F  # FTEXT FHCRC FEXTRA FNAME FCOMMENT
 INNER_ALGORITHMS: dict[int, Algorithm] = {1: "zstd", 2: "hdiffpatch"}
 CHUNK = 1 << 20
+#: DEFLATE codes at most 258 bytes in a length/distance pair of at least 2 bits: no stream
+#: expands to more than ~1032 times its size, so a patch declaring more is refused at once
+#: (the output is capped by the expected size anyway; this bounds the work before it)
+DEFLATE_MAX_RATIO = 1032
 #: (level, memLevel) pairs tried at build, most common first: GNU ``gzip -9`` (Debian's
 #: changelogs and man pages) reproduces with 9/9 or 9/8 plus its block ends, Python's
 #: ``gzip``/zlib default with 9/8, ``gzip -6``/zlib's default level with 6/8
@@ -170,6 +174,9 @@ def check_header(header: Header, expected_size: int, limits: DeltaLimits) -> Non
         raise SizeExceeded(f"gzip-inner patch declares {header.new_size} bytes, expected {expected_size}")
     if header.new_size != expected_size:
         raise SizeMismatch(f"gzip-inner patch declares {header.new_size} bytes, expected {expected_size}")
+    if header.inner_size > DEFLATE_MAX_RATIO * header.new_size:
+        raise CorruptPatch(f"gzip-inner patch declares {header.inner_size} uncompressed bytes for a "
+                           f"{header.new_size}-byte gzip file: more than DEFLATE can hold")
     for what, size in (("old", header.old_size), ("new", header.inner_size)):
         if size > limits.gzip_inner_max_bytes:
             raise SizeExceeded(f"gzip-inner patch declares {size} uncompressed {what} bytes, above "

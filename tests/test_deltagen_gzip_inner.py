@@ -260,6 +260,12 @@ def test_declared_sizes_are_checked_before_anything_is_decompressed(tmp_path: Pa
     fields, gz, ends, inner = _parts(patch)
     exc = _refused(tmp_path, old, patch, new, SizeExceeded, DeltaLimits(gzip_inner_max_bytes=len(NEW_TEXT) - 1))
     assert "gzip_inner_max_bytes" in str(exc)
+    declared = fields[6]
+    fields[6] = gzip_inner.DEFLATE_MAX_RATIO * len(new) + 1   # within the cap, more than DEFLATE can hold
+    assert fields[6] < DeltaLimits().gzip_inner_max_bytes
+    exc = _refused(tmp_path, old, _pack(fields, gz, ends, inner), new, CorruptPatch)
+    assert "more than DEFLATE can hold" in str(exc)
+    fields[6] = declared
     fields[7] += 1
     _refused(tmp_path, old, _pack(fields, gz, ends, inner), new, SizeExceeded)   # more than expected
     fields[7] -= 2
