@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import struct
@@ -326,6 +327,7 @@ class _ZStream(ctypes.Structure):
 _Z_OK, _Z_STREAM_END, _Z_BUF_ERROR, _Z_BLOCK = 0, 1, -5, 5
 
 
+@functools.cache
 def _libz() -> ctypes.CDLL:
     name = ctypes.util.find_library("z")
     for candidate in ([name] if name else []) + ["libz.so.1"]:
